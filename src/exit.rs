@@ -1,0 +1,53 @@
+//! Process exit codes: the contract between a run and whoever watches the Job.
+
+use std::process::ExitCode;
+
+/// Every way a freezeframe run can end, as the CronJob/Job sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done.
+    Success,
+    /// The run failed: nothing usable was produced.
+    Failed,
+    /// Input (flags, policy file, ConfigMap) was invalid; nothing was attempted for the invalid parts.
+    InvalidInput,
+    /// Some of the work succeeded and some failed; the result says which.
+    PartiallyFailed,
+}
+
+impl Outcome {
+    /// The numeric code the process exits with.
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Failed => 1,
+            Outcome::InvalidInput => 2,
+            Outcome::PartiallyFailed => 3,
+        }
+    }
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> Self {
+        ExitCode::from(o.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_outcomes_then_codes_are_distinct_and_stable() {
+        let codes: Vec<u8> = [
+            Outcome::Success,
+            Outcome::Failed,
+            Outcome::InvalidInput,
+            Outcome::PartiallyFailed,
+        ]
+        .iter()
+        .map(|o| o.code())
+        .collect();
+        assert_eq!(codes, vec![0, 1, 2, 3]);
+    }
+}
