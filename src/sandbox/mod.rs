@@ -4,10 +4,323 @@
 //! workload controllers create the pods and claims a real cluster would, and `pods/exec` runs host
 //! processes inside a per-pod directory under the state dir.
 
+pub mod api;
 pub mod cli;
+pub mod cluster;
+pub mod controllers;
+pub mod discovery;
 pub mod exec;
 pub mod patch;
+pub mod registry;
 pub mod selector;
 pub mod status;
+pub mod store;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub use cluster::{Cluster, Fault};
 pub use status::ApiError;
+
+use cluster::{WriteOptions, render};
+use registry::bootstrap_crds;
+use store::StoreLimits;
+
+/// Why the sandbox could not start or load manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Binding the listener failed.
+    #[error("cannot listen on 127.0.0.1:{port}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file could not be read or written.
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest is not valid YAML.
+    #[error("{path}: document {index} is not valid YAML")]
+    Yaml {
+        path: PathBuf,
+        index: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A manifest names a kind the sandbox does not serve.
+    #[error("{path}: document {index}: no matches for kind \"{kind}\" in version \"{api_version}\"")]
+    UnknownKind { path: PathBuf, index: usize, kind: String, api_version: String },
+    /// The API refused a manifest object.
+    #[error("{path}: document {index} ({kind} {name})")]
+    Rejected {
+        path: PathBuf,
+        index: usize,
+        kind: String,
+        name: String,
+        #[source]
+        source: ApiError,
+    },
+    /// Building a client for the sandbox failed.
+    #[error("cannot build a Kubernetes client for the sandbox")]
+    Client(#[source] kube::Error),
+    /// The kubeconfig the sandbox wrote could not be read back.
+    #[error("kubeconfig {path} is unusable")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to start a sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxOptions {
+    /// Port on 127.0.0.1 (0 = any free port).
+    pub port: u16,
+    /// Pod directories and volume data; a temporary directory (removed on drop) if `None`.
+    pub state_dir: Option<PathBuf>,
+    /// Where to write the kubeconfig; `<state_dir>/kubeconfig` if `None`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Interval of watch bookmarks (default 10 s).
+    pub bookmark_interval: Option<Duration>,
+    /// Store limits (history for watch resume, snapshots for continue tokens).
+    pub limits: Option<StoreLimits>,
+}
+
+/// A running sandbox API server. Dropping it stops the server.
+pub struct Sandbox {
+    addr: SocketAddr,
+    cluster: Arc<Cluster>,
+    kubeconfig: PathBuf,
+    state_dir: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Sandbox {
+    /// Start serving on 127.0.0.1 and write the kubeconfig.
+    pub async fn start(options: SandboxOptions) -> Result<Sandbox> {
+        let (state_dir, temp) = match options.state_dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("freezeframe-sandbox-")
+                    .tempdir()
+                    .map_err(|source| Error::Io { path: std::env::temp_dir(), source })?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&state_dir).map_err(|source| Error::Io { path: state_dir.clone(), source })?;
+        let cluster = Arc::new(Cluster::new(cluster::ClusterOptions {
+            state_dir: state_dir.clone(),
+            limits: options.limits.unwrap_or_default(),
+        }));
+        bootstrap(&cluster);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
+            .await
+            .map_err(|source| Error::Bind { port: options.port, source })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind { port: options.port, source })?;
+        let app = api::router(api::AppState {
+            cluster: cluster.clone(),
+            bookmark_interval: options.bookmark_interval.unwrap_or(Duration::from_secs(10)),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "sandbox server stopped");
+            }
+        });
+        let kubeconfig = options.kubeconfig.unwrap_or_else(|| state_dir.join("kubeconfig"));
+        write_kubeconfig(&kubeconfig, addr)?;
+        Ok(Sandbox { addr, cluster, kubeconfig, state_dir, shutdown: Some(tx), _temp: temp })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The in-process cluster (for fault injection, compaction and direct inspection in tests).
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// A kube client built from the kubeconfig the sandbox wrote (so that file is exercised too).
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .map_err(|source| Error::Kubeconfig { path: self.kubeconfig.clone(), source })?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|source| Error::Kubeconfig { path: self.kubeconfig.clone(), source })?;
+        kube::Client::try_from(config).map_err(Error::Client)
+    }
+
+    /// Apply every `*.yaml`, `*.yml` and `*.json` file in `dir` (sorted by name), like `kubectl apply -f`.
+    pub fn load_manifests(&self, dir: &Path) -> Result<usize> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| Error::Io { path: dir.to_path_buf(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+            .collect();
+        files.sort();
+        let mut count = 0;
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|source| Error::Io { path: f.clone(), source })?;
+            count += self.apply_text(&f, &text)?;
+        }
+        Ok(count)
+    }
+
+    /// Apply a multi-document YAML text (create, or replace what exists). Returns objects applied.
+    pub fn apply_text(&self, path: &Path, text: &str) -> Result<usize> {
+        let mut count = 0;
+        for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value = Value::deserialize_yaml(doc).map_err(|source| Error::Yaml { path: path.into(), index, source })?;
+            if value.is_null() {
+                continue;
+            }
+            let items = if value["kind"].as_str().is_some_and(|k| k.ends_with("List")) && value["items"].is_array() {
+                value["items"].as_array().cloned().unwrap_or_default()
+            } else {
+                vec![value]
+            };
+            for obj in items {
+                self.apply_object(path, index, obj)?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    fn apply_object(&self, path: &Path, index: usize, obj: Value) -> Result<()> {
+        let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let rt = self.cluster.type_by_kind(&api_version, &kind).ok_or_else(|| Error::UnknownKind {
+            path: path.into(),
+            index,
+            kind: kind.clone(),
+            api_version: api_version.clone(),
+        })?;
+        let ns = if rt.namespaced { obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string() } else { String::new() };
+        let opts = WriteOptions { field_manager: Some("freezeframe-sandbox".into()), ..Default::default() };
+        let rejected = |source| Error::Rejected { path: path.into(), index, kind: kind.clone(), name: name.clone(), source };
+        match self.cluster.create(&rt, &ns, obj.clone(), &opts) {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => {
+                let mut next = obj;
+                next["metadata"]["namespace"] = json!(ns);
+                if !rt.namespaced
+                    && let Some(m) = next["metadata"].as_object_mut()
+                {
+                    m.remove("namespace");
+                }
+                self.cluster.update(&rt, &ns, &name, next, cluster::Part::Main, &opts).map(|_| ()).map_err(rejected)
+            }
+            Err(e) => Err(rejected(e)),
+        }
+    }
+
+    /// Stop serving (also done on drop).
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+trait DeserializeYaml: Sized {
+    fn deserialize_yaml(doc: serde_yaml::Deserializer<'_>) -> std::result::Result<Self, serde_yaml::Error>;
+}
+
+impl DeserializeYaml for Value {
+    fn deserialize_yaml(doc: serde_yaml::Deserializer<'_>) -> std::result::Result<Self, serde_yaml::Error> {
+        serde::Deserialize::deserialize(doc)
+    }
+}
+
+/// What a fresh cluster has: system namespaces, a node, the snapshot CRDs, default storage and snapshot
+/// classes for the sandbox CSI driver.
+fn bootstrap(cluster: &Cluster) {
+    let opts = WriteOptions { field_manager: Some("kube-apiserver".into()), ..Default::default() };
+    let create = |api_version: &str, kind: &str, obj: Value| {
+        let rt = cluster.type_by_kind(api_version, kind).expect("bootstrap kinds are served");
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        if let Err(e) = cluster.create(&rt, &ns, obj, &opts) {
+            tracing::error!(kind, error = %e, "sandbox bootstrap object rejected");
+        }
+    };
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        create("v1", "Namespace", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    create("v1", "Node", json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "sandbox-node", "labels": {"kubernetes.io/hostname": "sandbox-node", "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/control-plane": ""}},
+        "spec": {"podCIDR": "10.244.0.0/24"},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
+            "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": "sandbox-node"}],
+            "nodeInfo": {"kubeletVersion": "v1.32.0", "operatingSystem": "linux", "architecture": "amd64"}}}));
+    create("v1", "Service", json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}));
+    for crd in bootstrap_crds() {
+        create("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd);
+    }
+    create("storage.k8s.io/v1", "StorageClass", json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "sandbox", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "sandbox.freezeframe.dev", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+        "allowVolumeExpansion": true}));
+    create("storage.k8s.io/v1", "CSIDriver", json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+        "metadata": {"name": "sandbox.freezeframe.dev"}, "spec": {"attachRequired": false, "podInfoOnMount": false}}));
+    create("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass", json!({"apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshotClass",
+        "metadata": {"name": "sandbox-snapclass", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
+        "driver": "sandbox.freezeframe.dev", "deletionPolicy": "Delete"}));
+    create("groupsnapshot.storage.k8s.io/v1beta1", "VolumeGroupSnapshotClass", json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1",
+        "kind": "VolumeGroupSnapshotClass",
+        "metadata": {"name": "sandbox-groupsnapclass", "annotations": {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
+        "driver": "sandbox.freezeframe.dev", "deletionPolicy": "Delete"}));
+    let _ = render;
+}
+
+/// Write a kubeconfig for `addr` that kubectl and kube-rs accept.
+pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> Result<()> {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: freezeframe-sandbox\n  cluster:\n    server: http://{addr}\n\
+contexts:\n- name: freezeframe-sandbox\n  context:\n    cluster: freezeframe-sandbox\n    user: freezeframe-sandbox\n    namespace: default\n\
+current-context: freezeframe-sandbox\nusers:\n- name: freezeframe-sandbox\n  user:\n    token: sandbox\npreferences: {{}}\n"
+    );
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.into(), source })?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
+}

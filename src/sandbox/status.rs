@@ -115,6 +115,11 @@ impl ApiError {
         e
     }
 
+    /// 422 for a patch that cannot be applied (a failed JSON-patch `test`, a path that does not exist).
+    pub fn invalid_patch(message: impl Into<String>) -> Self {
+        Self::new(422, "Invalid", message)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
@@ -156,6 +161,11 @@ impl ApiError {
     /// 410 `Gone`: a watch resourceVersion older than the retained history.
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Gone", message)
+    }
+
+    /// 504 `Timeout` (e.g. a resourceVersion newer than the server has seen).
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
