@@ -22,6 +22,7 @@ pub enum Command {
 pub fn run() -> anyhow::Result<Outcome> {
     let cli = Cli::parse();
     init_tracing();
+    crate::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {

@@ -6,3 +6,13 @@
 pub mod cli;
 pub mod exit;
 pub mod sandbox;
+
+/// Choose rustls' crypto provider once per process. The AWS SDK pulls in both aws-lc-rs and ring, so
+/// rustls cannot pick one itself and a `kube::Client` or S3 client would panic without this.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first, which is just as good.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}

@@ -168,6 +168,7 @@ impl Sandbox {
 
     /// A kube client built from the kubeconfig the sandbox wrote (so that file is exercised too).
     pub async fn client(&self) -> Result<kube::Client> {
+        crate::install_crypto_provider();
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
             .map_err(|source| Error::Kubeconfig { path: self.kubeconfig.clone(), source })?;
         let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())

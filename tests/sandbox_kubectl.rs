@@ -1,0 +1,176 @@
+//! The sandbox as the installed kubectl (1.32, picked by the server's /version) sees it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use freezeframe::sandbox::{Sandbox, SandboxOptions};
+
+const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/shop.yaml");
+
+/// A sandbox plus a private HOME/cache so kubectl's discovery cache never leaks between tests.
+struct Kubectl {
+    sb: Sandbox,
+    home: tempfile::TempDir,
+}
+
+impl Kubectl {
+    async fn start() -> Self {
+        let sb = Sandbox::start(SandboxOptions::default()).await.expect("sandbox starts");
+        Kubectl { sb, home: tempfile::tempdir().unwrap() }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(self.sb.kubeconfig_path())
+            .arg("--cache-dir")
+            .arg(self.home.path().join("cache"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .expect("kubectl finishes")
+            .expect("kubectl runs")
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Apply the shop fixture as a user would: twice, since its CR needs the CRD served first.
+    async fn apply_shop(&self) {
+        self.run(&["apply", "-f", SHOP]).await;
+        self.ok(&["apply", "-f", SHOP]).await;
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.sb.kubeconfig_path().to_path_buf()
+    }
+}
+
+fn text(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test]
+async fn given_multi_document_manifest_when_applied_twice_then_everything_including_the_cr_exists() {
+    let k = Kubectl::start().await;
+    let first = k.run(&["apply", "-f", SHOP]).await;
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(!first.status.success(), "the CR cannot map before its CRD is served");
+    assert!(stderr.contains("no matches for kind \"Cart\" in version \"shop.example.com/v1\""), "{stderr}");
+    let second = k.ok(&["apply", "-f", SHOP]).await;
+    assert!(second.contains("cart.shop.example.com/cart-1 created"), "{second}");
+    assert!(second.contains("deployment.apps/web unchanged"), "{second}");
+
+    let pods = k.ok(&["get", "pods", "-n", "shop", "-l", "app=db", "-o", "name"]).await;
+    assert_eq!(pods.lines().collect::<Vec<_>>(), ["pod/db-0", "pod/db-1", "pod/db-2"]);
+    let deploy = k.ok(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"]).await;
+    assert!(deploy.contains("readyReplicas: 2"), "{deploy}");
+    assert!(deploy.contains("kubectl.kubernetes.io/last-applied-configuration"), "{deploy}");
+    let claims = k.ok(&["get", "pvc", "-n", "shop", "-o", "jsonpath={.items[*].status.phase}"]).await;
+    assert_eq!(claims, "Bound Bound Bound Bound");
+    let resources = k.ok(&["api-resources", "--api-group", "shop.example.com"]).await;
+    assert!(resources.contains("carts") && resources.contains("ct") && resources.contains("Cart"), "{resources}");
+    let cart = k.ok(&["get", "carts", "-n", "shop", "cart-1", "-o", "jsonpath={.spec.items}"]).await;
+    assert_eq!(cart, r#"["apple","pear"]"#);
+    let table = k.ok(&["get", "pods", "-n", "shop"]).await;
+    assert!(table.starts_with("NAME") && table.contains("Running"), "{table}");
+}
+
+#[tokio::test]
+async fn given_pod_when_kubectl_exec_then_output_printed_and_exit_code_returned() {
+    let k = Kubectl::start().await;
+    k.apply_shop().await;
+    let out = k.run(&["exec", "-n", "shop", "db-1", "--", "sh", "-c", "echo hello from $POD_NAME; exit 3"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from db-1\n");
+    assert_eq!(out.status.code(), Some(3));
+    let piped = k
+        .command(&["exec", "-i", "-n", "shop", "db-0", "--", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = piped;
+    use tokio::io::AsyncWriteExt;
+    child.stdin.take().unwrap().write_all(b"12345").await.unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+}
+
+#[tokio::test]
+async fn given_resources_when_kubectl_patches_and_deletes_then_changes_are_served() {
+    let k = Kubectl::start().await;
+    k.apply_shop().await;
+    k.ok(&["patch", "deployment", "web", "-n", "shop", "-p", r#"{"spec":{"replicas":3}}"#]).await;
+    let pods = k.ok(&["get", "pods", "-n", "shop", "-l", "app=web", "-o", "name"]).await;
+    assert_eq!(pods.lines().count(), 3);
+    k.ok(&["patch", "configmap", "web-config", "-n", "shop", "--type=json", "-p", r#"[{"op":"add","path":"/data/color","value":"blue"}]"#]).await;
+    let color = k.ok(&["get", "cm", "web-config", "-n", "shop", "-o", "jsonpath={.data.color}"]).await;
+    assert_eq!(color, "blue");
+    k.ok(&["patch", "carts", "cart-1", "-n", "shop", "--type=merge", "-p", r#"{"spec":{"items":["fig"]}}"#]).await;
+    k.ok(&["scale", "statefulset", "db", "-n", "shop", "--replicas=1"]).await;
+    let db = k.ok(&["get", "pods", "-n", "shop", "-l", "app=db", "-o", "name"]).await;
+    assert_eq!(db.trim(), "pod/db-0");
+
+    k.ok(&["delete", "configmap", "web-config", "-n", "shop"]).await;
+    let missing = k.run(&["get", "configmap", "web-config", "-n", "shop"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains(r#"Error from server (NotFound): configmaps "web-config" not found"#));
+    k.ok(&["delete", "namespace", "shop"]).await;
+    let gone = k.run(&["get", "namespace", "shop"]).await;
+    assert!(!gone.status.success());
+}
+
+#[tokio::test]
+async fn given_kubectl_get_watch_when_object_changes_then_the_change_is_printed() {
+    let k = Kubectl::start().await;
+    let mut child = k
+        .command(&["get", "configmaps", "-n", "default", "--watch", "-o", "name"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+    assert_eq!(first.as_deref(), Some("configmap/kube-root-ca.crt"));
+    let client = k.sb.client().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "fresh"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+    assert_eq!(next.as_deref(), Some("configmap/fresh"));
+    child.kill().await.unwrap();
+    let _ = text(&k.kubeconfig());
+}
+
+#[tokio::test]
+async fn given_server_side_apply_when_kubectl_applies_then_object_is_created_and_managed() {
+    let k = Kubectl::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cm.yaml");
+    std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: default\ndata:\n  a: \"1\"\n").unwrap();
+    let out = k.ok(&["apply", "--server-side", "-f", &text(&file)]).await;
+    assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+    let managers = k.ok(&["get", "cm", "ssa", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"]).await;
+    assert!(managers.contains("kubectl"), "{managers}");
+}
