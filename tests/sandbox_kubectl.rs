@@ -174,3 +174,16 @@ async fn given_server_side_apply_when_kubectl_applies_then_object_is_created_and
     let managers = k.ok(&["get", "cm", "ssa", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"]).await;
     assert!(managers.contains("kubectl"), "{managers}");
 }
+
+#[tokio::test]
+async fn given_cronjob_when_triggered_with_create_job_from_then_job_runs_a_labelled_pod() {
+    let k = Kubectl::start().await;
+    k.ok(&["create", "cronjob", "backup", "--image=busybox", "--schedule=0 */6 * * *", "--", "echo", "hi"]).await;
+    k.ok(&["create", "job", "--from=cronjob/backup", "backup-now"]).await;
+    let owner = k.ok(&["get", "job", "backup-now", "-o", "jsonpath={.metadata.ownerReferences[0].kind}"]).await;
+    assert_eq!(owner, "CronJob");
+    let pods = k.ok(&["get", "pods", "-l", "job-name=backup-now", "-o", "jsonpath={.items[*].metadata.ownerReferences[0].name}"]).await;
+    assert_eq!(pods, "backup-now");
+    let active = k.ok(&["get", "job", "backup-now", "-o", "jsonpath={.status.active}"]).await;
+    assert_eq!(active, "1");
+}
