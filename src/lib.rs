@@ -6,3 +6,4 @@
 pub mod cli;
 pub mod exit;
 pub mod sandbox;
+pub mod store;
