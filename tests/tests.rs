@@ -1,0 +1,7 @@
+//! The one integration-test binary: every module here shares the [`harness`] (`TestEnv`).
+//!
+//! Run everything with `scripts/test` (installs SeaweedFS into .venv first).
+
+mod harness;
+mod s3;
+mod webhook;
