@@ -44,10 +44,11 @@ pub struct SeaweedFs {
 impl SeaweedFs {
     /// Starts a server and waits until its S3 API answers.
     pub async fn start() -> anyhow::Result<SeaweedFs> {
-        let weed = weed_binary(
-            std::env::var_os("FREEZEFRAME_WEED"),
-            Path::new(env!("CARGO_MANIFEST_DIR")),
-        )?;
+        // Cargo sets CARGO_MANIFEST_DIR when it runs tests; the compile-time value covers running the
+        // test binary by hand.
+        let repo = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+        let weed = weed_binary(std::env::var_os("FREEZEFRAME_WEED"), &repo)?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             let ports = Ports::pick()?;
