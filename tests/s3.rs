@@ -5,6 +5,7 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use freezeframe::store::s3;
 
+use crate::harness::webhook::RecordedRequest;
 use crate::harness::{self, SeaweedFs, TestEnv, WebhookReceiver};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -12,6 +13,22 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A megabyte of every byte value, so any mangling (text decoding, truncation) shows.
 fn binary_payload() -> Vec<u8> {
     (0..1024 * 1024).map(|i: u32| (i % 251) as u8).collect()
+}
+
+/// Puts `backups/probe.txt` through `client`, whose endpoint is `endpoint`, and returns the request it sent.
+async fn put_probe(
+    client: &aws_sdk_s3::Client,
+    endpoint: &WebhookReceiver,
+) -> anyhow::Result<RecordedRequest> {
+    let body = ByteStream::from_static(b"x");
+    client
+        .put_object()
+        .bucket("backups")
+        .key("probe.txt")
+        .body(body)
+        .send()
+        .await?;
+    Ok(endpoint.wait_for_requests(1, WAIT).await?.remove(0))
 }
 
 #[tokio::test]
@@ -85,15 +102,8 @@ async fn given_static_credentials_and_endpoint_when_object_put_then_request_is_p
     let settings = harness::s3_settings(endpoint.url(), "backups");
     let client = s3::client_with_credentials(&settings, &harness::test_credentials()).await;
 
-    client
-        .put_object()
-        .bucket("backups")
-        .key("probe.txt")
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await?;
+    let request = put_probe(&client, &endpoint).await?;
 
-    let request = endpoint.wait_for_requests(1, WAIT).await?.remove(0);
     assert_eq!(request.method, "PUT");
     assert_eq!(
         request.path, "/backups/probe.txt",
@@ -134,15 +144,8 @@ async fn given_credentials_in_environment_when_default_chain_client_puts_then_re
     let endpoint = WebhookReceiver::start().await?;
     let client = s3::client(&harness::s3_settings(endpoint.url(), "backups")).await;
 
-    client
-        .put_object()
-        .bucket("backups")
-        .key("probe.txt")
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await?;
+    let request = put_probe(&client, &endpoint).await?;
 
-    let request = endpoint.wait_for_requests(1, WAIT).await?.remove(0);
     let authorization = request.header("authorization").unwrap_or_default();
     assert!(
         authorization.contains("Credential=FREEZEFRAMEENVKEY/"),
