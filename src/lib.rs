@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod exit;
 pub mod sandbox;
+pub mod store;
 
 /// Choose rustls' crypto provider once per process. The AWS SDK pulls in both aws-lc-rs and ring, so
 /// rustls cannot pick one itself and a `kube::Client` or S3 client would panic without this.

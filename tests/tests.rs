@@ -1,4 +1,9 @@
-//! The integration-test binary: every module runs against real servers on loopback.
+//! The one integration-test binary: every module here shares the [`harness`] (`TestEnv`).
+//!
+//! Run everything with `scripts/test` (installs SeaweedFS into .venv first).
 
+mod harness;
+mod s3;
+mod webhook;
 mod sandbox_api;
 mod sandbox_kubectl;

@@ -1,0 +1,215 @@
+//! The integration-test harness: [`TestEnv`] bundles everything a test talks to, each part real.
+//!
+//! - [`WebhookReceiver`]: an HTTP server recording every request (webhooks, fake endpoints).
+//! - [`SeaweedFs`] (only with [`TestEnv::with_s3`]): a real S3 server with a fresh bucket.
+//! - a temp dir, removed on drop.
+//!
+//! Everything is torn down on drop, in reverse order of start, also when the test panics.
+
+#![allow(
+    dead_code,
+    reason = "shared by all test modules; not every test uses every helper"
+)]
+
+pub mod seaweed;
+pub mod webhook;
+
+use freezeframe::sandbox::{Sandbox, SandboxOptions};
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context;
+use freezeframe::store::s3::{S3Settings, StaticCredentials};
+use tempfile::TempDir;
+
+pub use seaweed::SeaweedFs;
+pub use webhook::WebhookReceiver;
+
+/// The region test clients use (SeaweedFS accepts any).
+pub const TEST_REGION: &str = "us-east-1";
+
+/// Credentials test clients sign with; SeaweedFS without configured identities accepts any.
+pub fn test_credentials() -> StaticCredentials {
+    StaticCredentials {
+        access_key_id: "FREEZEFRAMETESTKEY".into(),
+        secret_access_key: "freezeframe-test-secret".into(),
+        session_token: None,
+    }
+}
+
+/// Settings for an S3-compatible store at `endpoint`, as a policy's `s3:` block would give them.
+pub fn s3_settings(endpoint: &str, bucket: &str) -> S3Settings {
+    S3Settings {
+        bucket: bucket.to_owned(),
+        prefix: None,
+        region: Some(TEST_REGION.into()),
+        endpoint: Some(endpoint.to_owned()),
+        force_path_style: true,
+    }
+}
+
+/// A bucket name no other test uses.
+pub fn unique_bucket_name() -> String {
+    format!("ff-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// One test's world. Fields drop in declaration order: receiver, S3 server, then the temp dir.
+pub struct TestEnv {
+    sandbox: Sandbox,
+    client: kube::Client,
+    webhook: WebhookReceiver,
+    s3: Option<TestS3>,
+    dir: TempDir,
+}
+
+impl TestEnv {
+    /// A sandbox API server (with a client built from its kubeconfig), a webhook receiver and a temp dir.
+    pub async fn new() -> anyhow::Result<TestEnv> {
+        let sandbox = Sandbox::start(SandboxOptions::default()).await.context("starting the sandbox")?;
+        let client = sandbox.client().await.context("client for the sandbox")?;
+        let dir = tempfile::Builder::new()
+            .prefix("ff-test-")
+            .tempdir()
+            .context("creating test temp dir")?;
+        let webhook = WebhookReceiver::start().await?;
+        Ok(TestEnv {
+            sandbox,
+            client,
+            webhook,
+            s3: None,
+            dir,
+        })
+    }
+
+    /// Everything [`TestEnv::new`] has, plus an own SeaweedFS with a freshly created, uniquely named bucket.
+    pub async fn with_s3() -> anyhow::Result<TestEnv> {
+        let mut env = TestEnv::new().await?;
+        env.s3 = Some(TestS3::start().await?);
+        Ok(env)
+    }
+
+    /// The sandbox Kubernetes API server.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// A kube client for the sandbox.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// Apply a multi-document YAML text to the sandbox (create or replace), as `kubectl apply -f` would.
+    pub fn apply(&self, yaml: &str) -> anyhow::Result<usize> {
+        Ok(self.sandbox.apply_text(Path::new("<test>"), yaml)?)
+    }
+
+    pub fn webhook(&self) -> &WebhookReceiver {
+        &self.webhook
+    }
+
+    /// The S3 store; panics unless the env was made with [`TestEnv::with_s3`].
+    pub fn s3(&self) -> &TestS3 {
+        self.s3
+            .as_ref()
+            .expect("this TestEnv has no S3: build it with TestEnv::with_s3()")
+    }
+
+    /// A temp dir owned by this test, removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A running SeaweedFS with one bucket created for this test.
+pub struct TestS3 {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    seaweed: SeaweedFs,
+}
+
+impl TestS3 {
+    async fn start() -> anyhow::Result<TestS3> {
+        let seaweed = SeaweedFs::start().await?;
+        let bucket = unique_bucket_name();
+        let client = freezeframe::store::s3::client_with_credentials(
+            &s3_settings(&seaweed.endpoint(), &bucket),
+            &test_credentials(),
+        )
+        .await;
+        client
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "creating bucket {bucket}; SeaweedFS log tail:\n{}",
+                    seaweed.log_tail(20)
+                )
+            })?;
+        Ok(TestS3 {
+            client,
+            bucket,
+            seaweed,
+        })
+    }
+
+    /// The settings freezeframe would be configured with to write into this test's bucket.
+    pub fn settings(&self) -> S3Settings {
+        s3_settings(&self.seaweed.endpoint(), &self.bucket)
+    }
+
+    /// A client for checking what freezeframe wrote (built by `freezeframe::store::s3` itself).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.seaweed.endpoint()
+    }
+
+    pub fn seaweed(&self) -> &SeaweedFs {
+        &self.seaweed
+    }
+}
+
+/// Set in the environment of a test re-run by [`run_in_child_process`].
+pub const CHILD_MARKER: &str = "FREEZEFRAME_TEST_CHILD";
+
+/// True inside a test re-run by [`run_in_child_process`].
+pub fn in_child_process() -> bool {
+    std::env::var_os(CHILD_MARKER).is_some()
+}
+
+/// Re-runs exactly the test `name` (path without the crate, e.g. `s3::given_x_then_y`) in a child
+/// process of this test binary, with `env` added to its environment and `remove` taken out.
+///
+/// For behaviour that depends on process environment variables: changing them in this process would
+/// race with the other tests' threads. Fails unless the child ran and passed exactly that one test.
+pub fn run_in_child_process(name: &str, env: &[(&str, &str)], remove: &[&str]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    let mut command = Command::new(&exe);
+    command
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_MARKER, "1");
+    for variable in remove {
+        command.env_remove(variable);
+    }
+    command.envs(env.iter().copied());
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running the child test")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(
+        output.status.success() && stdout.contains("1 passed"),
+        "child run of {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    Ok(())
+}
