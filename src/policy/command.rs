@@ -90,3 +90,40 @@ pub async fn run(args: ValidateArgs) -> anyhow::Result<Outcome> {
     print!("{text}");
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn given_valid_policies_when_reported_then_one_line_each_with_next_three_fire_times() {
+        let set = super::super::parse_str("redis.yaml", include_str!("../../policies/redis.yaml"));
+        let (text, outcome) = report(&set, now());
+        assert_eq!(outcome, Outcome::Success);
+        assert_eq!(
+            text,
+            "redis-cache: ok; schedule \"*/30 * * * *\" (UTC); storage local; next: 2026-01-01T01:00:00Z, \
+2026-01-01T01:30:00Z, 2026-01-01T02:00:00Z\n"
+        );
+    }
+
+    #[test]
+    fn given_problems_when_reported_then_grouped_by_policy_and_invalid_input() {
+        let text =
+            include_str!("../../policies/redis.yaml").replace("schedule: \"*/30 * * * *\"", "schedule: 30");
+        let set = super::super::parse_str("redis.yaml", &text);
+        let (out, outcome) = report(&set, now());
+        assert_eq!(outcome, Outcome::InvalidInput);
+        assert!(
+            out.starts_with("policy `redis-cache`:\n  redis.yaml (data.policies.yaml):"),
+            "{out}"
+        );
+        assert!(out.contains("policies[0].schedule"), "{out}");
+    }
+}

@@ -274,3 +274,139 @@ fn given_wrong_kind_when_parsed_then_error_says_what_is_allowed() {
     assert_eq!(pr.path, "kind");
     assert!(pr.message.contains("`PolicySet`"), "{pr}");
 }
+
+mod examples {
+    use super::*;
+
+    fn valid(name: &str, text: &str) -> PolicySet {
+        let set = parse_str(name, text);
+        assert!(set.is_valid(), "{name}: {:#?}", set.problems);
+        assert_eq!(set.policies.len(), 1, "{name}");
+        set
+    }
+
+    #[test]
+    fn given_cassandra_example_then_ring_is_flushed_by_policy_and_stork_rule() {
+        let set = valid("cassandra.yaml", include_str!("../../policies/cassandra.yaml"));
+        let p = &set.policies[0];
+        assert_eq!(p.pre.len(), 2);
+        assert!(
+            matches!(&p.pre[1].origin, RuleOrigin::StorkRule { name, .. } if name == "cassandra-presnap-rule")
+        );
+        assert!(
+            p.pre
+                .iter()
+                .all(|r| r.actions[0].exec == Exec::Shell("nodetool flush".into()))
+        );
+    }
+
+    #[test]
+    fn given_mysql_example_then_read_lock_is_held_in_background_in_berlin_time() {
+        let set = valid("mysql.yaml", include_str!("../../policies/mysql.yaml"));
+        let p = &set.policies[0];
+        let a = &p.pre[0].actions[0];
+        assert!(a.background);
+        assert!(
+            matches!(&a.exec, Exec::Shell(s) if s.contains("FLUSH TABLES WITH READ LOCK") && s.contains(WAIT_CMD))
+        );
+        assert_eq!(p.schedule.timezone(), chrono_tz::Europe::Berlin);
+        assert_eq!(p.starting_deadline, std::time::Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn given_postgresql_example_then_checkpoint_argv_and_single_pod_dump() {
+        let set = valid("postgresql.yaml", include_str!("../../policies/postgresql.yaml"));
+        let p = &set.policies[0];
+        assert!(matches!(&p.pre[0].actions[0].exec, Exec::Argv(v) if v.last().unwrap() == "CHECKPOINT"));
+        assert_eq!(p.dumps[0].name, "pg-dumpall");
+        assert!(p.dumps[0].run_in_single_pod && !p.dumps[0].while_frozen);
+        assert_eq!(p.webhooks[0].name, "ops");
+    }
+
+    #[test]
+    fn given_mongodb_example_then_unlock_runs_at_thaw() {
+        let set = valid("mongodb.yaml", include_str!("../../policies/mongodb.yaml"));
+        let p = &set.policies[0];
+        assert!(matches!(&p.post[0].actions[0].exec, Exec::Shell(s) if s.contains("fsyncUnlock")));
+        assert_eq!(p.post[0].actions[0].on_error, OnError::Continue);
+        assert_eq!(p.volumes.on_error, VolumeOnError::Partial);
+    }
+
+    #[test]
+    fn given_redis_example_then_bgsave_waits_for_lastsave() {
+        let set = valid("redis.yaml", include_str!("../../policies/redis.yaml"));
+        assert!(
+            matches!(&set.policies[0].pre[0].actions[0].exec, Exec::Shell(s) if s.contains("BGSAVE") && s.contains("LASTSAVE"))
+        );
+    }
+
+    #[test]
+    fn given_elasticsearch_example_then_flush_runs_in_one_pod_on_weekdays() {
+        let set = valid(
+            "elasticsearch.yaml",
+            include_str!("../../policies/elasticsearch.yaml"),
+        );
+        let p = &set.policies[0];
+        assert!(p.pre[0].actions[0].run_in_single_pod);
+        assert_eq!(p.schedule.timezone(), chrono_tz::America::New_York);
+    }
+
+    #[test]
+    fn given_whole_namespace_example_then_defaults_retention_and_namespace_selector_apply() {
+        let set = valid(
+            "whole-namespace.yaml",
+            include_str!("../../policies/whole-namespace.yaml"),
+        );
+        let p = &set.policies[0];
+        assert!(p.selector.is_none() && p.pre.is_empty() && p.run_on_create);
+        assert!(matches!(p.namespaces, Namespaces::Selector(_)));
+        assert_eq!(p.retention.keep_monthly, Some(12));
+    }
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn given_arbitrary_bytes_when_parsed_then_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let set = parse_str("fuzz.yaml", &text);
+            // Random bytes are never a valid PolicySet: something must be reported, at a real position.
+            prop_assert!(!set.problems.is_empty());
+            let lines = text.lines().count() + 1;
+            for p in &set.problems {
+                prop_assert!(p.location.is_none_or(|l| l.line >= 1 && l.line <= lines), "{p}");
+            }
+        }
+
+        #[test]
+        fn given_near_valid_document_with_one_edit_when_parsed_then_never_panics_and_problems_have_paths(
+            pos in any::<prop::sample::Index>(),
+            edit in prop_oneof![
+                Just(""), Just(":"), Just("- "), Just("\n"), Just("{"), Just("]"), Just("300"), Just("-1"),
+                Just("*a"), Just("&a "), Just("!!str "), Just("'"), Just("\""), Just("  "), Just("~"), Just("@"),
+            ],
+            delete in 0usize..8,
+        ) {
+            let base = CONTRACT;
+            let mut at = pos.index(base.len());
+            while !base.is_char_boundary(at) { at -= 1; }
+            let mut end = (at + delete).min(base.len());
+            while !base.is_char_boundary(end) { end -= 1; }
+            let text = format!("{}{}{}", &base[..at], edit, &base[end..]);
+            let set = with_rule(&text);
+            let lines = text.lines().count() + 1;
+            for p in &set.problems {
+                prop_assert!(!p.path.is_empty() && !p.message.is_empty());
+                prop_assert!(p.location.is_none_or(|l| l.line >= 1 && l.line <= lines), "{p}");
+            }
+            if set.is_valid() {
+                prop_assert_eq!(set.policies.len(), 1);
+            }
+        }
+    }
+}
