@@ -176,27 +176,46 @@ pub fn parse_str(source: &str, text: &str) -> PolicySet {
             };
         }
     };
-    // A ConfigMap manifest: read its data like the cluster loader does.
+    // A ConfigMap manifest: read its data like the cluster loader does, keeping file positions for
+    // literal block values (`policies.yaml: |`), the usual way to write them.
     if let [doc] = &docs[..]
         && kind_of(doc) == (Some("v1"), Some("ConfigMap"))
     {
-        let mut data = BTreeMap::new();
+        let mut data = Vec::new();
         if let Some(Node {
             kind: NodeKind::Map(entries),
             ..
         }) = doc.field("data")
         {
             for e in entries {
-                if let Some(v) = e.value.as_str() {
-                    data.insert(e.key.clone(), v.to_string());
-                }
+                let Some(v) = e.value.as_str() else { continue };
+                // A literal block's node starts at its first content line; the key's line ends in `|`.
+                let at = e.value.location;
+                let key_line = text.lines().nth(e.key_location.line - 1).unwrap_or_default();
+                let is_block = key_line
+                    .get(e.key_location.column - 1 + e.key.len()..)
+                    .is_some_and(|r| r.trim_start_matches([':', ' ', '"', '\'']).starts_with('|'))
+                    && at.line > e.key_location.line;
+                let (label, offset) = if is_block {
+                    (
+                        format!("{source} (data.{})", e.key),
+                        Some((at.line - 1, at.column - 1)),
+                    )
+                } else {
+                    (
+                        format!("{source} (data.{}, positions within the value)", e.key),
+                        None,
+                    )
+                };
+                data.push(DataEntry {
+                    key: e.key.clone(),
+                    label,
+                    text: v.to_string(),
+                    offset,
+                });
             }
         }
-        let mut set = parse_configmap_data(&data);
-        for p in &mut set.problems {
-            p.source = format!("{source} (data.{})", p.source);
-        }
-        return set;
+        return parse_data(data);
     }
     let mut policy_doc = None;
     let mut rules = Vec::new();
@@ -208,8 +227,18 @@ pub fn parse_str(source: &str, text: &str) -> PolicySet {
             source.to_string()
         };
         match kind_of(doc) {
-            (_, Some("Rule")) => rules.push(validate::Doc { source, node: doc }),
-            _ if policy_doc.is_none() => policy_doc = Some(validate::Doc { source, node: doc }),
+            (_, Some("Rule")) => rules.push(validate::Doc {
+                key: source.clone(),
+                source,
+                node: doc,
+            }),
+            _ if policy_doc.is_none() => {
+                policy_doc = Some(validate::Doc {
+                    key: source.clone(),
+                    source,
+                    node: doc,
+                })
+            }
             _ => extra.push(Problem::general(
                 &source,
                 "found a second PolicySet; allowed: one PolicySet per source",
@@ -224,38 +253,72 @@ pub fn parse_str(source: &str, text: &str) -> PolicySet {
 /// Parse a ConfigMap's `data`: the PolicySet under [`POLICIES_KEY`], Stork `Rule` documents in any other
 /// key (keys whose document is not a Rule are ignored, so the ConfigMap may carry notes).
 pub fn parse_configmap_data(data: &BTreeMap<String, String>) -> PolicySet {
+    parse_data(
+        data.iter()
+            .map(|(k, v)| DataEntry {
+                key: k.clone(),
+                label: k.clone(),
+                text: v.clone(),
+                offset: None,
+            })
+            .collect(),
+    )
+}
+
+/// One ConfigMap data entry; `offset` (lines, columns) maps positions in the value to the file.
+struct DataEntry {
+    key: String,
+    label: String,
+    text: String,
+    offset: Option<(usize, usize)>,
+}
+
+fn parse_data(data: Vec<DataEntry>) -> PolicySet {
     let mut problems = Vec::new();
-    let mut parsed: Vec<(String, Node)> = Vec::new();
-    for (key, text) in data {
-        match yaml::parse_documents(text) {
-            Ok(mut docs) if docs.len() == 1 => parsed.push((key.clone(), docs.remove(0))),
-            Ok(docs) if key == POLICIES_KEY => problems.push(Problem::general(
-                key,
+    let mut parsed: Vec<(&DataEntry, Node)> = Vec::new();
+    for entry in &data {
+        let (lines, cols) = entry.offset.unwrap_or((0, 0));
+        match yaml::parse_documents(&entry.text) {
+            Ok(mut docs) if docs.len() == 1 => {
+                let mut node = docs.remove(0);
+                node.shift(lines, cols);
+                parsed.push((entry, node));
+            }
+            Ok(docs) if entry.key == POLICIES_KEY => problems.push(Problem::general(
+                &entry.label,
                 &format!("found {} documents; allowed: exactly one PolicySet", docs.len()),
             )),
             Ok(_) => {}
-            Err(e) if key == POLICIES_KEY || text.contains("kind: Rule") => {
-                problems.push(syntax_problem(key, e))
+            Err(e) if entry.key == POLICIES_KEY || entry.text.contains("kind: Rule") => {
+                let mut p = syntax_problem(&entry.label, e);
+                if let Some(l) = &mut p.location {
+                    l.line += lines;
+                    l.column += cols;
+                }
+                problems.push(p);
             }
             Err(_) => {}
         }
     }
     let mut policy_doc = None;
     let mut rules = Vec::new();
-    for (key, node) in &parsed {
-        if key == POLICIES_KEY {
+    for (entry, node) in &parsed {
+        if entry.key == POLICIES_KEY {
             policy_doc = Some(validate::Doc {
-                source: key.clone(),
+                source: entry.label.clone(),
+                key: entry.key.clone(),
                 node,
             });
         } else if kind_of(node).1 == Some("Rule") {
+            let source = entry.label.clone();
             rules.push(validate::Doc {
-                source: key.clone(),
+                source,
+                key: entry.key.clone(),
                 node,
             });
         }
     }
-    let had_syntax_error = problems.iter().any(|p| p.source == POLICIES_KEY);
+    let had_syntax_error = data.iter().any(|e| e.key == POLICIES_KEY) && policy_doc.is_none();
     let mut set = validate::validate(policy_doc, &rules);
     if had_syntax_error {
         set.problems.retain(|p| p.source != "(none)");

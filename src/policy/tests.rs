@@ -410,3 +410,22 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn given_several_typos_in_one_policy_when_validated_then_all_are_reported_at_once() {
+    let set = parse_str(
+        "p.yaml",
+        &minimal("    shedule: x\n    storag: primary\n    startingDeadline: 10\n"),
+    );
+    let paths: Vec<&str> = set.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "policies[0].shedule",
+            "policies[0].storag",
+            "policies[0].startingDeadline"
+        ],
+        "{:#?}",
+        set.problems
+    );
+}

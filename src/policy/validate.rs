@@ -77,16 +77,31 @@ impl<'a> Ctx<'a> {
             }),
         }
     }
+    /// Decode the node at `path`. Unknown fields are reported and dropped, then decoding is retried, so
+    /// several typos in one policy are all reported at once; any other shape error stops the section.
     fn decode<T: serde::de::DeserializeOwned>(&mut self, path: &Path) -> Option<T> {
-        let node = self.root.get(path)?;
-        match yaml::decode(node) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.yaml(path, e);
-                None
+        let mut node = self.root.get(path)?.clone();
+        for _ in 0..32 {
+            match yaml::decode(&node) {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    let unknown = match &e {
+                        YamlError::Shape {
+                            path: rel, message, ..
+                        } if message.starts_with("unknown field") => Some(rel.clone()),
+                        _ => None,
+                    };
+                    self.yaml(path, e);
+                    match unknown {
+                        Some(rel) if node.remove(&rel) => {}
+                        _ => return None,
+                    }
+                }
             }
         }
+        None
     }
+
     fn duration(
         &mut self,
         path: &Path,
@@ -135,8 +150,10 @@ impl<'a> Ctx<'a> {
 
 /// A document and the name of where it came from (a ConfigMap key or a file).
 pub struct Doc<'a> {
-    /// `policies.yaml`, a rule key, or a path.
+    /// `policies.yaml`, a rule key, or a path (with the key), as shown in problems.
     pub source: String,
+    /// The ConfigMap key (or file name): names a Stork rule that has no `metadata.name`.
+    pub key: String,
     /// The parsed document.
     pub node: &'a Node,
 }
@@ -724,7 +741,7 @@ fn stork_rules(docs: &[Doc<'_>], problems: &mut Vec<Problem>) -> StorkRules {
     let mut out = StorkRules::new();
     for doc in docs {
         let key_name = doc
-            .source
+            .key
             .trim_end_matches(".yaml")
             .trim_end_matches(".yml")
             .to_string();

@@ -431,6 +431,50 @@ impl Node {
         Some(cur)
     }
 
+    /// Remove the mapping entry at `path` (a key path); true when something was removed.
+    pub fn remove(&mut self, path: &Path) -> bool {
+        let Some((Seg::Key(k), parent)) = path.0.split_last() else {
+            return false;
+        };
+        let mut cur = self;
+        for seg in parent {
+            cur = match (seg, &mut cur.kind) {
+                (Seg::Key(k), NodeKind::Map(entries)) => match entries.iter_mut().find(|e| &e.key == k) {
+                    Some(e) => &mut e.value,
+                    None => return false,
+                },
+                (Seg::Index(i), NodeKind::Seq(items)) => match items.get_mut(*i) {
+                    Some(n) => n,
+                    None => return false,
+                },
+                _ => return false,
+            };
+        }
+        match &mut cur.kind {
+            NodeKind::Map(entries) => {
+                let before = entries.len();
+                entries.retain(|e| &e.key != k);
+                entries.len() < before
+            }
+            _ => false,
+        }
+    }
+
+    /// Shift every location by `lines` and `columns` (for a document embedded in another one).
+    pub fn shift(&mut self, lines: usize, columns: usize) {
+        self.location.line += lines;
+        self.location.column += columns;
+        match &mut self.kind {
+            NodeKind::Scalar { .. } => {}
+            NodeKind::Seq(items) => items.iter_mut().for_each(|n| n.shift(lines, columns)),
+            NodeKind::Map(entries) => entries.iter_mut().for_each(|e| {
+                e.key_location.line += lines;
+                e.key_location.column += columns;
+                e.value.shift(lines, columns);
+            }),
+        }
+    }
+
     /// The best location for a problem at `path`: the value if it exists, else the deepest ancestor.
     pub fn locate(&self, path: &Path) -> Location {
         let mut cur = self;
