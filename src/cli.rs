@@ -16,6 +16,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the embedded Kubernetes API server (for demos and tests).
     Sandbox(crate::sandbox::cli::SandboxArgs),
+    /// Check policies and print problems (exit 2) or each policy's next fire times.
+    Validate(crate::policy::command::ValidateArgs),
 }
 
 /// Parse the process arguments and run the chosen subcommand.
@@ -27,6 +29,7 @@ pub fn run() -> anyhow::Result<Outcome> {
     rt.block_on(async move {
         match cli.command {
             Command::Sandbox(args) => crate::sandbox::cli::run(args).await,
+            Command::Validate(args) => crate::policy::command::run(args).await,
         }
     })
 }

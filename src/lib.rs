@@ -4,7 +4,10 @@
 //! everything else lives here so integration tests can drive it.
 
 pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod exit;
+pub mod policy;
 pub mod sandbox;
 pub mod store;
 
