@@ -580,17 +580,14 @@ impl Cluster {
             let mut next = rendered.clone();
             match kind {
                 PatchKind::Merge => patch::merge_patch(&mut next, body),
-                PatchKind::Json => {
-                    patch::json_patch(&mut next, body).map_err(|e| ApiError::invalid_patch(e.to_string()))?
-                }
+                PatchKind::Json => patch::json_patch(&mut next, body).map_err(patch_error)?,
                 PatchKind::Strategic => {
                     if rt.crd.is_some() {
                         return Err(ApiError::unsupported_media_type(
                             "application/strategic-merge-patch+json is not supported for custom resources",
                         ));
                     }
-                    patch::strategic_merge_patch(&mut next, body)
-                        .map_err(|e| ApiError::invalid_patch(e.to_string()))?
+                    patch::strategic_merge_patch(&mut next, body).map_err(patch_error)?
                 }
                 PatchKind::Apply => {
                     let manager = opts.field_manager.as_deref().ok_or_else(|| {
@@ -600,19 +597,7 @@ impl Cluster {
                     })?;
                     check_apply_body(rt, body, name)?;
                     next = patch::apply(Some(&rendered), body, manager, opts.force, &now()).map_err(|c| {
-                        ApiError::conflict_message(
-                            &rt.group,
-                            &rt.plural,
-                            name,
-                            c.message(),
-                            c.conflicts
-                                .iter()
-                                .map(|(m, f)| {
-                                    json!({"type": "FieldManagerConflict",
-                                           "message": format!("conflict with \"{m}\""), "field": f})
-                                })
-                                .collect(),
-                        )
+                        ApiError::conflict_message(&rt.group, &rt.plural, name, c.message(), c.causes())
                     })?;
                 }
             }
@@ -654,7 +639,7 @@ impl Cluster {
             .ok_or_else(|| ApiError::bad_request("PATCH, application/apply-patch+yaml requests must have a fieldManager"))?;
         check_apply_body(rt, body, name)?;
         let obj = patch::apply(None, body, manager, true, &now())
-            .map_err(|c| ApiError::conflict_message(&rt.group, &rt.plural, name, c.message(), json!([])))?;
+            .map_err(|c| ApiError::conflict_message(&rt.group, &rt.plural, name, c.message(), c.causes()))?;
         let mut create_opts = opts.clone();
         create_opts.field_manager = None;
         self.create_in(work, rt, ns, obj, &create_opts)
@@ -1071,6 +1056,11 @@ impl Cluster {
         }
         self.registry.write().unwrap_or_else(|p| p.into_inner()).remove_crd(&name);
     }
+}
+
+/// A patch that could not be read (400) or applied (422).
+fn patch_error(e: patch::PatchError) -> ApiError {
+    if e.status_code() == 400 { ApiError::bad_request(e.to_string()) } else { ApiError::invalid_patch(e.to_string()) }
 }
 
 fn body_has_no_rv(body: &Value) -> bool {
