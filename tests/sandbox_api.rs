@@ -5,9 +5,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod};
-use kube::api::{
-    Api, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{Discovery, Scope};
 use kube::runtime::watcher;
@@ -19,7 +17,9 @@ use freezeframe::sandbox::{Fault, Sandbox, SandboxOptions};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn sandbox() -> (Sandbox, Client) {
-    let sb = Sandbox::start(SandboxOptions::default()).await.expect("sandbox starts");
+    let sb = Sandbox::start(SandboxOptions::default())
+        .await
+        .expect("sandbox starts");
     let client = sb.client().await.expect("client from the written kubeconfig");
     (sb, client)
 }
@@ -27,7 +27,9 @@ async fn sandbox() -> (Sandbox, Client) {
 async fn namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &ns).await.expect("namespace created");
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace created");
 }
 
 fn configmap(name: &str, labels: serde_json::Value) -> ConfigMap {
@@ -56,25 +58,63 @@ fn crd_api(client: &Client) -> Api<DynamicObject> {
 #[tokio::test]
 async fn given_sandbox_when_discovery_runs_then_builtins_and_crd_kinds_are_found_with_scope() {
     let (_sb, client) = sandbox().await;
-    let obj: DynamicObject = serde_json::from_value(crd("example.com", "Widget", "widgets", "Cluster")).unwrap();
-    crd_api(&client).create(&PostParams::default(), &obj).await.unwrap();
+    let obj: DynamicObject =
+        serde_json::from_value(crd("example.com", "Widget", "widgets", "Cluster")).unwrap();
+    crd_api(&client)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
 
     let discovery = Discovery::new(client.clone()).run().await.expect("discovery");
-    let (ar, caps) = discovery.resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "StatefulSet")).expect("sts");
+    let (ar, caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "StatefulSet"))
+        .expect("sts");
     assert_eq!(ar.plural, "statefulsets");
     assert_eq!(caps.scope, Scope::Namespaced);
-    let (_, caps) = discovery.resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget")).expect("crd kind");
+    let (_, caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget"))
+        .expect("crd kind");
     assert_eq!(caps.scope, Scope::Cluster);
-    let (_, pod_caps) = discovery.resolve_gvk(&GroupVersionKind::gvk("", "v1", "Pod")).unwrap();
-    assert!(pod_caps.subresources.iter().any(|(sr, _)| sr.plural == "pods/exec" || sr.plural == "exec"));
+    let (_, pod_caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Pod"))
+        .unwrap();
+    assert!(
+        pod_caps
+            .subresources
+            .iter()
+            .any(|(sr, _)| sr.plural == "pods/exec" || sr.plural == "exec")
+    );
 
-    let aggregated = Discovery::new(client.clone()).run_aggregated().await.expect("aggregated discovery");
-    assert!(aggregated.resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget")).is_some());
-    assert!(aggregated.resolve_gvk(&GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot")).is_some());
+    let aggregated = Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .expect("aggregated discovery");
+    assert!(
+        aggregated
+            .resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget"))
+            .is_some()
+    );
+    assert!(
+        aggregated
+            .resolve_gvk(&GroupVersionKind::gvk(
+                "snapshot.storage.k8s.io",
+                "v1",
+                "VolumeSnapshot"
+            ))
+            .is_some()
+    );
 
-    crd_api(&client).delete("widgets.example.com", &DeleteParams::default()).await.unwrap();
+    crd_api(&client)
+        .delete("widgets.example.com", &DeleteParams::default())
+        .await
+        .unwrap();
     let after = Discovery::new(client.clone()).run().await.unwrap();
-    assert!(after.resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget")).is_none(), "deleted CRD still served");
+    assert!(
+        after
+            .resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget"))
+            .is_none(),
+        "deleted CRD still served"
+    );
 }
 
 #[tokio::test]
@@ -83,7 +123,12 @@ async fn given_more_objects_than_limit_when_listing_dynamic_then_pages_are_compl
     namespace(&client, "pages").await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "pages");
     for i in 0..25 {
-        cms.create(&PostParams::default(), &configmap(&format!("cm-{i:02}"), json!({"batch": "a"}))).await.unwrap();
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("cm-{i:02}"), json!({"batch": "a"})),
+        )
+        .await
+        .unwrap();
     }
     let ar = ApiResource::erase::<ConfigMap>(&());
     let dynamic: Api<DynamicObject> = Api::namespaced_with(client.clone(), "pages", &ar);
@@ -96,7 +141,12 @@ async fn given_more_objects_than_limit_when_listing_dynamic_then_pages_are_compl
         names.extend(page.items.iter().map(|o| o.name_any()));
         if pages == 1 {
             // Written after the first page: a consistent list does not show it.
-            cms.create(&PostParams::default(), &configmap("cm-late", json!({"batch": "a"}))).await.unwrap();
+            cms.create(
+                &PostParams::default(),
+                &configmap("cm-late", json!({"batch": "a"})),
+            )
+            .await
+            .unwrap();
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
@@ -116,14 +166,21 @@ async fn given_compacted_store_when_continuing_list_then_410_expired() {
     let (sb, client) = sandbox().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     for i in 0..5 {
-        cms.create(&PostParams::default(), &configmap(&format!("c{i}"), json!({}))).await.unwrap();
+        cms.create(&PostParams::default(), &configmap(&format!("c{i}"), json!({})))
+            .await
+            .unwrap();
     }
     let first = cms.list(&ListParams::default().limit(2)).await.unwrap();
     let token = first.metadata.continue_.clone().expect("more pages");
     assert!(first.metadata.remaining_item_count.is_some_and(|n| n >= 3));
-    cms.create(&PostParams::default(), &configmap("later", json!({}))).await.unwrap();
+    cms.create(&PostParams::default(), &configmap("later", json!({})))
+        .await
+        .unwrap();
     sb.cluster().store.compact();
-    let err = cms.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap_err();
+    let err = cms
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap_err();
     match err {
         kube::Error::Api(s) => {
             assert_eq!(s.code, 410);
@@ -141,22 +198,42 @@ async fn given_watcher_when_objects_change_then_add_modify_delete_are_seen() {
     let mut stream = watcher(cms.clone(), watcher::Config::default().labels("w=yes")).boxed();
     // The initial list completes first.
     loop {
-        match tokio::time::timeout(TIMEOUT, stream.try_next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(TIMEOUT, stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Some(watcher::Event::InitDone) => break,
             Some(_) => continue,
             None => panic!("stream ended"),
         }
     }
-    cms.create(&PostParams::default(), &configmap("x", json!({"w": "yes"}))).await.unwrap();
-    cms.create(&PostParams::default(), &configmap("ignored", json!({"w": "no"}))).await.unwrap();
-    cms.patch("x", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "changed"}}))).await.unwrap();
+    cms.create(&PostParams::default(), &configmap("x", json!({"w": "yes"})))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &configmap("ignored", json!({"w": "no"})))
+        .await
+        .unwrap();
+    cms.patch(
+        "x",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "changed"}})),
+    )
+    .await
+    .unwrap();
     cms.delete("x", &DeleteParams::default()).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        match tokio::time::timeout(TIMEOUT, stream.try_next()).await.expect("event in time").unwrap() {
-            Some(watcher::Event::Apply(cm)) => {
-                seen.push(format!("apply {} {}", cm.name_any(), cm.data.unwrap_or_default()["k"]))
-            }
+        match tokio::time::timeout(TIMEOUT, stream.try_next())
+            .await
+            .expect("event in time")
+            .unwrap()
+        {
+            Some(watcher::Event::Apply(cm)) => seen.push(format!(
+                "apply {} {}",
+                cm.name_any(),
+                cm.data.unwrap_or_default()["k"]
+            )),
             Some(watcher::Event::Delete(cm)) => seen.push(format!("delete {}", cm.name_any())),
             Some(_) => {}
             None => panic!("stream ended"),
@@ -169,11 +246,20 @@ async fn given_watcher_when_objects_change_then_add_modify_delete_are_seen() {
 async fn given_watch_from_compacted_revision_then_410_gone_event_and_watcher_relists() {
     let (sb, client) = sandbox().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let created = cms.create(&PostParams::default(), &configmap("old", json!({}))).await.unwrap();
+    let created = cms
+        .create(&PostParams::default(), &configmap("old", json!({})))
+        .await
+        .unwrap();
     let rv = created.resource_version().unwrap();
-    cms.create(&PostParams::default(), &configmap("newer", json!({}))).await.unwrap();
+    cms.create(&PostParams::default(), &configmap("newer", json!({})))
+        .await
+        .unwrap();
     sb.cluster().store.compact();
-    let mut events = cms.watch(&kube::api::WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut events = cms
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     match tokio::time::timeout(TIMEOUT, events.next()).await.unwrap() {
         Some(Ok(kube::api::WatchEvent::Error(e))) => assert_eq!(e.code, 410),
         other => panic!("expected a 410 error event, got {other:?}"),
@@ -182,14 +268,27 @@ async fn given_watch_from_compacted_revision_then_410_gone_event_and_watcher_rel
 
 #[tokio::test]
 async fn given_bookmarks_allowed_when_watching_then_bookmarks_carry_resource_versions() {
-    let sb = Sandbox::start(SandboxOptions { bookmark_interval: Some(Duration::from_millis(100)), ..Default::default() })
-        .await
-        .unwrap();
+    let sb = Sandbox::start(SandboxOptions {
+        bookmark_interval: Some(Duration::from_millis(100)),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let client = sb.client().await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let list = cms.list(&ListParams::default()).await.unwrap();
     let rv = list.metadata.resource_version.unwrap();
-    let mut events = cms.watch(&kube::api::WatchParams { bookmarks: true, ..Default::default() }, &rv).await.unwrap().boxed();
+    let mut events = cms
+        .watch(
+            &kube::api::WatchParams {
+                bookmarks: true,
+                ..Default::default()
+            },
+            &rv,
+        )
+        .await
+        .unwrap()
+        .boxed();
     match tokio::time::timeout(TIMEOUT, events.next()).await.unwrap() {
         Some(Ok(kube::api::WatchEvent::Bookmark(b))) => assert!(!b.metadata.resource_version.is_empty()),
         other => panic!("expected a bookmark, got {other:?}"),
@@ -200,17 +299,28 @@ async fn given_bookmarks_allowed_when_watching_then_bookmarks_carry_resource_ver
 async fn given_stale_resource_version_when_updating_then_409_conflict() {
     let (_sb, client) = sandbox().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let first = cms.create(&PostParams::default(), &configmap("cc", json!({}))).await.unwrap();
+    let first = cms
+        .create(&PostParams::default(), &configmap("cc", json!({})))
+        .await
+        .unwrap();
     let mut a = first.clone();
     a.data = Some([("k".to_string(), "a".to_string())].into());
     let updated = cms.replace("cc", &PostParams::default(), &a).await.unwrap();
     assert_ne!(updated.resource_version(), first.resource_version());
     let mut stale = first.clone();
     stale.data = Some([("k".to_string(), "b".to_string())].into());
-    match cms.replace("cc", &PostParams::default(), &stale).await.unwrap_err() {
+    match cms
+        .replace("cc", &PostParams::default(), &stale)
+        .await
+        .unwrap_err()
+    {
         kube::Error::Api(s) => {
             assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
-            assert!(s.message.contains("the object has been modified"), "{}", s.message);
+            assert!(
+                s.message.contains("the object has been modified"),
+                "{}",
+                s.message
+            );
         }
         other => panic!("expected conflict, got {other:?}"),
     }
@@ -221,19 +331,48 @@ async fn given_errors_then_status_reason_and_code_match_the_api_server() {
     let (_sb, client) = sandbox().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let nf = cms.get("missing").await.unwrap_err();
-    assert!(matches!(&nf, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound" && s.message == "configmaps \"missing\" not found"));
-    cms.create(&PostParams::default(), &configmap("dup", json!({}))).await.unwrap();
-    let dup = cms.create(&PostParams::default(), &configmap("dup", json!({}))).await.unwrap_err();
+    assert!(
+        matches!(&nf, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound" && s.message == "configmaps \"missing\" not found")
+    );
+    cms.create(&PostParams::default(), &configmap("dup", json!({})))
+        .await
+        .unwrap();
+    let dup = cms
+        .create(&PostParams::default(), &configmap("dup", json!({})))
+        .await
+        .unwrap_err();
     assert!(matches!(&dup, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists"));
-    let bad = cms.create(&PostParams::default(), &configmap("Bad_Name", json!({}))).await.unwrap_err();
-    assert!(matches!(&bad, kube::Error::Api(s) if s.code == 422 && s.reason == "Invalid"), "{bad:?}");
+    let bad = cms
+        .create(&PostParams::default(), &configmap("Bad_Name", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&bad, kube::Error::Api(s) if s.code == 422 && s.reason == "Invalid"),
+        "{bad:?}"
+    );
     let elsewhere: Api<ConfigMap> = Api::namespaced(client.clone(), "nowhere");
-    let no_ns = elsewhere.create(&PostParams::default(), &configmap("x", json!({}))).await.unwrap_err();
-    assert!(matches!(&no_ns, kube::Error::Api(s) if s.code == 404 && s.message == "namespaces \"nowhere\" not found"));
-    let bad_sel = cms.list(&ListParams::default().labels("a in (b")).await.unwrap_err();
-    assert!(matches!(&bad_sel, kube::Error::Api(s) if s.code == 400 && s.reason == "BadRequest"), "{bad_sel:?}");
-    let bad_field = cms.list(&ListParams::default().fields("data.k=v")).await.unwrap_err();
-    assert!(matches!(&bad_field, kube::Error::Api(s) if s.code == 400 && s.message.contains("field label not supported")));
+    let no_ns = elsewhere
+        .create(&PostParams::default(), &configmap("x", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&no_ns, kube::Error::Api(s) if s.code == 404 && s.message == "namespaces \"nowhere\" not found")
+    );
+    let bad_sel = cms
+        .list(&ListParams::default().labels("a in (b"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&bad_sel, kube::Error::Api(s) if s.code == 400 && s.reason == "BadRequest"),
+        "{bad_sel:?}"
+    );
+    let bad_field = cms
+        .list(&ListParams::default().fields("data.k=v"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&bad_field, kube::Error::Api(s) if s.code == 400 && s.message.contains("field label not supported"))
+    );
 }
 
 #[tokio::test]
@@ -246,7 +385,9 @@ async fn given_injected_throttling_when_listing_then_429_with_retry_after() {
         error: freezeframe::sandbox::ApiError::too_many_requests(2),
         times: 1,
     });
-    let resp = reqwest::get(format!("{}/api/v1/namespaces/default/configmaps", sb.url())).await.unwrap();
+    let resp = reqwest::get(format!("{}/api/v1/namespaces/default/configmaps", sb.url()))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "2");
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
@@ -263,17 +404,57 @@ async fn given_label_and_field_selectors_when_listing_then_all_operators_filter(
         ("b", json!({"app": "web", "tier": "2"})),
         ("c", json!({"app": "cache"})),
     ] {
-        cms.create(&PostParams::default(), &configmap(n, labels)).await.unwrap();
+        cms.create(&PostParams::default(), &configmap(n, labels))
+            .await
+            .unwrap();
     }
-    let names = |l: kube::core::ObjectList<ConfigMap>| l.items.iter().map(|c| c.name_any()).collect::<Vec<_>>();
-    assert_eq!(names(cms.list(&ListParams::default().labels("app in (db,web)")).await.unwrap()), ["a", "b"]);
-    assert_eq!(names(cms.list(&ListParams::default().labels("app notin (db),app")).await.unwrap()), ["b", "c"]);
-    assert_eq!(names(cms.list(&ListParams::default().labels("!tier")).await.unwrap()), ["c", "kube-root-ca.crt"]);
-    assert_eq!(names(cms.list(&ListParams::default().labels("tier>1")).await.unwrap()), ["b"]);
-    assert_eq!(names(cms.list(&ListParams::default().labels("app!=db,tier")).await.unwrap()), ["b"]);
-    assert_eq!(names(cms.list(&ListParams::default().fields("metadata.name=c")).await.unwrap()), ["c"]);
+    let names =
+        |l: kube::core::ObjectList<ConfigMap>| l.items.iter().map(|c| c.name_any()).collect::<Vec<_>>();
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("app in (db,web)"))
+                .await
+                .unwrap()
+        ),
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("app notin (db),app"))
+                .await
+                .unwrap()
+        ),
+        ["b", "c"]
+    );
+    assert_eq!(
+        names(cms.list(&ListParams::default().labels("!tier")).await.unwrap()),
+        ["c", "kube-root-ca.crt"]
+    );
+    assert_eq!(
+        names(cms.list(&ListParams::default().labels("tier>1")).await.unwrap()),
+        ["b"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().labels("app!=db,tier"))
+                .await
+                .unwrap()
+        ),
+        ["b"]
+    );
+    assert_eq!(
+        names(
+            cms.list(&ListParams::default().fields("metadata.name=c"))
+                .await
+                .unwrap()
+        ),
+        ["c"]
+    );
     let all: Api<ConfigMap> = Api::all(client.clone());
-    let in_sel = all.list(&ListParams::default().fields("metadata.namespace=sel,metadata.name!=a")).await.unwrap();
+    let in_sel = all
+        .list(&ListParams::default().fields("metadata.namespace=sel,metadata.name!=a"))
+        .await
+        .unwrap();
     assert_eq!(names(in_sel), ["b", "c", "kube-root-ca.crt"]);
 }
 
@@ -294,12 +475,18 @@ async fn given_deployment_when_created_scaled_and_deleted_then_replicaset_and_po
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "apps");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "apps");
     let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "apps");
-    let d = deploys.create(&PostParams::default(), &deployment("web", 3)).await.unwrap();
+    let d = deploys
+        .create(&PostParams::default(), &deployment("web", 3))
+        .await
+        .unwrap();
     let rs_list = rss.list(&ListParams::default()).await.unwrap();
     assert_eq!(rs_list.items.len(), 1);
     let rs = &rs_list.items[0];
     let owner = &rs.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Deployment", d.uid().unwrap().as_str(), Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("Deployment", d.uid().unwrap().as_str(), Some(true))
+    );
     let hash = rs.labels()["pod-template-hash"].clone();
     assert_eq!(rs.name_any(), format!("web-{hash}"));
     let listed = pods.list(&ListParams::default().labels("app=web")).await.unwrap();
@@ -310,22 +497,40 @@ async fn given_deployment_when_created_scaled_and_deleted_then_replicaset_and_po
         assert_eq!(p.owner_references()[0].kind, "ReplicaSet");
         assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
     }
-    let running = pods.list(&ListParams::default().fields("status.phase=Running")).await.unwrap();
+    let running = pods
+        .list(&ListParams::default().fields("status.phase=Running"))
+        .await
+        .unwrap();
     assert_eq!(running.items.len(), 3);
     let status = deploys.get("web").await.unwrap().status.unwrap();
     assert_eq!(status.ready_replicas, Some(3));
 
     // A deleted pod is replaced; scaling changes the count.
-    pods.delete(&listed.items[0].name_any(), &DeleteParams::default()).await.unwrap();
+    pods.delete(&listed.items[0].name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
     assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 3);
-    deploys.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}}))).await.unwrap();
+    deploys
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
     assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 1);
     let scale = deploys.get_scale("web").await.unwrap();
     assert_eq!(scale.spec.unwrap().replicas, Some(1));
 
     deploys.delete("web", &DeleteParams::background()).await.unwrap();
-    assert!(rss.list(&ListParams::default()).await.unwrap().items.is_empty(), "GC removes the ReplicaSet");
-    assert!(pods.list(&ListParams::default()).await.unwrap().items.is_empty(), "GC removes the pods");
+    assert!(
+        rss.list(&ListParams::default()).await.unwrap().items.is_empty(),
+        "GC removes the ReplicaSet"
+    );
+    assert!(
+        pods.list(&ListParams::default()).await.unwrap().items.is_empty(),
+        "GC removes the pods"
+    );
 }
 
 #[tokio::test]
@@ -345,7 +550,14 @@ async fn given_statefulset_with_claim_templates_then_ordinal_pods_get_bound_clai
     .unwrap();
     sts.create(&PostParams::default(), &s).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "db");
-    let names: Vec<String> = pods.list(&ListParams::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
+    let names: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
     assert_eq!(names, ["cass-0", "cass-1", "cass-2"]);
     let pod = pods.get("cass-1").await.unwrap();
     assert_eq!(pod.labels()["statefulset.kubernetes.io/pod-name"], "cass-1");
@@ -358,12 +570,32 @@ async fn given_statefulset_with_claim_templates_then_ordinal_pods_get_bound_clai
     let mounted = sb.state_dir().join("pods/db/cass-1/var/lib/cassandra");
     std::fs::write(mounted.join("sstable"), b"rows").unwrap();
     let pv = claim.spec.unwrap().volume_name.unwrap();
-    assert_eq!(std::fs::read(sb.state_dir().join("volumes").join(pv).join("sstable")).unwrap(), b"rows");
+    assert_eq!(
+        std::fs::read(sb.state_dir().join("volumes").join(pv).join("sstable")).unwrap(),
+        b"rows"
+    );
 
-    sts.patch("cass", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}}))).await.unwrap();
-    let names: Vec<String> = pods.list(&ListParams::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
+    sts.patch(
+        "cass",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
     assert_eq!(names, ["cass-0"]);
-    assert_eq!(claims.list(&ListParams::default()).await.unwrap().items.len(), 3, "scale-down keeps claims");
+    assert_eq!(
+        claims.list(&ListParams::default()).await.unwrap().items.len(),
+        3,
+        "scale-down keeps claims"
+    );
 }
 
 #[tokio::test]
@@ -371,10 +603,14 @@ async fn given_namespace_when_deleted_then_contents_go_and_namespace_is_gone() {
     let (_sb, client) = sandbox().await;
     namespace(&client, "doomed").await;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "doomed");
-    deploys.create(&PostParams::default(), &deployment("web", 2)).await.unwrap();
+    deploys
+        .create(&PostParams::default(), &deployment("web", 2))
+        .await
+        .unwrap();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "doomed");
     let pvc: PersistentVolumeClaim = serde_json::from_value(json!({"metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})).unwrap();
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+    .unwrap();
     claims.create(&PostParams::default(), &pvc).await.unwrap();
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.delete("doomed", &DeleteParams::default()).await.unwrap();
@@ -383,32 +619,57 @@ async fn given_namespace_when_deleted_then_contents_go_and_namespace_is_gone() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "doomed");
     assert!(pods.list(&ListParams::default()).await.unwrap().items.is_empty());
     let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
-    assert!(pvs.list(&ListParams::default()).await.unwrap().items.is_empty(), "reclaim policy Delete");
+    assert!(
+        pvs.list(&ListParams::default()).await.unwrap().items.is_empty(),
+        "reclaim policy Delete"
+    );
 }
 
 #[tokio::test]
 async fn given_status_subresource_then_main_writes_ignore_status_and_status_writes_only_status() {
     let (_sb, client) = sandbox().await;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "default");
-    deploys.create(&PostParams::default(), &deployment("s", 1)).await.unwrap();
+    deploys
+        .create(&PostParams::default(), &deployment("s", 1))
+        .await
+        .unwrap();
     let before = deploys.get("s").await.unwrap();
     assert_eq!(before.metadata.generation, Some(1));
     deploys
-        .patch("s", &PatchParams::default(), &Patch::Merge(json!({"status": {"readyReplicas": 42}, "metadata": {"labels": {"x": "y"}}})))
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"readyReplicas": 42}, "metadata": {"labels": {"x": "y"}}})),
+        )
         .await
         .unwrap();
     let after = deploys.get("s").await.unwrap();
     assert_eq!(after.status.as_ref().unwrap().ready_replicas, Some(1));
     assert_eq!(after.labels()["x"], "y");
-    assert_eq!(after.metadata.generation, Some(1), "metadata changes do not bump generation");
+    assert_eq!(
+        after.metadata.generation,
+        Some(1),
+        "metadata changes do not bump generation"
+    );
     deploys
-        .patch_status("s", &PatchParams::default(), &Patch::Merge(json!({"status": {"collisionCount": 7}, "spec": {"replicas": 5}})))
+        .patch_status(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"collisionCount": 7}, "spec": {"replicas": 5}})),
+        )
         .await
         .unwrap();
     let st = deploys.get("s").await.unwrap();
     assert_eq!(st.status.unwrap().collision_count, Some(7));
     assert_eq!(st.spec.replicas, Some(1));
-    deploys.patch("s", &PatchParams::default(), &Patch::Merge(json!({"spec": {"minReadySeconds": 3}}))).await.unwrap();
+    deploys
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"minReadySeconds": 3}})),
+        )
+        .await
+        .unwrap();
     assert_eq!(deploys.get("s").await.unwrap().metadata.generation, Some(2));
 }
 
@@ -416,27 +677,48 @@ async fn given_status_subresource_then_main_writes_ignore_status_and_status_writ
 async fn given_generate_name_and_deletecollection_then_names_are_generated_and_selected_objects_deleted() {
     let (_sb, client) = sandbox().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"generateName": "run-", "labels": {"gen": "1"}}})).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"generateName": "run-", "labels": {"gen": "1"}}}))
+            .unwrap();
     let a = cms.create(&PostParams::default(), &cm).await.unwrap();
     let b = cms.create(&PostParams::default(), &cm).await.unwrap();
     assert!(a.name_any().starts_with("run-") && a.name_any().len() == 9);
     assert_ne!(a.name_any(), b.name_any());
     assert!(a.uid().is_some() && a.creation_timestamp().is_some());
-    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("gen=1")).await.unwrap();
-    assert!(cms.list(&ListParams::default().labels("gen=1")).await.unwrap().items.is_empty());
-    assert!(cms.get("kube-root-ca.crt").await.is_ok(), "unselected objects stay");
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("gen=1"))
+        .await
+        .unwrap();
+    assert!(
+        cms.list(&ListParams::default().labels("gen=1"))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        cms.get("kube-root-ca.crt").await.is_ok(),
+        "unselected objects stay"
+    );
 }
 
 #[tokio::test]
 async fn given_finalizer_when_deleted_then_object_waits_until_finalizer_removed() {
     let (_sb, client) = sandbox().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}))
+            .unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
     cms.delete("held", &DeleteParams::default()).await.unwrap();
     let held = cms.get("held").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
-    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
     assert!(matches!(cms.get("held").await.unwrap_err(), kube::Error::Api(s) if s.code == 404));
 }
 
@@ -445,28 +727,41 @@ async fn given_running_pod_when_exec_then_stdout_and_exit_status_reach_kube_rs()
     let (_sb, client) = sandbox().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "sh"},
-        "spec": {"containers": [{"name": "main", "image": "busybox"}]}})).unwrap();
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]}}))
+    .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
     let mut ok = pods
-        .exec("sh", ["sh", "-c", "echo $POD_NAME/$POD_NAMESPACE/$CONTAINER_NAME"], &AttachParams::default().stderr(false))
+        .exec(
+            "sh",
+            ["sh", "-c", "echo $POD_NAME/$POD_NAMESPACE/$CONTAINER_NAME"],
+            &AttachParams::default().stderr(false),
+        )
         .await
         .unwrap();
     let mut out = ok.stdout().unwrap();
     let status = ok.take_status().unwrap();
     let mut text = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut out, &mut text).await.unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut out, &mut text)
+        .await
+        .unwrap();
     assert_eq!(text, "sh/default/main\n");
     let s = tokio::time::timeout(TIMEOUT, status).await.unwrap().unwrap();
     assert_eq!(s.status.as_deref(), Some("Success"));
 
     let mut proc = pods
-        .exec("sh", ["sh", "-c", "echo out; exit 4"], &AttachParams::default().stderr(false))
+        .exec(
+            "sh",
+            ["sh", "-c", "echo out; exit 4"],
+            &AttachParams::default().stderr(false),
+        )
         .await
         .unwrap();
     let mut stdout = proc.stdout().unwrap();
     let status = proc.take_status().unwrap();
     let mut buf = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut buf).await.unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut buf)
+        .await
+        .unwrap();
     assert_eq!(buf, "out\n");
     let s = tokio::time::timeout(TIMEOUT, status).await.unwrap().unwrap();
     assert_eq!(s.reason.as_deref(), Some("NonZeroExitCode"));
@@ -480,9 +775,26 @@ async fn given_pending_pod_when_exec_then_error_like_a_real_server() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "waiting",
         "annotations": {"sandbox.freezeframe.dev/phase": "Pending"}},
-        "spec": {"containers": [{"name": "main", "image": "busybox"}]}})).unwrap();
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]}}))
+    .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    assert_eq!(pods.get("waiting").await.unwrap().status.unwrap().phase.as_deref(), Some("Pending"));
-    let err = pods.exec("waiting", ["true"], &AttachParams::default()).await.err().expect("exec refused");
-    assert!(matches!(err, kube::Error::Api(s) if s.code == 400), "pending pod has no host");
+    assert_eq!(
+        pods.get("waiting")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Pending")
+    );
+    let err = pods
+        .exec("waiting", ["true"], &AttachParams::default())
+        .await
+        .err()
+        .expect("exec refused");
+    assert!(
+        matches!(err, kube::Error::Api(s) if s.code == 400),
+        "pending pod has no host"
+    );
 }

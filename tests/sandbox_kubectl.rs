@@ -21,8 +21,13 @@ struct Kubectl {
 
 impl Kubectl {
     async fn start() -> Self {
-        let sb = Sandbox::start(SandboxOptions::default()).await.expect("sandbox starts");
-        Kubectl { sb, home: tempfile::tempdir().unwrap() }
+        let sb = Sandbox::start(SandboxOptions::default())
+            .await
+            .expect("sandbox starts");
+        Kubectl {
+            sb,
+            home: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -77,22 +82,63 @@ async fn given_multi_document_manifest_when_applied_twice_then_everything_includ
     let k = Kubectl::start().await;
     let first = k.run(&["apply", "-f", SHOP]).await;
     let stderr = String::from_utf8_lossy(&first.stderr);
-    assert!(!first.status.success(), "the CR cannot map before its CRD is served");
-    assert!(stderr.contains("no matches for kind \"Cart\" in version \"shop.example.com/v1\""), "{stderr}");
+    assert!(
+        !first.status.success(),
+        "the CR cannot map before its CRD is served"
+    );
+    assert!(
+        stderr.contains("no matches for kind \"Cart\" in version \"shop.example.com/v1\""),
+        "{stderr}"
+    );
     let second = k.ok(&["apply", "-f", SHOP]).await;
-    assert!(second.contains("cart.shop.example.com/cart-1 created"), "{second}");
+    assert!(
+        second.contains("cart.shop.example.com/cart-1 created"),
+        "{second}"
+    );
     assert!(second.contains("deployment.apps/web unchanged"), "{second}");
 
-    let pods = k.ok(&["get", "pods", "-n", "shop", "-l", "app=db", "-o", "name"]).await;
-    assert_eq!(pods.lines().collect::<Vec<_>>(), ["pod/db-0", "pod/db-1", "pod/db-2"]);
-    let deploy = k.ok(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"]).await;
+    let pods = k
+        .ok(&["get", "pods", "-n", "shop", "-l", "app=db", "-o", "name"])
+        .await;
+    assert_eq!(
+        pods.lines().collect::<Vec<_>>(),
+        ["pod/db-0", "pod/db-1", "pod/db-2"]
+    );
+    let deploy = k
+        .ok(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"])
+        .await;
     assert!(deploy.contains("readyReplicas: 2"), "{deploy}");
-    assert!(deploy.contains("kubectl.kubernetes.io/last-applied-configuration"), "{deploy}");
-    let claims = k.ok(&["get", "pvc", "-n", "shop", "-o", "jsonpath={.items[*].status.phase}"]).await;
+    assert!(
+        deploy.contains("kubectl.kubernetes.io/last-applied-configuration"),
+        "{deploy}"
+    );
+    let claims = k
+        .ok(&[
+            "get",
+            "pvc",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ])
+        .await;
     assert_eq!(claims, "Bound Bound Bound Bound");
     let resources = k.ok(&["api-resources", "--api-group", "shop.example.com"]).await;
-    assert!(resources.contains("carts") && resources.contains("ct") && resources.contains("Cart"), "{resources}");
-    let cart = k.ok(&["get", "carts", "-n", "shop", "cart-1", "-o", "jsonpath={.spec.items}"]).await;
+    assert!(
+        resources.contains("carts") && resources.contains("ct") && resources.contains("Cart"),
+        "{resources}"
+    );
+    let cart = k
+        .ok(&[
+            "get",
+            "carts",
+            "-n",
+            "shop",
+            "cart-1",
+            "-o",
+            "jsonpath={.spec.items}",
+        ])
+        .await;
     assert_eq!(cart, r#"["apple","pear"]"#);
     let table = k.ok(&["get", "pods", "-n", "shop"]).await;
     assert!(table.starts_with("NAME") && table.contains("Running"), "{table}");
@@ -102,7 +148,18 @@ async fn given_multi_document_manifest_when_applied_twice_then_everything_includ
 async fn given_pod_when_kubectl_exec_then_output_printed_and_exit_code_returned() {
     let k = Kubectl::start().await;
     k.apply_shop().await;
-    let out = k.run(&["exec", "-n", "shop", "db-1", "--", "sh", "-c", "echo hello from $POD_NAME; exit 3"]).await;
+    let out = k
+        .run(&[
+            "exec",
+            "-n",
+            "shop",
+            "db-1",
+            "--",
+            "sh",
+            "-c",
+            "echo hello from $POD_NAME; exit 3",
+        ])
+        .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from db-1\n");
     assert_eq!(out.status.code(), Some(3));
     let piped = k
@@ -122,21 +179,68 @@ async fn given_pod_when_kubectl_exec_then_output_printed_and_exit_code_returned(
 async fn given_resources_when_kubectl_patches_and_deletes_then_changes_are_served() {
     let k = Kubectl::start().await;
     k.apply_shop().await;
-    k.ok(&["patch", "deployment", "web", "-n", "shop", "-p", r#"{"spec":{"replicas":3}}"#]).await;
-    let pods = k.ok(&["get", "pods", "-n", "shop", "-l", "app=web", "-o", "name"]).await;
+    k.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "-p",
+        r#"{"spec":{"replicas":3}}"#,
+    ])
+    .await;
+    let pods = k
+        .ok(&["get", "pods", "-n", "shop", "-l", "app=web", "-o", "name"])
+        .await;
     assert_eq!(pods.lines().count(), 3);
-    k.ok(&["patch", "configmap", "web-config", "-n", "shop", "--type=json", "-p", r#"[{"op":"add","path":"/data/color","value":"blue"}]"#]).await;
-    let color = k.ok(&["get", "cm", "web-config", "-n", "shop", "-o", "jsonpath={.data.color}"]).await;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/color","value":"blue"}]"#,
+    ])
+    .await;
+    let color = k
+        .ok(&[
+            "get",
+            "cm",
+            "web-config",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.color}",
+        ])
+        .await;
     assert_eq!(color, "blue");
-    k.ok(&["patch", "carts", "cart-1", "-n", "shop", "--type=merge", "-p", r#"{"spec":{"items":["fig"]}}"#]).await;
-    k.ok(&["scale", "statefulset", "db", "-n", "shop", "--replicas=1"]).await;
-    let db = k.ok(&["get", "pods", "-n", "shop", "-l", "app=db", "-o", "name"]).await;
+    k.ok(&[
+        "patch",
+        "carts",
+        "cart-1",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"items":["fig"]}}"#,
+    ])
+    .await;
+    k.ok(&["scale", "statefulset", "db", "-n", "shop", "--replicas=1"])
+        .await;
+    let db = k
+        .ok(&["get", "pods", "-n", "shop", "-l", "app=db", "-o", "name"])
+        .await;
     assert_eq!(db.trim(), "pod/db-0");
 
     k.ok(&["delete", "configmap", "web-config", "-n", "shop"]).await;
     let missing = k.run(&["get", "configmap", "web-config", "-n", "shop"]).await;
     assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains(r#"Error from server (NotFound): configmaps "web-config" not found"#));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains(r#"Error from server (NotFound): configmaps "web-config" not found"#)
+    );
     k.ok(&["delete", "namespace", "shop"]).await;
     let gone = k.run(&["get", "namespace", "shop"]).await;
     assert!(!gone.status.success());
@@ -151,13 +255,19 @@ async fn given_kubectl_get_watch_when_object_changes_then_the_change_is_printed(
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.as_deref(), Some("configmap/kube-root-ca.crt"));
     let client = k.sb.client().await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
     let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "fresh"}})).unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.as_deref(), Some("configmap/fresh"));
     child.kill().await.unwrap();
     let _ = text(&k.kubeconfig());
@@ -168,22 +278,65 @@ async fn given_server_side_apply_when_kubectl_applies_then_object_is_created_and
     let k = Kubectl::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cm.yaml");
-    std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: default\ndata:\n  a: \"1\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: default\ndata:\n  a: \"1\"\n",
+    )
+    .unwrap();
     let out = k.ok(&["apply", "--server-side", "-f", &text(&file)]).await;
     assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
-    let managers = k.ok(&["get", "cm", "ssa", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}"]).await;
+    let managers = k
+        .ok(&[
+            "get",
+            "cm",
+            "ssa",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ])
+        .await;
     assert!(managers.contains("kubectl"), "{managers}");
 }
 
 #[tokio::test]
 async fn given_cronjob_when_triggered_with_create_job_from_then_job_runs_a_labelled_pod() {
     let k = Kubectl::start().await;
-    k.ok(&["create", "cronjob", "backup", "--image=busybox", "--schedule=0 */6 * * *", "--", "echo", "hi"]).await;
-    k.ok(&["create", "job", "--from=cronjob/backup", "backup-now"]).await;
-    let owner = k.ok(&["get", "job", "backup-now", "-o", "jsonpath={.metadata.ownerReferences[0].kind}"]).await;
+    k.ok(&[
+        "create",
+        "cronjob",
+        "backup",
+        "--image=busybox",
+        "--schedule=0 */6 * * *",
+        "--",
+        "echo",
+        "hi",
+    ])
+    .await;
+    k.ok(&["create", "job", "--from=cronjob/backup", "backup-now"])
+        .await;
+    let owner = k
+        .ok(&[
+            "get",
+            "job",
+            "backup-now",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}",
+        ])
+        .await;
     assert_eq!(owner, "CronJob");
-    let pods = k.ok(&["get", "pods", "-l", "job-name=backup-now", "-o", "jsonpath={.items[*].metadata.ownerReferences[0].name}"]).await;
+    let pods = k
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            "job-name=backup-now",
+            "-o",
+            "jsonpath={.items[*].metadata.ownerReferences[0].name}",
+        ])
+        .await;
     assert_eq!(pods, "backup-now");
-    let active = k.ok(&["get", "job", "backup-now", "-o", "jsonpath={.status.active}"]).await;
+    let active = k
+        .ok(&["get", "job", "backup-now", "-o", "jsonpath={.status.active}"])
+        .await;
     assert_eq!(active, "1");
 }

@@ -4,6 +4,6 @@
 
 mod harness;
 mod s3;
-mod webhook;
 mod sandbox_api;
 mod sandbox_kubectl;
+mod webhook;

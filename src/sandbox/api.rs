@@ -22,6 +22,9 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{Change, ChangeKind, StoreError, Table, namespace_range};
 
+/// One stored object with its key, as table iterators yield it.
+type Entry<'a> = (&'a (String, String), &'a Arc<Value>);
+
 /// Shared state of the HTTP server.
 #[derive(Clone)]
 pub struct AppState {
@@ -60,7 +63,11 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, key: &str) -> bool {
@@ -70,7 +77,10 @@ impl Query {
     fn write_options(&self) -> WriteOptions {
         WriteOptions {
             dry_run: self.get("dryRun") == Some("All"),
-            field_manager: self.get("fieldManager").filter(|s| !s.is_empty()).map(str::to_string),
+            field_manager: self
+                .get("fieldManager")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
             force: self.flag("force"),
         }
     }
@@ -115,13 +125,22 @@ fn parse_target(cluster: &Cluster, segments: &[&str]) -> Result<Target, ApiError
     {
         return Err(ApiError::not_found_path());
     }
-    Ok(Target { rt, namespace, name, sub })
+    Ok(Target {
+        rt,
+        namespace,
+        name,
+        sub,
+    })
 }
 
 async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let query = Query::parse(parts.uri.query());
     let cluster = state.cluster.clone();
     // Discovery documents for one group or group/version.
@@ -137,7 +156,9 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     };
     if target.sub.as_deref() == Some("exec") {
         let ws = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await;
-        return exec_pod(&cluster, &target, &query, ws).await.unwrap_or_else(IntoResponse::into_response);
+        return exec_pod(&cluster, &target, &query, ws)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
     }
     if target.sub.as_deref() == Some("log") && parts.method == Method::GET {
         let ns = target.namespace.as_deref().unwrap_or_default();
@@ -146,7 +167,12 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
             Err(e) => e.into_response(),
         };
     }
-    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let accept = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let is_watch = query.flag("watch");
     let verb = verb_of(&parts.method, &target, is_watch);
     if let Some(err) = cluster.take_fault(verb, &target.rt, target.name.as_deref()) {
@@ -162,9 +188,11 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return ApiError::bad_request(format!("reading body: {e}")).into_response(),
     };
-    let result = tokio::task::spawn_blocking(move || handle(&cluster, &parts.method, &parts.headers, &target, &query, &body))
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("handler panicked: {e}"))));
+    let result = tokio::task::spawn_blocking(move || {
+        handle(&cluster, &parts.method, &parts.headers, &target, &query, &body)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ApiError::internal(format!("handler panicked: {e}"))));
     match result {
         Ok((code, v)) => respond(code, &v, &accept),
         Err(e) => e.into_response(),
@@ -191,21 +219,29 @@ fn respond(code: StatusCode, v: &Value, accept: &str) -> Response {
         return (code, axum::Json(discovery::table(v))).into_response();
     }
     if wants_table && v.get("metadata").is_some() && v.get("kind").is_some_and(|k| k != "Status") {
-        return (code, axum::Json(discovery::table(&json!({"kind": "List", "metadata": {}, "items": [v]})))).into_response();
+        return (
+            code,
+            axum::Json(discovery::table(
+                &json!({"kind": "List", "metadata": {}, "items": [v]}),
+            )),
+        )
+            .into_response();
     }
     (code, axum::Json(v)).into_response()
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     if ct.contains("protobuf") || ct.contains("cbor") {
         return Err(ApiError::unsupported_media_type(ct));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
-        Err(json_err) => serde_yaml::from_slice::<Value>(body).map_err(|_| {
-            ApiError::bad_request(format!("error decoding request body: {json_err}"))
-        }),
+        Err(json_err) => serde_yaml::from_slice::<Value>(body)
+            .map_err(|_| ApiError::bad_request(format!("error decoding request body: {json_err}"))),
     }
 }
 
@@ -242,19 +278,31 @@ fn handle(
                 )));
             }
             let obj = parse_body(headers, body)?;
-            cluster.create(rt, ns, obj, &opts).map(|v| (StatusCode::CREATED, v))
+            cluster
+                .create(rt, ns, obj, &opts)
+                .map(|v| (StatusCode::CREATED, v))
         }
         (Method::PUT, Some(name)) => {
             let obj = parse_body(headers, body)?;
-            cluster.update(rt, ns, name, obj, part, &opts).map(|v| (StatusCode::OK, v))
+            cluster
+                .update(rt, ns, name, obj, part, &opts)
+                .map(|v| (StatusCode::OK, v))
         }
         (Method::PATCH, Some(name)) => {
-            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            let kind = PatchKind::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media_type(ct))?;
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let kind =
+                PatchKind::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media_type(ct))?;
             let patch = parse_body(headers, body)?;
             let existed = cluster.store.get(&rt.id(), ns, name).is_some();
             let v = cluster.patch(rt, ns, name, kind, &patch, part, &opts)?;
-            let code = if !existed && kind == PatchKind::Apply { StatusCode::CREATED } else { StatusCode::OK };
+            let code = if !existed && kind == PatchKind::Apply {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok((code, v))
         }
         (Method::DELETE, Some(name)) => {
@@ -276,8 +324,14 @@ fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
 }
 
 fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
+    let bad = || {
+        ApiError::bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+        )
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     let rv = v["rv"].as_u64().ok_or_else(bad)?;
     let start = v["start"].as_str().ok_or_else(bad)?;
@@ -300,12 +354,14 @@ impl Filter {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         for f in fields.fields() {
             if !supported_field(rt, f) {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {f}"
-                )));
+                return Err(ApiError::bad_request(format!("field label not supported: {f}")));
             }
         }
-        Ok(Filter { namespace: namespace.map(str::to_string), labels, fields })
+        Ok(Filter {
+            namespace: namespace.map(str::to_string),
+            labels,
+            fields,
+        })
     }
 
     fn matches(&self, obj: &Value) -> bool {
@@ -371,7 +427,9 @@ fn supported_field(rt: &ResourceType, field: &str) -> bool {
 fn list(cluster: &Cluster, rt: &ResourceType, namespace: Option<&str>, q: &Query) -> Result<Value, ApiError> {
     let filter = Filter::new(rt, namespace, q)?;
     let limit = match q.get("limit") {
-        Some(l) => l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
         None => 0,
     };
     let (rv, table, start) = match q.get("continue").filter(|s| !s.is_empty()) {
@@ -388,19 +446,25 @@ fn list(cluster: &Cluster, rt: &ResourceType, namespace: Option<&str>, q: &Query
             let current = cluster.store.revision();
             match (q.get("resourceVersion"), q.get("resourceVersionMatch")) {
                 (Some(v), Some("Exact")) if !v.is_empty() => {
-                    let rv = v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {v}")))?;
+                    let rv = v
+                        .parse::<u64>()
+                        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {v}")))?;
                     let table = cluster.store.snapshot_at(&rt.id(), rv).map_err(|e| match e {
-                        StoreError::Compacted { requested, oldest } => {
-                            ApiError::expired(format!("The resourceVersion for the provided list is too old. ({requested} < {oldest})"))
-                        }
+                        StoreError::Compacted { requested, oldest } => ApiError::expired(format!(
+                            "The resourceVersion for the provided list is too old. ({requested} < {oldest})"
+                        )),
                         other => ApiError::internal(other.to_string()),
                     })?;
                     (rv, table, None)
                 }
                 (Some(v), _) if !v.is_empty() && v != "0" => {
-                    let rv = v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {v}")))?;
+                    let rv = v
+                        .parse::<u64>()
+                        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {v}")))?;
                     if rv > current {
-                        return Err(ApiError::timeout(format!("Too large resource version: {rv}, current: {current}")));
+                        return Err(ApiError::timeout(format!(
+                            "Too large resource version: {rv}, current: {current}"
+                        )));
                     }
                     let (rv, table) = cluster.store.snapshot(&rt.id());
                     (rv, table, None)
@@ -412,8 +476,12 @@ fn list(cluster: &Cluster, rt: &ResourceType, namespace: Option<&str>, q: &Query
             }
         }
     };
-    let iter: Box<dyn Iterator<Item = (&(String, String), &Arc<Value>)>> = match (namespace, &start) {
-        (_, Some(s)) => Box::new(table.range(s.clone()..).take_while(move |((n, _), _)| namespace.is_none_or(|ns| n == ns))),
+    let iter: Box<dyn Iterator<Item = Entry<'_>>> = match (namespace, &start) {
+        (_, Some(s)) => Box::new(
+            table
+                .range(s.clone()..)
+                .take_while(move |((n, _), _)| namespace.is_none_or(|ns| n == ns)),
+        ),
         (Some(ns), None) => Box::new(namespace_range(&table, ns)),
         (None, None) => Box::new(table.iter()),
     };
@@ -443,7 +511,9 @@ fn list(cluster: &Cluster, rt: &ResourceType, namespace: Option<&str>, q: &Query
             meta["remainingItemCount"] = json!(remaining);
         }
     }
-    Ok(json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}))
+    Ok(
+        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
+    )
 }
 
 fn delete_collection(
@@ -454,7 +524,9 @@ fn delete_collection(
     body: &[u8],
 ) -> Result<(StatusCode, Value), ApiError> {
     if rt.namespaced && namespace.is_none() {
-        return Err(ApiError::method_not_allowed("deletecollection of a namespaced resource requires a namespace"));
+        return Err(ApiError::method_not_allowed(
+            "deletecollection of a namespaced resource requires a namespace",
+        ));
     }
     if !rt.verbs().contains(&"deletecollection") {
         return Err(ApiError::method_not_allowed(format!(
@@ -502,7 +574,9 @@ fn scale(
             .and_then(Value::as_str)
             .map(str::to_string)
             .or_else(|| {
-                LabelSelector::from_label_selector(&obj["spec"]["selector"]).ok().map(|s| s.to_string())
+                LabelSelector::from_label_selector(&obj["spec"]["selector"])
+                    .ok()
+                    .map(|s| s.to_string())
             })
             .unwrap_or_default();
         json!({
@@ -522,7 +596,10 @@ fn scale(
     match *method {
         Method::PUT => scale_obj = parse_body(headers, body)?,
         Method::PATCH => {
-            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
             let patch = parse_body(headers, body)?;
             match PatchKind::from_content_type(ct) {
                 Some(PatchKind::Json) => super::patch::json_patch(&mut scale_obj, &patch)
@@ -531,19 +608,36 @@ fn scale(
                 None => return Err(ApiError::unsupported_media_type(ct)),
             }
         }
-        _ => return Err(ApiError::method_not_allowed("scale supports get, update and patch")),
+        _ => {
+            return Err(ApiError::method_not_allowed(
+                "scale supports get, update and patch",
+            ));
+        }
     }
     let replicas = scale_obj["spec"]["replicas"]
         .as_i64()
         .filter(|r| *r >= 0)
-        .ok_or_else(|| ApiError::invalid("autoscaling", "Scale", name, &[("spec.replicas".into(), "Invalid value: must be greater than or equal to 0".into())]))?;
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                &[(
+                    "spec.replicas".into(),
+                    "Invalid value: must be greater than or equal to 0".into(),
+                )],
+            )
+        })?;
     let mut next = current.clone();
     if let Some(slot) = next.pointer_mut(&paths.spec_replicas) {
         *slot = json!(replicas);
     } else {
         next["spec"]["replicas"] = json!(replicas);
     }
-    if let Some(rv) = scale_obj["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()) {
+    if let Some(rv) = scale_obj["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+    {
         next["metadata"]["resourceVersion"] = json!(rv);
     }
     let updated = cluster.update(rt, ns, name, next, Part::Main, opts)?;
@@ -612,7 +706,10 @@ fn watch(state: &AppState, t: &Target, q: &Query) -> Result<Response, ApiError> 
     let rt = t.rt.clone();
     let filter = Filter::new(&rt, t.namespace.as_deref(), q)?;
     let bookmarks = q.flag("allowWatchBookmarks");
-    let timeout = q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs);
     let rv = q.get("resourceVersion").filter(|s| !s.is_empty());
     let send_initial = q.flag("sendInitialEvents") || rv.is_none() || rv == Some("0");
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
@@ -623,7 +720,10 @@ fn watch(state: &AppState, t: &Target, q: &Query) -> Result<Response, ApiError> 
             Err(_) => cluster.store.watch(None).map(|w| (Some(table), w)),
         }
     } else {
-        let from = rv.unwrap_or_default().parse::<u64>().map_err(|_| ApiError::bad_request("invalid resourceVersion"))?;
+        let from = rv
+            .unwrap_or_default()
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("invalid resourceVersion"))?;
         cluster.store.watch(Some(from)).map(|w| (None, w))
     };
     let interval = state.bookmark_interval;
@@ -632,19 +732,28 @@ fn watch(state: &AppState, t: &Target, q: &Query) -> Result<Response, ApiError> 
         let (table, mut w) = match start {
             Ok(s) => s,
             Err(StoreError::Compacted { requested, oldest }) => {
-                let status = ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
+                let status =
+                    ApiError::gone(format!("too old resource version: {requested} ({oldest})")).to_status();
                 let _ = tx.send(line(&json!({"type": "ERROR", "object": status}))).await;
                 return;
             }
             Err(e) => {
-                let _ = tx.send(line(&json!({"type": "ERROR", "object": ApiError::internal(e.to_string()).to_status()}))).await;
+                let _ = tx
+                    .send(line(
+                        &json!({"type": "ERROR", "object": ApiError::internal(e.to_string()).to_status()}),
+                    ))
+                    .await;
                 return;
             }
         };
         let mut last_rv = w.rv;
         if let Some(table) = table {
             for obj in initial_objects(&table, &filter) {
-                if tx.send(line(&json!({"type": "ADDED", "object": render(&rt, &obj)}))).await.is_err() {
+                if tx
+                    .send(line(&json!({"type": "ADDED", "object": render(&rt, &obj)})))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -704,7 +813,9 @@ fn watch(state: &AppState, t: &Target, q: &Query) -> Result<Response, ApiError> 
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     });
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -715,11 +826,13 @@ fn watch(state: &AppState, t: &Target, q: &Query) -> Result<Response, ApiError> 
 }
 
 fn initial_objects(table: &Table, filter: &Filter) -> Vec<Arc<Value>> {
-    let iter: Box<dyn Iterator<Item = (&(String, String), &Arc<Value>)>> = match &filter.namespace {
+    let iter: Box<dyn Iterator<Item = Entry<'_>>> = match &filter.namespace {
         Some(ns) => Box::new(namespace_range(table, ns)),
         None => Box::new(table.iter()),
     };
-    iter.filter(|(_, o)| filter.matches(o)).map(|(_, o)| o.clone()).collect()
+    iter.filter(|(_, o)| filter.matches(o))
+        .map(|(_, o)| o.clone())
+        .collect()
 }
 
 #[cfg(test)]

@@ -43,7 +43,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<Outcome> {
     .await
     .context("starting the sandbox")?;
     if let Some(dir) = &args.manifests {
-        let n = sandbox.load_manifests(dir).with_context(|| format!("loading manifests from {}", dir.display()))?;
+        let n = sandbox
+            .load_manifests(dir)
+            .with_context(|| format!("loading manifests from {}", dir.display()))?;
         tracing::info!(objects = n, dir = %dir.display(), "manifests applied");
     }
     println!(

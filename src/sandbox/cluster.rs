@@ -104,7 +104,8 @@ impl DeleteOptions {
         let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
-            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
         };
         let mut prop = v["propagationPolicy"].as_str().map(str::to_string);
         if v["orphanDependents"].as_bool() == Some(true) {
@@ -127,7 +128,10 @@ impl DeleteOptions {
                 )));
             }
         };
-        if v["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All")) {
+        if v["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "All"))
+        {
             o.dry_run = true;
         }
         o.precondition_uid = v["preconditions"]["uid"].as_str().map(str::to_string);
@@ -183,7 +187,9 @@ fn obj_ns(obj: &Value) -> &str {
 pub fn random_suffix(len: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// DNS-1123 subdomain check (most object names).
@@ -192,7 +198,9 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|part| {
             !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !part.starts_with('-')
                 && !part.ends_with('-')
         })
@@ -229,11 +237,17 @@ impl Cluster {
     }
 
     pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
-        self.registry.read().unwrap_or_else(|p| p.into_inner()).find(group, version, plural)
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(group, version, plural)
     }
 
     pub fn type_by_kind(&self, api_version: &str, kind: &str) -> Option<Arc<ResourceType>> {
-        self.registry.read().unwrap_or_else(|p| p.into_inner()).by_kind(api_version, kind)
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_kind(api_version, kind)
     }
 
     /// Make the next matching requests fail.
@@ -300,7 +314,13 @@ impl Cluster {
     }
 
     /// Create an object (POST).
-    pub fn create(&self, rt: &ResourceType, ns: &str, obj: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+    pub fn create(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         self.request(|w| self.create_in(w, rt, ns, obj, opts))
     }
 
@@ -313,7 +333,9 @@ impl Cluster {
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
         }
         check_type(rt, &mut obj)?;
         if !obj["metadata"].is_object() {
@@ -346,12 +368,19 @@ impl Cluster {
                         &rt.group,
                         &rt.kind,
                         "",
-                        &[("metadata.name".into(), "Required value: name or generateName is required".into())],
+                        &[(
+                            "metadata.name".into(),
+                            "Required value: name or generateName is required".into(),
+                        )],
                     ));
                 }
             }
         }
-        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             meta.remove(k);
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -379,11 +408,19 @@ impl Cluster {
             return Ok(render(rt, &obj));
         }
         let name = obj_name(&obj).to_string();
-        let stored = self.store.put(&rt.id(), obj, Precondition::Absent).map_err(|e| match e {
-            StoreError::AlreadyExists => ApiError::already_exists(&rt.group, &rt.plural, &name),
-            other => ApiError::internal(other.to_string()),
-        })?;
-        work.push(Event { resource: rt.id(), kind: ChangeKind::Added, object: stored.clone(), old: None });
+        let stored = self
+            .store
+            .put(&rt.id(), obj, Precondition::Absent)
+            .map_err(|e| match e {
+                StoreError::AlreadyExists => ApiError::already_exists(&rt.group, &rt.plural, &name),
+                other => ApiError::internal(other.to_string()),
+            })?;
+        work.push(Event {
+            resource: rt.id(),
+            kind: ChangeKind::Added,
+            object: stored.clone(),
+            old: None,
+        });
         Ok(render(rt, &stored))
     }
 
@@ -412,7 +449,9 @@ impl Cluster {
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
         }
         check_type(rt, &mut obj)?;
         let body_name = obj["metadata"]["name"].as_str().unwrap_or_default();
@@ -435,9 +474,10 @@ impl Cluster {
             .get(&rt.id(), ns, name)
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
         let wanted_rv = match &obj["metadata"]["resourceVersion"] {
-            Value::String(s) if !s.is_empty() => {
-                Some(s.parse::<u64>().map_err(|_| ApiError::conflict(&rt.group, &rt.plural, name))?)
-            }
+            Value::String(s) if !s.is_empty() => Some(
+                s.parse::<u64>()
+                    .map_err(|_| ApiError::conflict(&rt.group, &rt.plural, name))?,
+            ),
             _ => None,
         };
         if wanted_rv.is_some_and(|rv| Some(rv) != object_rv(&current)) {
@@ -471,7 +511,13 @@ impl Cluster {
             }
         };
         // System-owned metadata is not the client's to change.
-        for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             match current["metadata"].get(k) {
                 Some(v) => next["metadata"][k] = v.clone(),
                 None => {
@@ -515,7 +561,9 @@ impl Cluster {
         let name = obj_name(current).to_string();
         let ns = obj_ns(current).to_string();
         let deleting = next["metadata"].get("deletionTimestamp").is_some();
-        let no_finalizers = next["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
+        let no_finalizers = next["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
         if **current == next {
             // A no-op write does not bump resourceVersion, as on a real server.
             return Ok(render(rt, current));
@@ -525,7 +573,10 @@ impl Cluster {
             StoreError::Conflict => ApiError::conflict(&rt.group, &rt.plural, &name),
             other => ApiError::internal(other.to_string()),
         };
-        let stored = self.store.put(&rt.id(), next, Precondition::Present(object_rv(current))).map_err(map_err)?;
+        let stored = self
+            .store
+            .put(&rt.id(), next, Precondition::Present(object_rv(current)))
+            .map_err(map_err)?;
         work.push(Event {
             resource: rt.id(),
             kind: ChangeKind::Modified,
@@ -533,7 +584,10 @@ impl Cluster {
             old: Some(current.clone()),
         });
         if deleting && no_finalizers {
-            let gone = self.store.remove(&rt.id(), &ns, &name, object_rv(&stored)).map_err(map_err)?;
+            let gone = self
+                .store
+                .remove(&rt.id(), &ns, &name, object_rv(&stored))
+                .map_err(map_err)?;
             self.after_remove(work, rt, gone.clone(), Propagation::Background);
             return Ok(render(rt, &gone));
         }
@@ -601,11 +655,22 @@ impl Cluster {
                     })?;
                 }
             }
-            if next.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str) != Some(name) {
-                return Err(ApiError::bad_request("metadata.name: the name of an object cannot be changed"));
+            if next
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                != Some(name)
+            {
+                return Err(ApiError::bad_request(
+                    "metadata.name: the name of an object cannot be changed",
+                ));
             }
             let precondition = match &next["metadata"]["resourceVersion"] {
-                Value::String(s) if s != rendered["metadata"]["resourceVersion"].as_str().unwrap_or_default() => {
+                Value::String(s)
+                    if s != rendered["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default() =>
+                {
                     return Err(ApiError::conflict(&rt.group, &rt.plural, name));
                 }
                 _ => object_rv(&current),
@@ -615,7 +680,8 @@ impl Cluster {
                 // managedFields were maintained by `apply` itself.
                 upd_opts.field_manager = None;
             }
-            next["metadata"]["resourceVersion"] = json!(precondition.map(|r| r.to_string()).unwrap_or_default());
+            next["metadata"]["resourceVersion"] =
+                json!(precondition.map(|r| r.to_string()).unwrap_or_default());
             match self.update_in(work, rt, ns, name, next, part, &upd_opts) {
                 Err(e) if e.reason == "Conflict" && body_has_no_rv(body) => continue,
                 other => return other,
@@ -633,10 +699,9 @@ impl Cluster {
         body: &Value,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
-        let manager = opts
-            .field_manager
-            .as_deref()
-            .ok_or_else(|| ApiError::bad_request("PATCH, application/apply-patch+yaml requests must have a fieldManager"))?;
+        let manager = opts.field_manager.as_deref().ok_or_else(|| {
+            ApiError::bad_request("PATCH, application/apply-patch+yaml requests must have a fieldManager")
+        })?;
         check_apply_body(rt, body, name)?;
         let obj = patch::apply(None, body, manager, true, &now())
             .map_err(|c| ApiError::conflict_message(&rt.group, &rt.plural, name, c.message(), c.causes()))?;
@@ -646,7 +711,13 @@ impl Cluster {
     }
 
     /// Delete an object (DELETE). Returns the object as last seen (or being finalized).
-    pub fn delete(&self, rt: &ResourceType, ns: &str, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         self.request(|w| self.delete_in(w, rt, ns, name, opts))
     }
 
@@ -686,7 +757,9 @@ impl Cluster {
             return Ok(render(rt, &current));
         }
         let is_namespace = rt.id() == ResourceId::new("", "namespaces");
-        let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let has_finalizers = current["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
         if is_namespace || has_finalizers || opts.propagation == Propagation::Foreground {
             if current["metadata"].get("deletionTimestamp").is_some() {
                 return Ok(render(rt, &current));
@@ -705,7 +778,12 @@ impl Cluster {
                         .store
                         .remove(&rt.id(), ns, name, None)
                         .map_err(|_| ApiError::not_found(&rt.group, &rt.plural, name))?;
-                    work.push(Event { resource: rt.id(), kind: ChangeKind::Deleted, object: gone.clone(), old: None });
+                    work.push(Event {
+                        resource: rt.id(),
+                        kind: ChangeKind::Deleted,
+                        object: gone.clone(),
+                        old: None,
+                    });
                     return Ok(render(rt, &gone));
                 }
             }
@@ -737,18 +815,29 @@ impl Cluster {
         if rt.id() == ResourceId::new("apiextensions.k8s.io", "customresourcedefinitions") {
             self.forget_crd(work, &gone);
         }
-        work.push(Event { resource: rt.id(), kind: ChangeKind::Deleted, object: gone, old: None });
+        work.push(Event {
+            resource: rt.id(),
+            kind: ChangeKind::Deleted,
+            object: gone,
+            old: None,
+        });
     }
 
     /// Objects whose ownerReferences name `owner` (same namespace, or cluster-scoped).
     pub fn dependents_of(&self, owner: &Value) -> Vec<(Arc<ResourceType>, Arc<Value>)> {
-        let Some(uid) = owner["metadata"]["uid"].as_str() else { return vec![] };
+        let Some(uid) = owner["metadata"]["uid"].as_str() else {
+            return vec![];
+        };
         let ns = obj_ns(owner);
         let reg = self.registry();
         let mut out = Vec::new();
         for id in self.store.resources() {
             let Some(rt) = reg.preferred(&id) else { continue };
-            let scope = if rt.namespaced { if ns.is_empty() { None } else { Some(ns) } } else { Some("") };
+            let scope = if rt.namespaced {
+                if ns.is_empty() { None } else { Some(ns) }
+            } else {
+                Some("")
+            };
             let objects = match scope {
                 Some(s) => self.store.list(&id, if rt.namespaced { Some(s) } else { None }),
                 None => self.store.list(&id, None),
@@ -768,10 +857,19 @@ impl Cluster {
     fn delete_dependents(&self, work: &mut Work, owner: &Value, propagation: Propagation) {
         let uid = owner["metadata"]["uid"].as_str().unwrap_or_default().to_string();
         for (rt, dep) in self.dependents_of(owner) {
-            let refs = dep["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
-            let remaining: Vec<Value> = refs.into_iter().filter(|r| r["uid"].as_str() != Some(&uid)).collect();
+            let refs = dep["metadata"]["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let remaining: Vec<Value> = refs
+                .into_iter()
+                .filter(|r| r["uid"].as_str() != Some(&uid))
+                .collect();
             if remaining.is_empty() {
-                let opts = DeleteOptions { propagation, ..Default::default() };
+                let opts = DeleteOptions {
+                    propagation,
+                    ..Default::default()
+                };
                 let _ = self.delete_in(work, &rt, obj_ns(&dep), obj_name(&dep), &opts);
             } else {
                 let mut next = (*dep).clone();
@@ -826,7 +924,12 @@ impl Cluster {
             && n["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
             && let Ok(gone) = self.store.remove(&nsid, "", ns, None)
         {
-            work.push(Event { resource: nsid, kind: ChangeKind::Deleted, object: gone, old: None });
+            work.push(Event {
+                resource: nsid,
+                kind: ChangeKind::Deleted,
+                object: gone,
+                old: None,
+            });
         }
     }
 
@@ -869,7 +972,11 @@ impl Cluster {
                 default_field(s, "replicas", json!(1));
                 default_field(s, "podManagementPolicy", json!("OrderedReady"));
                 default_field(s, "revisionHistoryLimit", json!(10));
-                default_field(s, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+                default_field(
+                    s,
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                );
                 default_field(
                     s,
                     "persistentVolumeClaimRetentionPolicy",
@@ -993,7 +1100,12 @@ impl Cluster {
                     format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
                 ));
             }
-            return Err(ApiError::invalid("apiextensions.k8s.io", "CustomResourceDefinition", &name, &causes));
+            return Err(ApiError::invalid(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                &name,
+                &causes,
+            ));
         }
         let types = from_crd(crd);
         if types.is_empty() {
@@ -1001,7 +1113,10 @@ impl Cluster {
                 "apiextensions.k8s.io",
                 "CustomResourceDefinition",
                 &name,
-                &[("spec.versions".into(), "Invalid value: must have exactly one version marked as storage version".into())],
+                &[(
+                    "spec.versions".into(),
+                    "Invalid value: must have exactly one version marked as storage version".into(),
+                )],
             ));
         }
         let t = now();
@@ -1015,7 +1130,12 @@ impl Cluster {
         }
         let stored: Vec<Value> = crd["spec"]["versions"]
             .as_array()
-            .map(|vs| vs.iter().filter(|v| v["storage"] == true).map(|v| v["name"].clone()).collect())
+            .map(|vs| {
+                vs.iter()
+                    .filter(|v| v["storage"] == true)
+                    .map(|v| v["name"].clone())
+                    .collect()
+            })
             .unwrap_or_default();
         crd["status"] = json!({
             "acceptedNames": accepted,
@@ -1036,7 +1156,10 @@ impl Cluster {
                     "apiextensions.k8s.io",
                     "CustomResourceDefinition",
                     &name,
-                    &[("spec.names.plural".into(), format!("Invalid value: \"{plural}\": {m}"))],
+                    &[(
+                        "spec.names.plural".into(),
+                        format!("Invalid value: \"{plural}\": {m}"),
+                    )],
                 )
             })
     }
@@ -1050,21 +1173,35 @@ impl Cluster {
         if let Some(rt) = self.registry().preferred(&id) {
             for o in self.store.list(&id, None) {
                 if let Ok(gone) = self.store.remove(&id, obj_ns(&o), obj_name(&o), None) {
-                    work.push(Event { resource: rt.id(), kind: ChangeKind::Deleted, object: gone, old: None });
+                    work.push(Event {
+                        resource: rt.id(),
+                        kind: ChangeKind::Deleted,
+                        object: gone,
+                        old: None,
+                    });
                 }
             }
         }
-        self.registry.write().unwrap_or_else(|p| p.into_inner()).remove_crd(&name);
+        self.registry
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_crd(&name);
     }
 }
 
 /// A patch that could not be read (400) or applied (422).
 fn patch_error(e: patch::PatchError) -> ApiError {
-    if e.status_code() == 400 { ApiError::bad_request(e.to_string()) } else { ApiError::invalid_patch(e.to_string()) }
+    if e.status_code() == 400 {
+        ApiError::bad_request(e.to_string())
+    } else {
+        ApiError::invalid_patch(e.to_string())
+    }
 }
 
 fn body_has_no_rv(body: &Value) -> bool {
-    body.get("metadata").and_then(|m| m.get("resourceVersion")).is_none()
+    body.get("metadata")
+        .and_then(|m| m.get("resourceVersion"))
+        .is_none()
 }
 
 fn default_field(target: &mut Value, key: &str, value: Value) {
@@ -1108,8 +1245,12 @@ fn check_type(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 fn check_apply_body(rt: &ResourceType, body: &Value, name: &str) -> Result<(), ApiError> {
-    if body["kind"].as_str().unwrap_or_default().is_empty() || body["apiVersion"].as_str().unwrap_or_default().is_empty() {
-        return Err(ApiError::bad_request("invalid object type: apply patches must set apiVersion and kind"));
+    if body["kind"].as_str().unwrap_or_default().is_empty()
+        || body["apiVersion"].as_str().unwrap_or_default().is_empty()
+    {
+        return Err(ApiError::bad_request(
+            "invalid object type: apply patches must set apiVersion and kind",
+        ));
     }
     if body["metadata"]["name"].as_str().is_some_and(|n| n != name) {
         return Err(ApiError::bad_request(format!(
@@ -1125,8 +1266,15 @@ fn check_apply_body(rt: &ResourceType, body: &Value, name: &str) -> Result<(), A
 fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     let name = obj_name(obj);
     let mut causes: Vec<(String, String)> = Vec::new();
-    let label_names = matches!((rt.group.as_str(), rt.plural.as_str()), ("", "namespaces") | ("", "services"));
-    let ok = if label_names { is_dns1123_label(name) } else { is_dns1123_subdomain(name) || rt.group == "rbac.authorization.k8s.io" };
+    let label_names = matches!(
+        (rt.group.as_str(), rt.plural.as_str()),
+        ("", "namespaces") | ("", "services")
+    );
+    let ok = if label_names {
+        is_dns1123_label(name)
+    } else {
+        is_dns1123_subdomain(name) || rt.group == "rbac.authorization.k8s.io"
+    };
     if !ok {
         causes.push((
             "metadata.name".into(),
@@ -1138,20 +1286,36 @@ fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     }
     if let Some(labels) = obj["metadata"]["labels"].as_object() {
         for (k, v) in labels {
-            if super::selector::LabelSelector::parse(&format!("{k}={}", v.as_str().unwrap_or("\u{0}"))).is_err() {
-                causes.push((format!("metadata.labels"), format!("Invalid value: \"{k}\": {v} is not a valid label")));
+            if super::selector::LabelSelector::parse(&format!("{k}={}", v.as_str().unwrap_or("\u{0}")))
+                .is_err()
+            {
+                causes.push((
+                    "metadata.labels".to_string(),
+                    format!("Invalid value: \"{k}\": {v} is not a valid label"),
+                ));
             }
         }
     }
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "pods") => validate_pod_spec(&obj["spec"], "spec", &mut causes),
-        ("apps", "deployments") | ("apps", "statefulsets") | ("apps", "replicasets") | ("apps", "daemonsets") => {
+        ("apps", "deployments")
+        | ("apps", "statefulsets")
+        | ("apps", "replicasets")
+        | ("apps", "daemonsets") => {
             validate_selector_matches_template(obj, &mut causes);
-            validate_pod_spec(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut causes);
+            validate_pod_spec(
+                &obj["spec"]["template"]["spec"],
+                "spec.template.spec",
+                &mut causes,
+            );
         }
         _ => {}
     }
-    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(&rt.group, &rt.kind, name, &causes)) }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&rt.group, &rt.kind, name, &causes))
+    }
 }
 
 fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<(String, String)>) {
@@ -1179,13 +1343,17 @@ fn validate_selector_matches_template(obj: &Value, causes: &mut Vec<(String, Str
     match super::selector::LabelSelector::from_label_selector(sel) {
         Ok(s) => {
             if s.is_empty() {
-                causes.push(("spec.selector".into(), "Invalid value: empty selector is invalid for deployment".into()));
+                causes.push((
+                    "spec.selector".into(),
+                    "Invalid value: empty selector is invalid for deployment".into(),
+                ));
             } else if !s.matches(obj["spec"]["template"]["metadata"]["labels"].as_object()) {
                 causes.push((
                     "spec.template.metadata.labels".into(),
                     format!(
                         "Invalid value: {}: `selector` does not match template `labels`",
-                        serde_json::to_string(&obj["spec"]["template"]["metadata"]["labels"]).unwrap_or_default()
+                        serde_json::to_string(&obj["spec"]["template"]["metadata"]["labels"])
+                            .unwrap_or_default()
                     ),
                 ));
             }
@@ -1209,11 +1377,17 @@ mod tests {
 
     #[test]
     fn given_delete_options_then_propagation_and_preconditions_are_read() {
-        let o = DeleteOptions::parse(br#"{"propagationPolicy":"Foreground","preconditions":{"uid":"u"}}"#, &[])
-            .unwrap();
+        let o = DeleteOptions::parse(
+            br#"{"propagationPolicy":"Foreground","preconditions":{"uid":"u"}}"#,
+            &[],
+        )
+        .unwrap();
         assert_eq!(o.propagation, Propagation::Foreground);
         assert_eq!(o.precondition_uid.as_deref(), Some("u"));
         assert!(DeleteOptions::parse(br#"{"propagationPolicy":"Later"}"#, &[]).is_err());
-        assert_eq!(DeleteOptions::parse(b"", &[]).unwrap().propagation, Propagation::Background);
+        assert_eq!(
+            DeleteOptions::parse(b"", &[]).unwrap().propagation,
+            Propagation::Background
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::cluster::{Cluster, DeleteOptions, Event, Part, WriteOptions, Work, now, random_suffix};
+use super::cluster::{Cluster, DeleteOptions, Event, Part, Work, WriteOptions, now, random_suffix};
 use super::registry::{ResourceId, ResourceType};
 use super::selector::LabelSelector;
 use super::store::ChangeKind;
@@ -38,11 +38,16 @@ fn owner_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
 
 /// The controlling owner reference of an object, if any.
 fn controller_of(o: &Value) -> Option<&Value> {
-    o["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["controller"] == true)
+    o["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
 }
 
 fn rt(cluster: &Cluster, group: &str, version: &str, plural: &str) -> Arc<ResourceType> {
-    cluster.find_type(group, version, plural).expect("built-in type is always served")
+    cluster
+        .find_type(group, version, plural)
+        .expect("built-in type is always served")
 }
 
 /// React to one change (and queue further work through the writes it makes).
@@ -61,13 +66,21 @@ pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
     }
     match (id.group.as_str(), id.plural.as_str(), ev.kind) {
         ("", "namespaces", ChangeKind::Added) => namespace_added(cluster, obj, work),
-        ("", "namespaces", ChangeKind::Modified) if is_deleting(obj) => cluster.finalize_namespace(work, name(obj)),
-        ("apps", "deployments", ChangeKind::Added | ChangeKind::Modified) => reconcile_deployment(cluster, obj, work),
-        ("apps", "replicasets", ChangeKind::Added | ChangeKind::Modified) => reconcile_replicaset(cluster, obj, work),
+        ("", "namespaces", ChangeKind::Modified) if is_deleting(obj) => {
+            cluster.finalize_namespace(work, name(obj))
+        }
+        ("apps", "deployments", ChangeKind::Added | ChangeKind::Modified) => {
+            reconcile_deployment(cluster, obj, work)
+        }
+        ("apps", "replicasets", ChangeKind::Added | ChangeKind::Modified) => {
+            reconcile_replicaset(cluster, obj, work)
+        }
         ("apps", "statefulsets", ChangeKind::Added | ChangeKind::Modified) => {
             reconcile_statefulset(cluster, obj, work)
         }
-        ("apps", "daemonsets", ChangeKind::Added | ChangeKind::Modified) => reconcile_daemonset(cluster, obj, work),
+        ("apps", "daemonsets", ChangeKind::Added | ChangeKind::Modified) => {
+            reconcile_daemonset(cluster, obj, work)
+        }
         ("batch", "jobs", ChangeKind::Added | ChangeKind::Modified) => reconcile_job(cluster, obj, work),
         ("", "pods", kind) => {
             if kind == ChangeKind::Added {
@@ -99,7 +112,9 @@ fn requeue_owner(cluster: &Cluster, pod: &Value, work: &mut Work) {
         "Job" => ("batch", "jobs"),
         _ => return,
     };
-    if let Some(owner) = cluster.store.get(&ResourceId::new(group, plural), ns(pod), owner_name)
+    if let Some(owner) = cluster
+        .store
+        .get(&ResourceId::new(group, plural), ns(pod), owner_name)
         && owner["metadata"]["uid"] == r["uid"]
     {
         work_on(cluster, group, plural, &owner, work);
@@ -119,7 +134,10 @@ fn work_on(cluster: &Cluster, group: &str, plural: &str, obj: &Value, work: &mut
 
 fn namespace_added(cluster: &Cluster, nsobj: &Value, work: &mut Work) {
     let n = name(nsobj).to_string();
-    let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let opts = WriteOptions {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
     let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": n}});
     let _ = cluster.create_in(work, &rt(cluster, "", "v1", "serviceaccounts"), &n, sa, &opts);
     let ca = json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -150,10 +168,20 @@ fn pod_ready(p: &Value) -> bool {
 fn template_hash(template: &Value) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let digest = Sha256::digest(serde_json::to_vec(template).unwrap_or_default());
-    digest.iter().take(10).map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
+    digest
+        .iter()
+        .take(10)
+        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+        .collect()
 }
 
-fn pod_from_template(template: &Value, namespace: &str, pod_name: &str, owner: Value, extra_labels: &[(&str, String)]) -> Value {
+fn pod_from_template(
+    template: &Value,
+    namespace: &str,
+    pod_name: &str,
+    owner: Value,
+    extra_labels: &[(&str, String)],
+) -> Value {
     let mut meta = template["metadata"].clone();
     if !meta.is_object() {
         meta = json!({});
@@ -187,7 +215,10 @@ fn write_status(cluster: &Cluster, work: &mut Work, rt: &ResourceType, current: 
     }
     let mut next = current.clone();
     next["status"] = merged;
-    let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let opts = WriteOptions {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
     if let Err(e) = cluster.update_in(work, rt, ns(current), name(current), next, Part::Status, &opts) {
         tracing::debug!(error = %e, object = name(current), "status update lost a race; the next change retries");
     }
@@ -197,7 +228,11 @@ fn write_status(cluster: &Cluster, work: &mut Work, rt: &ResourceType, current: 
 fn conditions_equal(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| -> Vec<(Value, Value, Value)> {
         v.as_array()
-            .map(|cs| cs.iter().map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone())).collect())
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| (c["type"].clone(), c["status"].clone(), c["reason"].clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     strip(a) == strip(b)
@@ -208,7 +243,10 @@ fn replicas(o: &Value) -> i64 {
 }
 
 fn reconcile_deployment(cluster: &Cluster, deploy: &Value, work: &mut Work) {
-    let deploy = match cluster.store.get(&ResourceId::new("apps", "deployments"), ns(deploy), name(deploy)) {
+    let deploy = match cluster
+        .store
+        .get(&ResourceId::new("apps", "deployments"), ns(deploy), name(deploy))
+    {
         Some(d) if !is_deleting(&d) => d,
         _ => return,
     };
@@ -229,9 +267,15 @@ fn reconcile_deployment(cluster: &Cluster, deploy: &Value, work: &mut Work) {
             .unwrap_or(0)
     };
     let want = replicas(&deploy);
-    let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let opts = WriteOptions {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
     let rs_name = format!("{}-{hash}", name(&deploy));
-    let current = owned.iter().find(|r| r["metadata"]["labels"]["pod-template-hash"] == hash.as_str()).cloned();
+    let current = owned
+        .iter()
+        .find(|r| r["metadata"]["labels"]["pod-template-hash"] == hash.as_str())
+        .cloned();
     match &current {
         None => {
             let next_rev = owned.iter().map(|r| revision(r)).max().unwrap_or(0) + 1;
@@ -254,13 +298,17 @@ fn reconcile_deployment(cluster: &Cluster, deploy: &Value, work: &mut Work) {
         Some(rs) if replicas(rs) != want => {
             let mut next = (**rs).clone();
             next["spec"]["replicas"] = json!(want);
-            next["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] = json!(want.to_string());
+            next["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] =
+                json!(want.to_string());
             let _ = cluster.update_in(work, &rs_rt, &namespace, name(rs), next, Part::Main, &opts);
         }
         Some(_) => {}
     }
     // A finished rollout leaves old ReplicaSets scaled to zero.
-    for old in owned.iter().filter(|r| r["metadata"]["labels"]["pod-template-hash"] != hash.as_str()) {
+    for old in owned
+        .iter()
+        .filter(|r| r["metadata"]["labels"]["pod-template-hash"] != hash.as_str())
+    {
         if replicas(old) != 0 {
             let mut next = (**old).clone();
             next["spec"]["replicas"] = json!(0);
@@ -276,7 +324,10 @@ fn deployment_status(cluster: &Cluster, deploy: &Value, work: &mut Work) {
     let mut total = 0;
     let mut ready = 0;
     let mut updated = 0;
-    for rs in cluster.store.list(&ResourceId::new("apps", "replicasets"), Some(namespace)) {
+    for rs in cluster
+        .store
+        .list(&ResourceId::new("apps", "replicasets"), Some(namespace))
+    {
         if !controller_of(&rs).is_some_and(|o| o["uid"] == uid(deploy)) {
             continue;
         }
@@ -304,7 +355,13 @@ fn deployment_status(cluster: &Cluster, deploy: &Value, work: &mut Work) {
              "lastUpdateTime": t, "lastTransitionTime": t}
         ]
     });
-    for k in ["readyReplicas", "availableReplicas", "unavailableReplicas", "replicas", "updatedReplicas"] {
+    for k in [
+        "readyReplicas",
+        "availableReplicas",
+        "unavailableReplicas",
+        "replicas",
+        "updatedReplicas",
+    ] {
         if status[k] == 0 {
             status.as_object_mut().expect("status is an object").remove(k);
         }
@@ -323,7 +380,10 @@ fn scale_pods(
     mut make: impl FnMut(usize) -> Value,
 ) {
     let pod_rt = rt(cluster, "", "v1", "pods");
-    let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let opts = WriteOptions {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
     if pods.len() < want {
         for i in pods.len()..want {
             let pod = make(i);
@@ -333,7 +393,11 @@ fn scale_pods(
         }
     } else {
         let mut extra: Vec<&Arc<Value>> = pods.iter().collect();
-        extra.sort_by(|a, b| b["metadata"]["creationTimestamp"].as_str().cmp(&a["metadata"]["creationTimestamp"].as_str()));
+        extra.sort_by(|a, b| {
+            b["metadata"]["creationTimestamp"]
+                .as_str()
+                .cmp(&a["metadata"]["creationTimestamp"].as_str())
+        });
         for p in extra.into_iter().take(pods.len() - want) {
             let _ = cluster.delete_in(work, &pod_rt, ns(p), name(p), &DeleteOptions::default());
         }
@@ -341,7 +405,10 @@ fn scale_pods(
 }
 
 fn reconcile_replicaset(cluster: &Cluster, rs: &Value, work: &mut Work) {
-    let rs = match cluster.store.get(&ResourceId::new("apps", "replicasets"), ns(rs), name(rs)) {
+    let rs = match cluster
+        .store
+        .get(&ResourceId::new("apps", "replicasets"), ns(rs), name(rs))
+    {
         Some(r) if !is_deleting(&r) => r,
         _ => return,
     };
@@ -356,16 +423,29 @@ fn reconcile_replicaset(cluster: &Cluster, rs: &Value, work: &mut Work) {
     let ready = pods.iter().filter(|p| pod_ready(p)).count();
     let status = json!({"replicas": pods.len(), "fullyLabeledReplicas": pods.len(), "readyReplicas": ready,
                         "availableReplicas": ready, "observedGeneration": rs["metadata"]["generation"].clone()});
-    write_status(cluster, work, &rt(cluster, "apps", "v1", "replicasets"), &rs, status);
+    write_status(
+        cluster,
+        work,
+        &rt(cluster, "apps", "v1", "replicasets"),
+        &rs,
+        status,
+    );
     if let Some(owner) = controller_of(&rs).filter(|o| o["kind"] == "Deployment")
-        && let Some(d) = cluster.store.get(&ResourceId::new("apps", "deployments"), ns(&rs), owner["name"].as_str().unwrap_or_default())
+        && let Some(d) = cluster.store.get(
+            &ResourceId::new("apps", "deployments"),
+            ns(&rs),
+            owner["name"].as_str().unwrap_or_default(),
+        )
     {
         deployment_status(cluster, &d, work);
     }
 }
 
 fn reconcile_statefulset(cluster: &Cluster, sts: &Value, work: &mut Work) {
-    let sts = match cluster.store.get(&ResourceId::new("apps", "statefulsets"), ns(sts), name(sts)) {
+    let sts = match cluster
+        .store
+        .get(&ResourceId::new("apps", "statefulsets"), ns(sts), name(sts))
+    {
         Some(s) if !is_deleting(&s) => s,
         _ => return,
     };
@@ -375,8 +455,14 @@ fn reconcile_statefulset(cluster: &Cluster, sts: &Value, work: &mut Work) {
     let revision = format!("{sts_name}-{}", template_hash(&sts["spec"]["template"]));
     let pvc_rt = rt(cluster, "", "v1", "persistentvolumeclaims");
     let pod_rt = rt(cluster, "", "v1", "pods");
-    let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
-    let templates: Vec<Value> = sts["spec"]["volumeClaimTemplates"].as_array().cloned().unwrap_or_default();
+    let opts = WriteOptions {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    let templates: Vec<Value> = sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let delete_claims = sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete";
     let selector_labels = sts["spec"]["selector"]["matchLabels"].clone();
     let pods = owned_pods(cluster, &namespace, uid(&sts));
@@ -434,7 +520,9 @@ fn reconcile_statefulset(cluster: &Cluster, sts: &Value, work: &mut Work) {
         }
     }
     for p in &pods {
-        let ordinal = p["metadata"]["labels"]["apps.kubernetes.io/pod-index"].as_str().and_then(|s| s.parse::<usize>().ok());
+        let ordinal = p["metadata"]["labels"]["apps.kubernetes.io/pod-index"]
+            .as_str()
+            .and_then(|s| s.parse::<usize>().ok());
         if ordinal.is_none_or(|o| o >= want) {
             let _ = cluster.delete_in(work, &pod_rt, &namespace, name(p), &DeleteOptions::default());
         }
@@ -444,11 +532,20 @@ fn reconcile_statefulset(cluster: &Cluster, sts: &Value, work: &mut Work) {
     let status = json!({"observedGeneration": sts["metadata"]["generation"].clone(), "replicas": pods.len(),
         "readyReplicas": ready, "currentReplicas": pods.len(), "updatedReplicas": pods.len(),
         "availableReplicas": ready, "currentRevision": revision, "updateRevision": revision, "collisionCount": 0});
-    write_status(cluster, work, &rt(cluster, "apps", "v1", "statefulsets"), &sts, status);
+    write_status(
+        cluster,
+        work,
+        &rt(cluster, "apps", "v1", "statefulsets"),
+        &sts,
+        status,
+    );
 }
 
 fn reconcile_daemonset(cluster: &Cluster, ds: &Value, work: &mut Work) {
-    let ds = match cluster.store.get(&ResourceId::new("apps", "daemonsets"), ns(ds), name(ds)) {
+    let ds = match cluster
+        .store
+        .get(&ResourceId::new("apps", "daemonsets"), ns(ds), name(ds))
+    {
         Some(d) if !is_deleting(&d) => d,
         _ => return,
     };
@@ -457,10 +554,19 @@ fn reconcile_daemonset(cluster: &Cluster, ds: &Value, work: &mut Work) {
     let hash = template_hash(&ds["spec"]["template"]);
     scale_pods(cluster, work, &ds, &pods, 1, |_| {
         let pod_name = format!("{}-{}", name(&ds), random_suffix(5));
-        let mut p = pod_from_template(&ds["spec"]["template"], ns(&ds), &pod_name, owner.clone(), &[
-            ("controller-revision-hash", hash.clone()),
-            ("pod-template-generation", ds["metadata"]["generation"].to_string()),
-        ]);
+        let mut p = pod_from_template(
+            &ds["spec"]["template"],
+            ns(&ds),
+            &pod_name,
+            owner.clone(),
+            &[
+                ("controller-revision-hash", hash.clone()),
+                (
+                    "pod-template-generation",
+                    ds["metadata"]["generation"].to_string(),
+                ),
+            ],
+        );
         p["spec"]["nodeName"] = json!("sandbox-node");
         p
     });
@@ -469,7 +575,13 @@ fn reconcile_daemonset(cluster: &Cluster, ds: &Value, work: &mut Work) {
     let status = json!({"currentNumberScheduled": pods.len(), "desiredNumberScheduled": 1, "numberMisscheduled": 0,
         "numberReady": ready, "numberAvailable": ready, "updatedNumberScheduled": pods.len(),
         "observedGeneration": ds["metadata"]["generation"].clone()});
-    write_status(cluster, work, &rt(cluster, "apps", "v1", "daemonsets"), &ds, status);
+    write_status(
+        cluster,
+        work,
+        &rt(cluster, "apps", "v1", "daemonsets"),
+        &ds,
+        status,
+    );
 }
 
 /// Defaults the Job API sets on create: selector and controller-uid labels.
@@ -477,7 +589,11 @@ pub fn default_job(job: &mut Value) {
     let job_uid = job["metadata"]["uid"].as_str().unwrap_or_default().to_string();
     let job_name = job["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let spec = &mut job["spec"];
-    for (k, v) in [("parallelism", json!(1)), ("completions", json!(1)), ("backoffLimit", json!(6))] {
+    for (k, v) in [
+        ("parallelism", json!(1)),
+        ("completions", json!(1)),
+        ("backoffLimit", json!(6)),
+    ] {
         if spec.get(k).is_none_or(Value::is_null) {
             spec[k] = v;
         }
@@ -500,7 +616,10 @@ pub fn default_job(job: &mut Value) {
 }
 
 fn reconcile_job(cluster: &Cluster, job: &Value, work: &mut Work) {
-    let job = match cluster.store.get(&ResourceId::new("batch", "jobs"), ns(job), name(job)) {
+    let job = match cluster
+        .store
+        .get(&ResourceId::new("batch", "jobs"), ns(job), name(job))
+    {
         Some(j) if !is_deleting(&j) => j,
         _ => return,
     };
@@ -510,7 +629,11 @@ fn reconcile_job(cluster: &Cluster, job: &Value, work: &mut Work) {
     let all: Vec<Arc<Value>> = owned_pods(cluster, ns(&job), uid(&job));
     let succeeded = all.iter().filter(|p| p["status"]["phase"] == "Succeeded").count() as i64;
     let failed = all.iter().filter(|p| p["status"]["phase"] == "Failed").count() as i64;
-    let active: Vec<Arc<Value>> = all.iter().filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))).cloned().collect();
+    let active: Vec<Arc<Value>> = all
+        .iter()
+        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+        .cloned()
+        .collect();
     let completions = job["spec"]["completions"].as_i64().unwrap_or(1);
     let parallelism = job["spec"]["parallelism"].as_i64().unwrap_or(1);
     let done = succeeded >= completions;
@@ -520,7 +643,13 @@ fn reconcile_job(cluster: &Cluster, job: &Value, work: &mut Work) {
         let owner = owner_ref(&job, "batch/v1", "Job");
         let job_name = name(&job).to_string();
         scale_pods(cluster, work, &job, &active, want.max(active.len()), |_| {
-            pod_from_template(&job["spec"]["template"], ns(&job), &format!("{job_name}-{}", random_suffix(5)), owner.clone(), &[])
+            pod_from_template(
+                &job["spec"]["template"],
+                ns(&job),
+                &format!("{job_name}-{}", random_suffix(5)),
+                owner.clone(),
+                &[],
+            )
         });
     }
     let active_now = owned_pods(cluster, ns(&job), uid(&job))
@@ -570,13 +699,25 @@ fn prepare_pod_dir(cluster: &Cluster, pod: &Value) {
     let volumes = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
     for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
-            let Some(vol) = volumes.iter().find(|v| v["name"] == m["name"]) else { continue };
-            let Some(claim) = vol["persistentVolumeClaim"]["claimName"].as_str() else { continue };
-            let Some(pvc) = cluster.store.get(&ResourceId::new("", "persistentvolumeclaims"), ns(pod), claim) else {
+            let Some(vol) = volumes.iter().find(|v| v["name"] == m["name"]) else {
                 continue;
             };
-            let Some(pv) = pvc["spec"]["volumeName"].as_str() else { continue };
-            let mount = m["mountPath"].as_str().unwrap_or_default().trim_start_matches('/');
+            let Some(claim) = vol["persistentVolumeClaim"]["claimName"].as_str() else {
+                continue;
+            };
+            let Some(pvc) = cluster
+                .store
+                .get(&ResourceId::new("", "persistentvolumeclaims"), ns(pod), claim)
+            else {
+                continue;
+            };
+            let Some(pv) = pvc["spec"]["volumeName"].as_str() else {
+                continue;
+            };
+            let mount = m["mountPath"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('/');
             if mount.is_empty() || mount.split('/').any(|s| s == "..") {
                 continue;
             }
@@ -611,9 +752,15 @@ fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
     };
     let Some(class) = class else { return };
     let pv_name = format!("pvc-{}", uid(pvc));
-    let provisioner = class["provisioner"].as_str().unwrap_or("sandbox.freezeframe.dev").to_string();
+    let provisioner = class["provisioner"]
+        .as_str()
+        .unwrap_or("sandbox.freezeframe.dev")
+        .to_string();
     let size = pvc["spec"]["resources"]["requests"]["storage"].clone();
-    let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let opts = WriteOptions {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
     let pv = json!({
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": provisioner}},
@@ -633,7 +780,9 @@ fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
     }
     let _ = std::fs::create_dir_all(volume_dir(cluster, &pv_name));
     let pvc_rt = rt(cluster, "", "v1", "persistentvolumeclaims");
-    let Some(current) = cluster.store.get(&pvc_rt.id(), ns(pvc), name(pvc)) else { return };
+    let Some(current) = cluster.store.get(&pvc_rt.id(), ns(pvc), name(pvc)) else {
+        return;
+    };
     let mut next = (*current).clone();
     next["spec"]["volumeName"] = json!(pv_name);
     if next["spec"]["storageClassName"].is_null() {
@@ -642,23 +791,40 @@ fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
     for (k, v) in [
         ("pv.kubernetes.io/bind-completed", "yes"),
         ("pv.kubernetes.io/bound-by-controller", "yes"),
-        ("volume.beta.kubernetes.io/storage-provisioner", provisioner.as_str()),
+        (
+            "volume.beta.kubernetes.io/storage-provisioner",
+            provisioner.as_str(),
+        ),
         ("volume.kubernetes.io/storage-provisioner", provisioner.as_str()),
     ] {
         next["metadata"]["annotations"][k] = json!(v);
     }
     next["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
-    let Ok(updated) = cluster.update_in(work, &pvc_rt, ns(pvc), name(pvc), next, Part::Main, &opts) else { return };
+    let Ok(updated) = cluster.update_in(work, &pvc_rt, ns(pvc), name(pvc), next, Part::Main, &opts) else {
+        return;
+    };
     let mut with_status = updated;
     with_status["status"] = json!({"phase": "Bound", "accessModes": pvc["spec"]["accessModes"].clone(), "capacity": {"storage": size}});
-    let _ = cluster.update_in(work, &pvc_rt, ns(pvc), name(pvc), with_status, Part::Status, &opts);
+    let _ = cluster.update_in(
+        work,
+        &pvc_rt,
+        ns(pvc),
+        name(pvc),
+        with_status,
+        Part::Status,
+        &opts,
+    );
 }
 
 /// `kubernetes.io/pvc-protection`: a deleted claim goes once no pod uses it.
 fn release_protected_claims(cluster: &Cluster, namespace: &str, work: &mut Work) {
     let pvc_rt = rt(cluster, "", "v1", "persistentvolumeclaims");
-    let deleting: Vec<Arc<Value>> =
-        cluster.store.list(&pvc_rt.id(), Some(namespace)).into_iter().filter(|c| is_deleting(c)).collect();
+    let deleting: Vec<Arc<Value>> = cluster
+        .store
+        .list(&pvc_rt.id(), Some(namespace))
+        .into_iter()
+        .filter(|c| is_deleting(c))
+        .collect();
     if deleting.is_empty() {
         return;
     }
@@ -666,7 +832,8 @@ fn release_protected_claims(cluster: &Cluster, namespace: &str, work: &mut Work)
     for claim in deleting {
         let in_use = pods.iter().any(|p| {
             p["spec"]["volumes"].as_array().is_some_and(|vs| {
-                vs.iter().any(|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some(name(&claim)))
+                vs.iter()
+                    .any(|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some(name(&claim)))
             })
         });
         let protected = claim["metadata"]["finalizers"]
@@ -679,20 +846,30 @@ fn release_protected_claims(cluster: &Cluster, namespace: &str, work: &mut Work)
         if let Some(f) = next["metadata"]["finalizers"].as_array_mut() {
             f.retain(|x| x != "kubernetes.io/pvc-protection");
         }
-        let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
+        let opts = WriteOptions {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
         let _ = cluster.update_in(work, &pvc_rt, namespace, name(&claim), next, Part::Main, &opts);
     }
 }
 
 /// A deleted claim releases its volume; with reclaim policy Delete the volume goes too.
 fn release_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
-    let Some(pv_name) = pvc["spec"]["volumeName"].as_str() else { return };
+    let Some(pv_name) = pvc["spec"]["volumeName"].as_str() else {
+        return;
+    };
     let pv_rt = rt(cluster, "", "v1", "persistentvolumes");
-    let Some(pv) = cluster.store.get(&pv_rt.id(), "", pv_name) else { return };
+    let Some(pv) = cluster.store.get(&pv_rt.id(), "", pv_name) else {
+        return;
+    };
     if pv["spec"]["claimRef"]["uid"] != pvc["metadata"]["uid"] {
         return;
     }
-    let opts = WriteOptions { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let opts = WriteOptions {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
     if pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
         let _ = cluster.delete_in(work, &pv_rt, "", pv_name, &DeleteOptions::default());
         let _ = std::fs::remove_dir_all(volume_dir(cluster, pv_name));
@@ -705,5 +882,6 @@ fn release_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
 
 /// Whether a label selector (metav1.LabelSelector JSON) matches an object; invalid selectors match nothing.
 pub fn selector_matches(selector: &Value, obj: &Value) -> bool {
-    LabelSelector::from_label_selector(selector).is_ok_and(|s| s.matches(obj["metadata"]["labels"].as_object()))
+    LabelSelector::from_label_selector(selector)
+        .is_ok_and(|s| s.matches(obj["metadata"]["labels"].as_object()))
 }

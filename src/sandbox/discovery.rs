@@ -32,7 +32,10 @@ pub async fn version() -> Response {
 
 /// Which aggregated discovery version the client accepts, if any.
 fn aggregated(headers: &HeaderMap) -> Option<&'static str> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     // Accept lists media types in preference order; answer with the first aggregated one offered.
     for part in accept.split(',') {
         let p: String = part.chars().filter(|c| !c.is_whitespace()).collect();
@@ -49,7 +52,11 @@ fn aggregated(headers: &HeaderMap) -> Option<&'static str> {
 }
 
 fn aggregated_response(version: &str, items: Vec<Value>) -> Response {
-    let ct = if version == "v2" { AGGREGATED_V2 } else { AGGREGATED_V2BETA1 };
+    let ct = if version == "v2" {
+        AGGREGATED_V2
+    } else {
+        AGGREGATED_V2BETA1
+    };
     let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"),
                       "metadata": {}, "items": items});
     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], body.to_string()).into_response()
@@ -94,9 +101,24 @@ fn aggregated_group(cluster: &Cluster, group: &str, versions: &[String]) -> Valu
 
 fn subresource_kind(t: &ResourceType, sub: &str) -> (String, String, String, Vec<&'static str>) {
     match sub {
-        "scale" => ("autoscaling".into(), "v1".into(), "Scale".into(), vec!["get", "patch", "update"]),
-        "status" => (t.group.clone(), t.version.clone(), t.kind.clone(), vec!["get", "patch", "update"]),
-        "exec" => ("".into(), "v1".into(), "PodExecOptions".into(), vec!["create", "get"]),
+        "scale" => (
+            "autoscaling".into(),
+            "v1".into(),
+            "Scale".into(),
+            vec!["get", "patch", "update"],
+        ),
+        "status" => (
+            t.group.clone(),
+            t.version.clone(),
+            t.kind.clone(),
+            vec!["get", "patch", "update"],
+        ),
+        "exec" => (
+            "".into(),
+            "v1".into(),
+            "PodExecOptions".into(),
+            vec!["create", "get"],
+        ),
         "log" => ("".into(), "v1".into(), "Pod".into(), vec!["get"]),
         _ => (t.group.clone(), t.version.clone(), t.kind.clone(), vec!["get"]),
     }
@@ -117,16 +139,26 @@ pub async fn core_versions(State(state): State<AppState>, headers: HeaderMap) ->
 }
 
 fn group_json(group: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> =
-        versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(json!({}))})
 }
 
 pub async fn groups(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let groups: Vec<(String, Vec<String>)> =
-        state.cluster.registry().groups().into_iter().filter(|(g, _)| !g.is_empty()).collect();
+    let groups: Vec<(String, Vec<String>)> = state
+        .cluster
+        .registry()
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .collect();
     if let Some(v) = aggregated(&headers) {
-        let items = groups.iter().map(|(g, vs)| aggregated_group(&state.cluster, g, vs)).collect();
+        let items = groups
+            .iter()
+            .map(|(g, vs)| aggregated_group(&state.cluster, g, vs))
+            .collect();
         return aggregated_response(v, items);
     }
     let list: Vec<Value> = groups.iter().map(|(g, vs)| group_json(g, vs)).collect();
@@ -149,7 +181,12 @@ pub fn group(cluster: &Cluster, group: &str) -> Response {
 /// `GET /api/v1` or `GET /apis/{group}/{version}`: an APIResourceList.
 pub fn resource_list(cluster: &Cluster, group: &str, version: &str) -> Response {
     let reg = cluster.registry();
-    let types: Vec<_> = reg.all().iter().filter(|t| t.group == group && t.version == version).cloned().collect();
+    let types: Vec<_> = reg
+        .all()
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+        .cloned()
+        .collect();
     if types.is_empty() {
         return ApiError::not_found_path().into_response();
     }
@@ -175,19 +212,40 @@ pub fn resource_list(cluster: &Cluster, group: &str, version: &str) -> Response 
             resources.push(s);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    axum::Json(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
-        .into_response()
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    axum::Json(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+    .into_response()
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 fn registry_hash(cluster: &Cluster, group: &str, version: &str) -> String {
     let mut h = Sha256::new();
-    for t in cluster.registry().all().iter().filter(|t| t.group == group && t.version == version) {
-        h.update(format!("{}/{}/{}/{}", t.plural, t.kind, t.namespaced, t.crd.as_deref().unwrap_or_default()));
+    for t in cluster
+        .registry()
+        .all()
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
+        h.update(format!(
+            "{}/{}/{}/{}",
+            t.plural,
+            t.kind,
+            t.namespaced,
+            t.crd.as_deref().unwrap_or_default()
+        ));
     }
     hex::encode(&h.finalize()[..16]).to_uppercase()
 }
@@ -197,9 +255,19 @@ fn registry_hash(cluster: &Cluster, group: &str, version: &str) -> String {
 /// `openapi_v2.Document`, so kubectl validates nothing and reports the missing kind by its mapping error,
 /// as it does against a real server.
 pub async fn openapi_v2(headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if accept.contains("protobuf") {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")], Vec::<u8>::new())
+        return (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            )],
+            Vec::<u8>::new(),
+        )
             .into_response();
     }
     axum::Json(json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": {}, "definitions": {}}))
@@ -229,7 +297,12 @@ pub async fn openapi_document(State(state): State<AppState>, Path(path): Path<St
         _ => return ApiError::not_found_path().into_response(),
     };
     let reg = state.cluster.registry();
-    let types: Vec<_> = reg.all().iter().filter(|t| t.group == group && t.version == version).cloned().collect();
+    let types: Vec<_> = reg
+        .all()
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+        .cloned()
+        .collect();
     if types.is_empty() {
         return ApiError::not_found_path().into_response();
     }
@@ -239,7 +312,11 @@ pub async fn openapi_document(State(state): State<AppState>, Path(path): Path<St
         let gvk = json!({"group": t.group, "version": t.version, "kind": t.kind});
         let schema_name = schema_name(t);
         let prefix = if t.namespaced {
-            format!("/{}/namespaces/{{namespace}}/{}", gv_path(group, version), t.plural)
+            format!(
+                "/{}/namespaces/{{namespace}}/{}",
+                gv_path(group, version),
+                t.plural
+            )
         } else {
             format!("/{}/{}", gv_path(group, version), t.plural)
         };
@@ -249,9 +326,14 @@ pub async fn openapi_document(State(state): State<AppState>, Path(path): Path<St
             {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
             {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": true}}
         ]);
-        let op = |action: &str| json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk,
-            "parameters": params, "responses": {"200": {"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}}}});
-        paths.insert(format!("{prefix}/{{name}}"), json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}));
+        let op = |action: &str| {
+            json!({"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk,
+            "parameters": params, "responses": {"200": {"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}}}})
+        };
+        paths.insert(
+            format!("{prefix}/{{name}}"),
+            json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}),
+        );
         paths.insert(prefix, json!({"get": op("list"), "post": op("post")}));
         schemas.insert(
             schema_name,
@@ -271,14 +353,20 @@ pub async fn openapi_document(State(state): State<AppState>, Path(path): Path<St
 }
 
 fn schema_name(t: &ResourceType) -> String {
-    let group = if t.group.is_empty() { "core".to_string() } else { t.group.clone() };
+    let group = if t.group.is_empty() {
+        "core".to_string()
+    } else {
+        t.group.clone()
+    };
     let reversed: Vec<&str> = group.split('.').rev().collect();
     format!("io.k8s.api.{}.{}.{}", reversed.join("."), t.version, t.kind)
 }
 
 /// Human age like kubectl prints it (`5s`, `3m`, `2h`, `4d`).
 fn age(ts: &str) -> String {
-    let Ok(t) = DateTime::parse_from_rfc3339(ts) else { return "<unknown>".into() };
+    let Ok(t) = DateTime::parse_from_rfc3339(ts) else {
+        return "<unknown>".into();
+    };
     let secs = (Utc::now() - t.with_timezone(&Utc)).num_seconds().max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
@@ -288,47 +376,100 @@ fn age(ts: &str) -> String {
     }
 }
 
+/// Turns one object into a table row's cells.
+type CellFn = Box<dyn Fn(&Value) -> Vec<Value>>;
+
 /// Render a list as a `meta.k8s.io/v1` Table (what `kubectl get` asks for).
 pub fn table(list: &Value) -> Value {
     let items = list["items"].as_array().cloned().unwrap_or_default();
-    let kind = items.first().and_then(|i| i["kind"].as_str()).unwrap_or_default().to_string();
-    let col = |name: &str, ty: &str, format: &str| {
-        json!({"name": name, "type": ty, "format": format, "description": "", "priority": 0})
-    };
-    let (columns, cells): (Vec<Value>, Box<dyn Fn(&Value) -> Vec<Value>>) = match kind.as_str() {
+    let kind = items
+        .first()
+        .and_then(|i| i["kind"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let col = |name: &str, ty: &str, format: &str| json!({"name": name, "type": ty, "format": format, "description": "", "priority": 0});
+    let (columns, cells): (Vec<Value>, CellFn) = match kind.as_str() {
         "Pod" => (
-            vec![col("Name", "string", "name"), col("Ready", "string", ""), col("Status", "string", ""),
-                 col("Restarts", "string", ""), col("Age", "string", "")],
+            vec![
+                col("Name", "string", "name"),
+                col("Ready", "string", ""),
+                col("Status", "string", ""),
+                col("Restarts", "string", ""),
+                col("Age", "string", ""),
+            ],
             Box::new(|o: &Value| {
-                let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+                let statuses = o["status"]["containerStatuses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
                 let ready = statuses.iter().filter(|s| s["ready"] == true).count();
                 let restarts: i64 = statuses.iter().filter_map(|s| s["restartCount"].as_i64()).sum();
-                let phase = if o["metadata"].get("deletionTimestamp").is_some() { "Terminating" } else { o["status"]["phase"].as_str().unwrap_or("Pending") };
-                vec![o["metadata"]["name"].clone(), json!(format!("{ready}/{total}")), json!(phase),
-                     json!(restarts.to_string()), json!(age(o["metadata"]["creationTimestamp"].as_str().unwrap_or_default()))]
+                let phase = if o["metadata"].get("deletionTimestamp").is_some() {
+                    "Terminating"
+                } else {
+                    o["status"]["phase"].as_str().unwrap_or("Pending")
+                };
+                vec![
+                    o["metadata"]["name"].clone(),
+                    json!(format!("{ready}/{total}")),
+                    json!(phase),
+                    json!(restarts.to_string()),
+                    json!(age(o["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or_default())),
+                ]
             }),
         ),
         "Deployment" | "StatefulSet" | "ReplicaSet" => (
-            vec![col("Name", "string", "name"), col("Ready", "string", ""), col("Age", "string", "")],
+            vec![
+                col("Name", "string", "name"),
+                col("Ready", "string", ""),
+                col("Age", "string", ""),
+            ],
             Box::new(|o: &Value| {
-                vec![o["metadata"]["name"].clone(),
-                     json!(format!("{}/{}", o["status"]["readyReplicas"].as_i64().unwrap_or(0), o["spec"]["replicas"].as_i64().unwrap_or(0))),
-                     json!(age(o["metadata"]["creationTimestamp"].as_str().unwrap_or_default()))]
+                vec![
+                    o["metadata"]["name"].clone(),
+                    json!(format!(
+                        "{}/{}",
+                        o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                        o["spec"]["replicas"].as_i64().unwrap_or(0)
+                    )),
+                    json!(age(o["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or_default())),
+                ]
             }),
         ),
         "PersistentVolumeClaim" => (
-            vec![col("Name", "string", "name"), col("Status", "string", ""), col("Volume", "string", ""),
-                 col("StorageClass", "string", ""), col("Age", "string", "")],
+            vec![
+                col("Name", "string", "name"),
+                col("Status", "string", ""),
+                col("Volume", "string", ""),
+                col("StorageClass", "string", ""),
+                col("Age", "string", ""),
+            ],
             Box::new(|o: &Value| {
-                vec![o["metadata"]["name"].clone(), o["status"]["phase"].clone(), o["spec"]["volumeName"].clone(),
-                     o["spec"]["storageClassName"].clone(), json!(age(o["metadata"]["creationTimestamp"].as_str().unwrap_or_default()))]
+                vec![
+                    o["metadata"]["name"].clone(),
+                    o["status"]["phase"].clone(),
+                    o["spec"]["volumeName"].clone(),
+                    o["spec"]["storageClassName"].clone(),
+                    json!(age(o["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or_default())),
+                ]
             }),
         ),
         _ => (
             vec![col("Name", "string", "name"), col("Age", "string", "")],
             Box::new(|o: &Value| {
-                vec![o["metadata"]["name"].clone(), json!(age(o["metadata"]["creationTimestamp"].as_str().unwrap_or_default()))]
+                vec![
+                    o["metadata"]["name"].clone(),
+                    json!(age(o["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or_default())),
+                ]
             }),
         ),
     };

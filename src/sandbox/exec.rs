@@ -190,7 +190,7 @@ fn container_running(pod: &Value, container: &str) -> bool {
 fn container_not_found(container: &str) -> ApiError {
     let cause = format!("unable to upgrade connection: container not found (\"{container}\")");
     let mut e = ApiError::internal(format!("Internal error occurred: {cause}"));
-    e.details = Some(json!({"causes": [{"message": cause}]}));
+    e.details = Some(Box::new(json!({"causes": [{"message": cause}]})));
     e
 }
 

@@ -57,7 +57,12 @@ pub enum Error {
     },
     /// A manifest names a kind the sandbox does not serve.
     #[error("{path}: document {index}: no matches for kind \"{kind}\" in version \"{api_version}\"")]
-    UnknownKind { path: PathBuf, index: usize, kind: String, api_version: String },
+    UnknownKind {
+        path: PathBuf,
+        index: usize,
+        kind: String,
+        api_version: String,
+    },
     /// The API refused a manifest object.
     #[error("{path}: document {index} ({kind} {name})")]
     Rejected {
@@ -66,7 +71,7 @@ pub enum Error {
         kind: String,
         name: String,
         #[source]
-        source: ApiError,
+        source: Box<ApiError>,
     },
     /// Building a client for the sandbox failed.
     #[error("cannot build a Kubernetes client for the sandbox")]
@@ -116,11 +121,17 @@ impl Sandbox {
                 let t = tempfile::Builder::new()
                     .prefix("freezeframe-sandbox-")
                     .tempdir()
-                    .map_err(|source| Error::Io { path: std::env::temp_dir(), source })?;
+                    .map_err(|source| Error::Io {
+                        path: std::env::temp_dir(),
+                        source,
+                    })?;
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        std::fs::create_dir_all(&state_dir).map_err(|source| Error::Io { path: state_dir.clone(), source })?;
+        std::fs::create_dir_all(&state_dir).map_err(|source| Error::Io {
+            path: state_dir.clone(),
+            source,
+        })?;
         let cluster = Arc::new(Cluster::new(cluster::ClusterOptions {
             state_dir: state_dir.clone(),
             limits: options.limits.unwrap_or_default(),
@@ -128,8 +139,14 @@ impl Sandbox {
         bootstrap(&cluster);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
             .await
-            .map_err(|source| Error::Bind { port: options.port, source })?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind { port: options.port, source })?;
+            .map_err(|source| Error::Bind {
+                port: options.port,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            port: options.port,
+            source,
+        })?;
         let app = api::router(api::AppState {
             cluster: cluster.clone(),
             bookmark_interval: options.bookmark_interval.unwrap_or(Duration::from_secs(10)),
@@ -145,7 +162,14 @@ impl Sandbox {
         });
         let kubeconfig = options.kubeconfig.unwrap_or_else(|| state_dir.join("kubeconfig"));
         write_kubeconfig(&kubeconfig, addr)?;
-        Ok(Sandbox { addr, cluster, kubeconfig, state_dir, shutdown: Some(tx), _temp: temp })
+        Ok(Sandbox {
+            addr,
+            cluster,
+            kubeconfig,
+            state_dir,
+            shutdown: Some(tx),
+            _temp: temp,
+        })
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -169,25 +193,40 @@ impl Sandbox {
     /// A kube client built from the kubeconfig the sandbox wrote (so that file is exercised too).
     pub async fn client(&self) -> Result<kube::Client> {
         crate::install_crypto_provider();
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)
-            .map_err(|source| Error::Kubeconfig { path: self.kubeconfig.clone(), source })?;
+        let kc =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|source| Error::Kubeconfig {
+                path: self.kubeconfig.clone(),
+                source,
+            })?;
         let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await
-            .map_err(|source| Error::Kubeconfig { path: self.kubeconfig.clone(), source })?;
+            .map_err(|source| Error::Kubeconfig {
+                path: self.kubeconfig.clone(),
+                source,
+            })?;
         kube::Client::try_from(config).map_err(Error::Client)
     }
 
     /// Apply every `*.yaml`, `*.yml` and `*.json` file in `dir` (sorted by name), like `kubectl apply -f`.
     pub fn load_manifests(&self, dir: &Path) -> Result<usize> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| Error::Io { path: dir.to_path_buf(), source })?
+            .map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+            })
             .collect();
         files.sort();
         let mut count = 0;
         for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|source| Error::Io { path: f.clone(), source })?;
+            let text = std::fs::read_to_string(&f).map_err(|source| Error::Io {
+                path: f.clone(),
+                source,
+            })?;
             count += self.apply_text(&f, &text)?;
         }
         Ok(count)
@@ -197,15 +236,20 @@ impl Sandbox {
     pub fn apply_text(&self, path: &Path, text: &str) -> Result<usize> {
         let mut count = 0;
         for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let value = Value::deserialize_yaml(doc).map_err(|source| Error::Yaml { path: path.into(), index, source })?;
+            let value = Value::deserialize_yaml(doc).map_err(|source| Error::Yaml {
+                path: path.into(),
+                index,
+                source,
+            })?;
             if value.is_null() {
                 continue;
             }
-            let items = if value["kind"].as_str().is_some_and(|k| k.ends_with("List")) && value["items"].is_array() {
-                value["items"].as_array().cloned().unwrap_or_default()
-            } else {
-                vec![value]
-            };
+            let items =
+                if value["kind"].as_str().is_some_and(|k| k.ends_with("List")) && value["items"].is_array() {
+                    value["items"].as_array().cloned().unwrap_or_default()
+                } else {
+                    vec![value]
+                };
             for obj in items {
                 self.apply_object(path, index, obj)?;
                 count += 1;
@@ -218,15 +262,34 @@ impl Sandbox {
         let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
         let kind = obj["kind"].as_str().unwrap_or_default().to_string();
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let rt = self.cluster.type_by_kind(&api_version, &kind).ok_or_else(|| Error::UnknownKind {
+        let rt = self
+            .cluster
+            .type_by_kind(&api_version, &kind)
+            .ok_or_else(|| Error::UnknownKind {
+                path: path.into(),
+                index,
+                kind: kind.clone(),
+                api_version: api_version.clone(),
+            })?;
+        let ns = if rt.namespaced {
+            obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string()
+        } else {
+            String::new()
+        };
+        let opts = WriteOptions {
+            field_manager: Some("freezeframe-sandbox".into()),
+            ..Default::default()
+        };
+        let rejected = |source: ApiError| Error::Rejected {
             path: path.into(),
             index,
             kind: kind.clone(),
-            api_version: api_version.clone(),
-        })?;
-        let ns = if rt.namespaced { obj["metadata"]["namespace"].as_str().unwrap_or("default").to_string() } else { String::new() };
-        let opts = WriteOptions { field_manager: Some("freezeframe-sandbox".into()), ..Default::default() };
-        let rejected = |source| Error::Rejected { path: path.into(), index, kind: kind.clone(), name: name.clone(), source };
+            name: name.clone(),
+            source: Box::new(source),
+        };
         match self.cluster.create(&rt, &ns, obj.clone(), &opts) {
             Ok(_) => Ok(()),
             Err(e) if e.reason == "AlreadyExists" => {
@@ -237,7 +300,10 @@ impl Sandbox {
                 {
                     m.remove("namespace");
                 }
-                self.cluster.update(&rt, &ns, &name, next, cluster::Part::Main, &opts).map(|_| ()).map_err(rejected)
+                self.cluster
+                    .update(&rt, &ns, &name, next, cluster::Part::Main, &opts)
+                    .map(|_| ())
+                    .map_err(rejected)
             }
             Err(e) => Err(rejected(e)),
         }
@@ -270,44 +336,80 @@ impl DeserializeYaml for Value {
 /// What a fresh cluster has: system namespaces, a node, the snapshot CRDs, default storage and snapshot
 /// classes for the sandbox CSI driver.
 fn bootstrap(cluster: &Cluster) {
-    let opts = WriteOptions { field_manager: Some("kube-apiserver".into()), ..Default::default() };
+    let opts = WriteOptions {
+        field_manager: Some("kube-apiserver".into()),
+        ..Default::default()
+    };
     let create = |api_version: &str, kind: &str, obj: Value| {
-        let rt = cluster.type_by_kind(api_version, kind).expect("bootstrap kinds are served");
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let rt = cluster
+            .type_by_kind(api_version, kind)
+            .expect("bootstrap kinds are served");
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if let Err(e) = cluster.create(&rt, &ns, obj, &opts) {
             tracing::error!(kind, error = %e, "sandbox bootstrap object rejected");
         }
     };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        create("v1", "Namespace", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+        create(
+            "v1",
+            "Namespace",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        );
     }
-    create("v1", "Node", json!({"apiVersion": "v1", "kind": "Node",
+    create(
+        "v1",
+        "Node",
+        json!({"apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "sandbox-node", "labels": {"kubernetes.io/hostname": "sandbox-node", "kubernetes.io/os": "linux",
             "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/control-plane": ""}},
         "spec": {"podCIDR": "10.244.0.0/24"},
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
             "addresses": [{"type": "InternalIP", "address": "10.0.0.1"}, {"type": "Hostname", "address": "sandbox-node"}],
-            "nodeInfo": {"kubeletVersion": "v1.32.0", "operatingSystem": "linux", "architecture": "amd64"}}}));
-    create("v1", "Service", json!({"apiVersion": "v1", "kind": "Service",
+            "nodeInfo": {"kubeletVersion": "v1.32.0", "operatingSystem": "linux", "architecture": "amd64"}}}),
+    );
+    create(
+        "v1",
+        "Service",
+        json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}));
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}),
+    );
     for crd in bootstrap_crds() {
         create("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd);
     }
-    create("storage.k8s.io/v1", "StorageClass", json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+    create(
+        "storage.k8s.io/v1",
+        "StorageClass",
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
         "metadata": {"name": "sandbox", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
         "provisioner": "sandbox.freezeframe.dev", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
-        "allowVolumeExpansion": true}));
-    create("storage.k8s.io/v1", "CSIDriver", json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
-        "metadata": {"name": "sandbox.freezeframe.dev"}, "spec": {"attachRequired": false, "podInfoOnMount": false}}));
-    create("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass", json!({"apiVersion": "snapshot.storage.k8s.io/v1",
+        "allowVolumeExpansion": true}),
+    );
+    create(
+        "storage.k8s.io/v1",
+        "CSIDriver",
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+        "metadata": {"name": "sandbox.freezeframe.dev"}, "spec": {"attachRequired": false, "podInfoOnMount": false}}),
+    );
+    create(
+        "snapshot.storage.k8s.io/v1",
+        "VolumeSnapshotClass",
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1",
         "kind": "VolumeSnapshotClass",
         "metadata": {"name": "sandbox-snapclass", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
-        "driver": "sandbox.freezeframe.dev", "deletionPolicy": "Delete"}));
-    create("groupsnapshot.storage.k8s.io/v1beta1", "VolumeGroupSnapshotClass", json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1",
+        "driver": "sandbox.freezeframe.dev", "deletionPolicy": "Delete"}),
+    );
+    create(
+        "groupsnapshot.storage.k8s.io/v1beta1",
+        "VolumeGroupSnapshotClass",
+        json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1",
         "kind": "VolumeGroupSnapshotClass",
         "metadata": {"name": "sandbox-groupsnapclass", "annotations": {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
-        "driver": "sandbox.freezeframe.dev", "deletionPolicy": "Delete"}));
+        "driver": "sandbox.freezeframe.dev", "deletionPolicy": "Delete"}),
+    );
     let _ = render;
 }
 
@@ -319,9 +421,18 @@ contexts:\n- name: freezeframe-sandbox\n  context:\n    cluster: freezeframe-san
 current-context: freezeframe-sandbox\nusers:\n- name: freezeframe-sandbox\n  user:\n    token: sandbox\npreferences: {{}}\n"
     );
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.into(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.into(),
+            source,
+        })?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|source| Error::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
+    std::fs::write(&tmp, text).map_err(|source| Error::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+        path: path.into(),
+        source,
+    })
 }

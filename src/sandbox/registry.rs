@@ -14,7 +14,10 @@ pub struct ResourceId {
 
 impl ResourceId {
     pub fn new(group: &str, plural: &str) -> Self {
-        ResourceId { group: group.to_string(), plural: plural.to_string() }
+        ResourceId {
+            group: group.to_string(),
+            plural: plural.to_string(),
+        }
     }
 }
 
@@ -64,12 +67,25 @@ impl ResourceType {
 
     /// `apiVersion` as written in objects: `v1` or `group/version`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// The verbs served for the resource, as discovery reports them.
     pub fn verbs(&self) -> Vec<&'static str> {
-        let mut v = vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+        let mut v = vec![
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ];
         if self.group.is_empty() && self.plural == "namespaces" {
             v.retain(|x| *x != "deletecollection");
         }
@@ -146,54 +162,170 @@ impl B {
 pub fn builtin() -> Vec<ResourceType> {
     let core = "";
     let list = vec![
-        b(core, "v1", "Namespace", "namespaces", false).short(&["ns"]).status(),
+        b(core, "v1", "Namespace", "namespaces", false)
+            .short(&["ns"])
+            .status(),
         b(core, "v1", "Node", "nodes", false).short(&["no"]).status(),
-        b(core, "v1", "Pod", "pods", true).short(&["po"]).all().status().extra(&["exec", "log"]),
-        b(core, "v1", "Service", "services", true).short(&["svc"]).all().status(),
+        b(core, "v1", "Pod", "pods", true)
+            .short(&["po"])
+            .all()
+            .status()
+            .extra(&["exec", "log"]),
+        b(core, "v1", "Service", "services", true)
+            .short(&["svc"])
+            .all()
+            .status(),
         b(core, "v1", "Endpoints", "endpoints", true).short(&["ep"]),
         b(core, "v1", "ConfigMap", "configmaps", true).short(&["cm"]),
         b(core, "v1", "Secret", "secrets", true),
         b(core, "v1", "ServiceAccount", "serviceaccounts", true).short(&["sa"]),
-        b(core, "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true).short(&["pvc"]).status(),
-        b(core, "v1", "PersistentVolume", "persistentvolumes", false).short(&["pv"]).status(),
+        b(
+            core,
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            true,
+        )
+        .short(&["pvc"])
+        .status(),
+        b(core, "v1", "PersistentVolume", "persistentvolumes", false)
+            .short(&["pv"])
+            .status(),
         b(core, "v1", "Event", "events", true).short(&["ev"]),
         b(core, "v1", "LimitRange", "limitranges", true).short(&["limits"]),
-        b(core, "v1", "ResourceQuota", "resourcequotas", true).short(&["quota"]).status(),
-        b(core, "v1", "ReplicationController", "replicationcontrollers", true).short(&["rc"]).all().status().scale(),
+        b(core, "v1", "ResourceQuota", "resourcequotas", true)
+            .short(&["quota"])
+            .status(),
+        b(
+            core,
+            "v1",
+            "ReplicationController",
+            "replicationcontrollers",
+            true,
+        )
+        .short(&["rc"])
+        .all()
+        .status()
+        .scale(),
         b(core, "v1", "PodTemplate", "podtemplates", true),
-        b("apps", "v1", "Deployment", "deployments", true).short(&["deploy"]).all().status().scale(),
-        b("apps", "v1", "StatefulSet", "statefulsets", true).short(&["sts"]).all().status().scale(),
-        b("apps", "v1", "DaemonSet", "daemonsets", true).short(&["ds"]).all().status(),
-        b("apps", "v1", "ReplicaSet", "replicasets", true).short(&["rs"]).all().status().scale(),
+        b("apps", "v1", "Deployment", "deployments", true)
+            .short(&["deploy"])
+            .all()
+            .status()
+            .scale(),
+        b("apps", "v1", "StatefulSet", "statefulsets", true)
+            .short(&["sts"])
+            .all()
+            .status()
+            .scale(),
+        b("apps", "v1", "DaemonSet", "daemonsets", true)
+            .short(&["ds"])
+            .all()
+            .status(),
+        b("apps", "v1", "ReplicaSet", "replicasets", true)
+            .short(&["rs"])
+            .all()
+            .status()
+            .scale(),
         b("apps", "v1", "ControllerRevision", "controllerrevisions", true),
         b("batch", "v1", "Job", "jobs", true).all().status(),
-        b("batch", "v1", "CronJob", "cronjobs", true).short(&["cj"]).all().status(),
+        b("batch", "v1", "CronJob", "cronjobs", true)
+            .short(&["cj"])
+            .all()
+            .status(),
         b("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
-        b("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true),
-        b("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
-        b("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
+        b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+        ),
+        b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+        ),
+        b(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+        ),
         b("coordination.k8s.io", "v1", "Lease", "leases", true),
         b("events.k8s.io", "v1", "Event", "events", true).short(&["ev"]),
         b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true),
-        b("networking.k8s.io", "v1", "Ingress", "ingresses", true).short(&["ing"]).status(),
-        b("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true).short(&["netpol"]),
+        b("networking.k8s.io", "v1", "Ingress", "ingresses", true)
+            .short(&["ing"])
+            .status(),
+        b(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+        )
+        .short(&["netpol"]),
         b("networking.k8s.io", "v1", "IngressClass", "ingressclasses", false),
-        b("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true).short(&["pdb"]).status(),
-        b("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true)
-            .short(&["hpa"])
-            .all()
-            .status(),
-        b("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true)
-            .short(&["hpa"])
-            .all()
-            .status(),
+        b(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+        )
+        .short(&["pdb"])
+        .status(),
+        b(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+        )
+        .short(&["hpa"])
+        .all()
+        .status(),
+        b(
+            "autoscaling",
+            "v1",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+        )
+        .short(&["hpa"])
+        .all()
+        .status(),
         b("storage.k8s.io", "v1", "StorageClass", "storageclasses", false).short(&["sc"]),
         b("storage.k8s.io", "v1", "CSIDriver", "csidrivers", false),
-        b("storage.k8s.io", "v1", "VolumeAttachment", "volumeattachments", false).status(),
-        b("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", false).short(&["pc"]),
-        b("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false)
-            .short(&["crd", "crds"])
-            .status(),
+        b(
+            "storage.k8s.io",
+            "v1",
+            "VolumeAttachment",
+            "volumeattachments",
+            false,
+        )
+        .status(),
+        b(
+            "scheduling.k8s.io",
+            "v1",
+            "PriorityClass",
+            "priorityclasses",
+            false,
+        )
+        .short(&["pc"]),
+        b(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        )
+        .short(&["crd", "crds"])
+        .status(),
     ];
     list.into_iter().map(|b| b.rt).collect()
 }
@@ -209,14 +341,23 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
     if group.is_empty() || plural.is_empty() || kind.is_empty() {
         return vec![];
     }
-    let singular = names["singular"].as_str().map(str::to_string).unwrap_or_else(|| kind.to_lowercase());
+    let singular = names["singular"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.to_lowercase());
     let strings = |v: &Value| -> Vec<String> {
-        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     };
     let namespaced = spec["scope"].as_str() != Some("Cluster");
     let mut versions: Vec<&Value> = spec["versions"]
         .as_array()
-        .map(|a| a.iter().filter(|v| v["served"].as_bool().unwrap_or(true)).collect())
+        .map(|a| {
+            a.iter()
+                .filter(|v| v["served"].as_bool().unwrap_or(true))
+                .collect()
+        })
         .unwrap_or_default();
     // Discovery lists versions by Kubernetes version priority; the storage version is a good stand-in
     // for "preferred" and keeps the CRD author's intent.
@@ -253,11 +394,13 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
 }
 
 fn dotted_to_pointer(path: &str) -> String {
-    path.trim_start_matches('.').split('.').fold(String::new(), |mut acc, seg| {
-        acc.push('/');
-        acc.push_str(seg);
-        acc
-    })
+    path.trim_start_matches('.')
+        .split('.')
+        .fold(String::new(), |mut acc, seg| {
+            acc.push('/');
+            acc.push_str(seg);
+            acc
+        })
 }
 
 /// The set of served resource types, looked up by group/version/plural or by kind.
@@ -268,7 +411,9 @@ pub struct Registry {
 
 impl Registry {
     pub fn with_builtins() -> Self {
-        Registry { types: builtin().into_iter().map(Arc::new).collect() }
+        Registry {
+            types: builtin().into_iter().map(Arc::new).collect(),
+        }
     }
 
     pub fn all(&self) -> &[Arc<ResourceType>] {
@@ -276,18 +421,27 @@ impl Registry {
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
-        self.types.iter().find(|t| t.group == group && t.version == version && t.plural == plural).cloned()
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
     }
 
     /// The type for an object's `apiVersion` + `kind`.
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<Arc<ResourceType>> {
         let (group, version) = split_api_version(api_version);
-        self.types.iter().find(|t| t.group == group && t.version == version && t.kind == kind).cloned()
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.kind == kind)
+            .cloned()
     }
 
     /// The preferred (first registered) version of a stored resource.
     pub fn preferred(&self, id: &ResourceId) -> Option<Arc<ResourceType>> {
-        self.types.iter().find(|t| t.group == id.group && t.plural == id.plural).cloned()
+        self.types
+            .iter()
+            .find(|t| t.group == id.group && t.plural == id.plural)
+            .cloned()
     }
 
     /// Groups in registration order, each with its versions in preference order.
@@ -321,7 +475,11 @@ impl Registry {
                 .iter()
                 .find(|x| x.group == t.group && x.plural == t.plural && x.crd.as_deref() != Some(crd_name))
             {
-                return Err(format!("{} is already served by {}", t.plural, clash.crd.as_deref().unwrap_or("a built-in")));
+                return Err(format!(
+                    "{} is already served by {}",
+                    t.plural,
+                    clash.crd.as_deref().unwrap_or("a built-in")
+                ));
             }
         }
         self.types.retain(|t| t.crd.as_deref() != Some(crd_name));
@@ -367,11 +525,46 @@ pub fn bootstrap_crds() -> Vec<Value> {
     let group = "groupsnapshot.storage.k8s.io";
     vec![
         crd(snap, "v1", "VolumeSnapshot", "volumesnapshots", &["vs"], true),
-        crd(snap, "v1", "VolumeSnapshotContent", "volumesnapshotcontents", &["vsc", "vscs"], false),
-        crd(snap, "v1", "VolumeSnapshotClass", "volumesnapshotclasses", &["vsclass", "vsclasses"], false),
-        crd(group, "v1beta1", "VolumeGroupSnapshot", "volumegroupsnapshots", &["vgs"], true),
-        crd(group, "v1beta1", "VolumeGroupSnapshotContent", "volumegroupsnapshotcontents", &["vgsc", "vgscs"], false),
-        crd(group, "v1beta1", "VolumeGroupSnapshotClass", "volumegroupsnapshotclasses", &["vgsclass", "vgsclasses"], false),
+        crd(
+            snap,
+            "v1",
+            "VolumeSnapshotContent",
+            "volumesnapshotcontents",
+            &["vsc", "vscs"],
+            false,
+        ),
+        crd(
+            snap,
+            "v1",
+            "VolumeSnapshotClass",
+            "volumesnapshotclasses",
+            &["vsclass", "vsclasses"],
+            false,
+        ),
+        crd(
+            group,
+            "v1beta1",
+            "VolumeGroupSnapshot",
+            "volumegroupsnapshots",
+            &["vgs"],
+            true,
+        ),
+        crd(
+            group,
+            "v1beta1",
+            "VolumeGroupSnapshotContent",
+            "volumegroupsnapshotcontents",
+            &["vgsc", "vgscs"],
+            false,
+        ),
+        crd(
+            group,
+            "v1beta1",
+            "VolumeGroupSnapshotClass",
+            "volumegroupsnapshotclasses",
+            &["vgsclass", "vgsclasses"],
+            false,
+        ),
     ]
 }
 
@@ -405,10 +598,17 @@ mod tests {
         let types = from_crd(crd);
         assert_eq!(types.len(), 1);
         assert!(!types[0].namespaced);
-        r.set_crd("volumesnapshotcontents.snapshot.storage.k8s.io", types).unwrap();
-        assert!(r.find("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents").is_some());
+        r.set_crd("volumesnapshotcontents.snapshot.storage.k8s.io", types)
+            .unwrap();
+        assert!(
+            r.find("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents")
+                .is_some()
+        );
         r.remove_crd("volumesnapshotcontents.snapshot.storage.k8s.io");
-        assert!(r.find("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents").is_none());
+        assert!(
+            r.find("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents")
+                .is_none()
+        );
     }
 
     #[test]

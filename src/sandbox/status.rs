@@ -15,7 +15,7 @@ pub struct ApiError {
     /// Human readable message, formatted as the real API server formats it.
     pub message: String,
     /// `details` (name, group, kind, causes), if any.
-    pub details: Option<Value>,
+    pub details: Option<Box<Value>>,
     /// Seconds for `Retry-After` (TooManyRequests).
     pub retry_after: Option<u64>,
 }
@@ -51,7 +51,7 @@ impl ApiError {
     pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
         let gr = group_resource(group, plural);
         let mut e = Self::new(404, "NotFound", format!("{gr} \"{name}\" not found"));
-        e.details = Some(details(group, plural, name));
+        e.details = Some(Box::new(details(group, plural, name)));
         e
     }
 
@@ -67,7 +67,7 @@ impl ApiError {
     pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
         let gr = group_resource(group, plural);
         let mut e = Self::new(409, "AlreadyExists", format!("{gr} \"{name}\" already exists"));
-        e.details = Some(details(group, plural, name));
+        e.details = Some(Box::new(details(group, plural, name)));
         e
     }
 
@@ -81,7 +81,7 @@ impl ApiError {
                  please apply your changes to the latest version and try again"
             ),
         );
-        e.details = Some(details(group, plural, name));
+        e.details = Some(Box::new(details(group, plural, name)));
         e
     }
 
@@ -90,7 +90,7 @@ impl ApiError {
         let mut e = Self::new(409, "Conflict", message);
         let mut d = details(group, plural, name);
         d["causes"] = causes;
-        e.details = Some(d);
+        e.details = Some(Box::new(d));
         e
     }
 
@@ -111,7 +111,7 @@ impl ApiError {
             .iter()
             .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
             .collect();
-        e.details = Some(d);
+        e.details = Some(Box::new(d));
         e
     }
 
@@ -148,7 +148,7 @@ impl ApiError {
             "TooManyRequests",
             "Too many requests, please try again later.",
         );
-        e.details = Some(json!({"retryAfterSeconds": retry_after}));
+        e.details = Some(Box::new(json!({"retryAfterSeconds": retry_after})));
         e.retry_after = Some(retry_after);
         e
     }
@@ -184,7 +184,7 @@ impl ApiError {
             "code": self.code,
         });
         if let Some(d) = &self.details {
-            s["details"] = d.clone();
+            s["details"] = (**d).clone();
         }
         s
     }

@@ -86,7 +86,10 @@ pub struct StoreLimits {
 
 impl Default for StoreLimits {
     fn default() -> Self {
-        StoreLimits { history: 50_000, snapshots: 256 }
+        StoreLimits {
+            history: 50_000,
+            snapshots: 256,
+        }
     }
 }
 
@@ -130,7 +133,9 @@ fn key_of(obj: &Value) -> ObjKey {
 
 /// The revision recorded in an object.
 pub fn object_rv(obj: &Value) -> Option<u64> {
-    obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok())
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
 }
 
 impl Store {
@@ -160,7 +165,11 @@ impl Store {
 
     pub fn get(&self, id: &ResourceId, namespace: &str, name: &str) -> Option<Arc<Value>> {
         let st = self.lock();
-        st.tables.get(id)?.objects.get(&(namespace.to_string(), name.to_string())).cloned()
+        st.tables
+            .get(id)?
+            .objects
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// The whole table now, remembered so `continue` tokens at this revision can be served.
@@ -184,7 +193,10 @@ impl Store {
         match st.tables.get(id) {
             Some(t) if t.last_write <= rv && rv <= st.rv => Ok(t.objects.clone()),
             None if rv <= st.rv && rv >= st.oldest_resumable => Ok(Table::new()),
-            _ => Err(StoreError::Compacted { requested: rv, oldest: st.oldest_resumable }),
+            _ => Err(StoreError::Compacted {
+                requested: rv,
+                oldest: st.oldest_resumable,
+            }),
         }
     }
 
@@ -200,7 +212,12 @@ impl Store {
 
     /// Tables that hold at least one object.
     pub fn resources(&self) -> Vec<ResourceId> {
-        self.lock().tables.iter().filter(|(_, t)| !t.objects.is_empty()).map(|(k, _)| k.clone()).collect()
+        self.lock()
+            .tables
+            .iter()
+            .filter(|(_, t)| !t.objects.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Write an object (its metadata.namespace/name form the key); stamps the new resourceVersion.
@@ -223,8 +240,21 @@ impl Store {
         let table = st.tables.entry(id.clone()).or_default();
         table.objects.insert(key, obj.clone());
         table.last_write = rv;
-        let kind = if current.is_some() { ChangeKind::Modified } else { ChangeKind::Added };
-        self.record(&mut st, Change { rv, resource: id.clone(), kind, object: obj.clone(), old: current });
+        let kind = if current.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
+        self.record(
+            &mut st,
+            Change {
+                rv,
+                resource: id.clone(),
+                kind,
+                object: obj.clone(),
+                old: current,
+            },
+        );
         Ok(obj)
     }
 
@@ -238,19 +268,32 @@ impl Store {
     ) -> Result<Arc<Value>, StoreError> {
         let key = (namespace.to_string(), name.to_string());
         let mut st = self.lock();
-        let current = st.tables.get(id).and_then(|t| t.objects.get(&key)).cloned().ok_or(StoreError::NotFound)?;
+        let current = st
+            .tables
+            .get(id)
+            .and_then(|t| t.objects.get(&key))
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
         if rv.is_some_and(|rv| object_rv(&current) != Some(rv)) {
             return Err(StoreError::Conflict);
         }
         st.rv += 1;
         let new_rv = st.rv;
-        let table = st.tables.get_mut(id).expect("table exists: object was found in it");
+        let table = st
+            .tables
+            .get_mut(id)
+            .expect("table exists: object was found in it");
         table.objects.remove(&key);
         table.last_write = new_rv;
         let mut last = (*current).clone();
         last["metadata"]["resourceVersion"] = Value::String(new_rv.to_string());
-        let change =
-            Change { rv: new_rv, resource: id.clone(), kind: ChangeKind::Deleted, object: Arc::new(last), old: Some(current.clone()) };
+        let change = Change {
+            rv: new_rv,
+            resource: id.clone(),
+            kind: ChangeKind::Deleted,
+            object: Arc::new(last),
+            old: Some(current.clone()),
+        };
         self.record(&mut st, change);
         Ok(current)
     }
@@ -276,7 +319,10 @@ impl Store {
             None => vec![],
             Some(from) if from >= rv => vec![],
             Some(from) if from < st.oldest_resumable => {
-                return Err(StoreError::Compacted { requested: from, oldest: st.oldest_resumable });
+                return Err(StoreError::Compacted {
+                    requested: from,
+                    oldest: st.oldest_resumable,
+                });
             }
             Some(from) => {
                 // history is sorted by rv: binary search for the first change after `from`.
@@ -321,16 +367,24 @@ mod tests {
         let s = Store::new(StoreLimits::default());
         let a = s.put(&id(), cm("a", "x"), Precondition::Absent).unwrap();
         let rv = object_rv(&a).unwrap();
-        s.put(&id(), cm("a", "x"), Precondition::Present(Some(rv))).unwrap();
-        assert_eq!(s.put(&id(), cm("a", "x"), Precondition::Present(Some(rv))), Err(StoreError::Conflict));
-        assert_eq!(s.put(&id(), cm("a", "x"), Precondition::Absent), Err(StoreError::AlreadyExists));
+        s.put(&id(), cm("a", "x"), Precondition::Present(Some(rv)))
+            .unwrap();
+        assert_eq!(
+            s.put(&id(), cm("a", "x"), Precondition::Present(Some(rv))),
+            Err(StoreError::Conflict)
+        );
+        assert_eq!(
+            s.put(&id(), cm("a", "x"), Precondition::Absent),
+            Err(StoreError::AlreadyExists)
+        );
     }
 
     #[test]
     fn given_snapshot_when_table_changes_then_snapshot_is_unchanged() {
         let s = Store::new(StoreLimits::default());
         for i in 0..5 {
-            s.put(&id(), cm("a", &format!("c{i}")), Precondition::Absent).unwrap();
+            s.put(&id(), cm("a", &format!("c{i}")), Precondition::Absent)
+                .unwrap();
         }
         let (rv, snap) = s.snapshot(&id());
         s.remove(&id(), "a", "c0", None).unwrap();
@@ -338,12 +392,18 @@ mod tests {
         assert_eq!(snap.len(), 5);
         assert_eq!(s.snapshot_at(&id(), rv).unwrap().len(), 5);
         s.compact();
-        assert!(matches!(s.snapshot_at(&id(), rv), Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            s.snapshot_at(&id(), rv),
+            Err(StoreError::Compacted { .. })
+        ));
     }
 
     #[test]
     fn given_history_when_watch_resumes_then_only_later_changes_are_replayed() {
-        let s = Store::new(StoreLimits { history: 3, snapshots: 4 });
+        let s = Store::new(StoreLimits {
+            history: 3,
+            snapshots: 4,
+        });
         let first = s.put(&id(), cm("a", "x"), Precondition::Absent).unwrap();
         let rv = object_rv(&first).unwrap();
         s.put(&id(), cm("a", "y"), Precondition::Absent).unwrap();
@@ -362,7 +422,11 @@ mod tests {
         for (ns, n) in [("a", "1"), ("ab", "2"), ("b", "3"), ("a", "4")] {
             s.put(&id(), cm(ns, n), Precondition::Absent).unwrap();
         }
-        let names: Vec<_> = s.list(&id(), Some("a")).iter().map(|o| o["metadata"]["name"].clone()).collect();
+        let names: Vec<_> = s
+            .list(&id(), Some("a"))
+            .iter()
+            .map(|o| o["metadata"]["name"].clone())
+            .collect();
         assert_eq!(names, vec![json!("1"), json!("4")]);
         assert_eq!(s.list(&id(), None).len(), 4);
     }

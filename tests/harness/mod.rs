@@ -65,7 +65,9 @@ pub struct TestEnv {
 impl TestEnv {
     /// A sandbox API server (with a client built from its kubeconfig), a webhook receiver and a temp dir.
     pub async fn new() -> anyhow::Result<TestEnv> {
-        let sandbox = Sandbox::start(SandboxOptions::default()).await.context("starting the sandbox")?;
+        let sandbox = Sandbox::start(SandboxOptions::default())
+            .await
+            .context("starting the sandbox")?;
         let client = sandbox.client().await.context("client for the sandbox")?;
         let dir = tempfile::Builder::new()
             .prefix("ff-test-")
