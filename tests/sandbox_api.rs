@@ -730,43 +730,35 @@ async fn given_running_pod_when_exec_then_stdout_and_exit_status_reach_kube_rs()
         "spec": {"containers": [{"name": "main", "image": "busybox"}]}}))
     .unwrap();
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    let mut ok = pods
-        .exec(
-            "sh",
-            ["sh", "-c", "echo $POD_NAME/$POD_NAMESPACE/$CONTAINER_NAME"],
-            &AttachParams::default().stderr(false),
-        )
-        .await
-        .unwrap();
-    let mut out = ok.stdout().unwrap();
-    let status = ok.take_status().unwrap();
-    let mut text = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut out, &mut text)
-        .await
-        .unwrap();
+    let (text, s) = exec_output(&pods, "sh", "echo $POD_NAME/$POD_NAMESPACE/$CONTAINER_NAME").await;
     assert_eq!(text, "sh/default/main\n");
-    let s = tokio::time::timeout(TIMEOUT, status).await.unwrap().unwrap();
     assert_eq!(s.status.as_deref(), Some("Success"));
 
+    let (text, s) = exec_output(&pods, "sh", "echo out; exit 4").await;
+    assert_eq!(text, "out\n");
+    assert_eq!(s.reason.as_deref(), Some("NonZeroExitCode"));
+    let code = s.details.unwrap().causes.unwrap()[0].message.clone();
+    assert_eq!(code.as_deref(), Some("4"));
+}
+
+/// Run `sh -c script` in a pod; return its stdout and the exec status.
+async fn exec_output(
+    pods: &Api<Pod>,
+    pod: &str,
+    script: &str,
+) -> (String, k8s_openapi::apimachinery::pkg::apis::meta::v1::Status) {
     let mut proc = pods
-        .exec(
-            "sh",
-            ["sh", "-c", "echo out; exit 4"],
-            &AttachParams::default().stderr(false),
-        )
+        .exec(pod, ["sh", "-c", script], &AttachParams::default().stderr(false))
         .await
         .unwrap();
     let mut stdout = proc.stdout().unwrap();
     let status = proc.take_status().unwrap();
-    let mut buf = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut buf)
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
         .await
         .unwrap();
-    assert_eq!(buf, "out\n");
-    let s = tokio::time::timeout(TIMEOUT, status).await.unwrap().unwrap();
-    assert_eq!(s.reason.as_deref(), Some("NonZeroExitCode"));
-    let code = s.details.unwrap().causes.unwrap()[0].message.clone();
-    assert_eq!(code.as_deref(), Some("4"));
+    let status = tokio::time::timeout(TIMEOUT, status).await.unwrap().unwrap();
+    (text, status)
 }
 
 #[tokio::test]
