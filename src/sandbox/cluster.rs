@@ -823,35 +823,17 @@ impl Cluster {
         });
     }
 
-    /// Objects whose ownerReferences name `owner` (same namespace, or cluster-scoped).
+    /// Objects whose ownerReferences name `owner`.
     pub fn dependents_of(&self, owner: &Value) -> Vec<(Arc<ResourceType>, Arc<Value>)> {
         let Some(uid) = owner["metadata"]["uid"].as_str() else {
             return vec![];
         };
-        let ns = obj_ns(owner);
         let reg = self.registry();
-        let mut out = Vec::new();
-        for id in self.store.resources() {
-            let Some(rt) = reg.preferred(&id) else { continue };
-            let scope = if rt.namespaced {
-                if ns.is_empty() { None } else { Some(ns) }
-            } else {
-                Some("")
-            };
-            let objects = match scope {
-                Some(s) => self.store.list(&id, if rt.namespaced { Some(s) } else { None }),
-                None => self.store.list(&id, None),
-            };
-            for o in objects {
-                let owned = o["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(uid)));
-                if owned {
-                    out.push((rt.clone(), o));
-                }
-            }
-        }
-        out
+        self.store
+            .dependents(uid)
+            .into_iter()
+            .filter_map(|(id, ns, name)| Some((reg.preferred(&id)?, self.store.get(&id, &ns, &name)?)))
+            .collect()
     }
 
     fn delete_dependents(&self, work: &mut Work, owner: &Value, propagation: Propagation) {
@@ -915,7 +897,14 @@ impl Cluster {
                 }
             }
         }
-        if blocked {
+        if !blocked {
+            self.remove_namespace_if_empty(work, ns);
+        }
+    }
+
+    /// The last step of namespace deletion: once nothing is left in it, the namespace goes.
+    pub fn remove_namespace_if_empty(&self, work: &mut Work, ns: &str) {
+        if !self.store.namespace_is_empty(ns) {
             return;
         }
         let nsid = ResourceId::new("", "namespaces");

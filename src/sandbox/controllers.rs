@@ -61,7 +61,7 @@ pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
             .get(&ResourceId::new("", "namespaces"), "", ns(obj))
             .is_some_and(|n| is_deleting(&n));
         if terminating {
-            cluster.finalize_namespace(work, ns(obj));
+            cluster.remove_namespace_if_empty(work, ns(obj));
         }
     }
     match (id.group.as_str(), id.plural.as_str(), ev.kind) {

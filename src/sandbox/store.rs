@@ -100,6 +100,42 @@ struct State {
     /// Watches may resume from any revision >= this one.
     oldest_resumable: u64,
     snapshots: VecDeque<(ResourceId, u64, Table)>,
+    /// Owner uid → the objects whose ownerReferences name it (for garbage collection).
+    dependents: HashMap<String, std::collections::BTreeSet<(ResourceId, String, String)>>,
+}
+
+fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str())
+}
+
+impl State {
+    fn index(&mut self, id: &ResourceId, old: Option<&Value>, new: Option<&Value>) {
+        if let Some(old) = old {
+            let key = key_of(old);
+            for uid in owner_uids(old) {
+                if let Some(set) = self.dependents.get_mut(uid) {
+                    set.remove(&(id.clone(), key.0.clone(), key.1.clone()));
+                    if set.is_empty() {
+                        self.dependents.remove(uid);
+                    }
+                }
+            }
+        }
+        if let Some(new) = new {
+            let key = key_of(new);
+            for uid in owner_uids(new) {
+                self.dependents.entry(uid.to_string()).or_default().insert((
+                    id.clone(),
+                    key.0.clone(),
+                    key.1.clone(),
+                ));
+            }
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -148,6 +184,7 @@ impl Store {
                 history: VecDeque::new(),
                 oldest_resumable: 1,
                 snapshots: VecDeque::new(),
+                dependents: HashMap::new(),
             }),
             tx,
             limits,
@@ -240,6 +277,7 @@ impl Store {
         let table = st.tables.entry(id.clone()).or_default();
         table.objects.insert(key, obj.clone());
         table.last_write = rv;
+        st.index(id, current.as_deref(), Some(&obj));
         let kind = if current.is_some() {
             ChangeKind::Modified
         } else {
@@ -285,6 +323,7 @@ impl Store {
             .expect("table exists: object was found in it");
         table.objects.remove(&key);
         table.last_write = new_rv;
+        st.index(id, Some(&current), None);
         let mut last = (*current).clone();
         last["metadata"]["resourceVersion"] = Value::String(new_rv.to_string());
         let change = Change {
@@ -308,6 +347,23 @@ impl Store {
         }
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(change);
+    }
+
+    /// Objects whose ownerReferences name the owner with `uid`: (resource, namespace, name).
+    pub fn dependents(&self, uid: &str) -> Vec<(ResourceId, String, String)> {
+        self.lock()
+            .dependents
+            .get(uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether no table holds an object in namespace `ns`.
+    pub fn namespace_is_empty(&self, ns: &str) -> bool {
+        let st = self.lock();
+        st.tables
+            .values()
+            .all(|t| namespace_range(&t.objects, ns).next().is_none())
     }
 
     /// Start a watch on the changes after revision `from` (`None`: only changes from now on).
@@ -414,6 +470,24 @@ mod tests {
             s.put(&id(), cm("a", n), Precondition::Absent).unwrap();
         }
         assert!(matches!(s.watch(Some(rv)), Err(StoreError::Compacted { .. })));
+    }
+
+    #[test]
+    fn given_owner_references_then_dependents_index_follows_writes_and_removals() {
+        let s = Store::new(StoreLimits::default());
+        let mut child = cm("a", "child");
+        child["metadata"]["ownerReferences"] = json!([{"uid": "owner-1"}]);
+        s.put(&id(), child.clone(), Precondition::Absent).unwrap();
+        assert_eq!(
+            s.dependents("owner-1"),
+            vec![(id(), "a".to_string(), "child".to_string())]
+        );
+        child["metadata"]["ownerReferences"] = json!([{"uid": "owner-2"}]);
+        s.put(&id(), child, Precondition::Present(None)).unwrap();
+        assert!(s.dependents("owner-1").is_empty());
+        s.remove(&id(), "a", "child", None).unwrap();
+        assert!(s.dependents("owner-2").is_empty());
+        assert!(s.namespace_is_empty("a"));
     }
 
     #[test]
