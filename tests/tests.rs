@@ -6,5 +6,6 @@ mod harness;
 mod policy_store;
 mod s3;
 mod sandbox_api;
+mod sandbox_cli;
 mod sandbox_kubectl;
 mod webhook;
