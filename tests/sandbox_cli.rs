@@ -58,3 +58,17 @@ async fn given_sandbox_command_when_started_with_manifests_then_ready_line_serve
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn given_deployment_manifests_when_applied_to_the_sandbox_then_every_object_is_accepted() {
+    let sb = freezeframe::sandbox::Sandbox::start(Default::default())
+        .await
+        .unwrap();
+    let applied = sb
+        .load_manifests(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/manifests"
+        )))
+        .unwrap();
+    assert_eq!(applied, 4, "namespace, service account, role, role binding");
+}
