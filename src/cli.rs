@@ -18,7 +18,34 @@ pub enum Command {
     Sandbox(crate::sandbox::cli::SandboxArgs),
     /// Check policies and print problems (exit 2) or each policy's next fire times.
     Validate(crate::policy::command::ValidateArgs),
+    /// List policies: schedule, last and next run, storage and last result (exit 2 if any is invalid).
+    #[command(after_help = POLICIES_HELP)]
+    Policies(crate::policy::list::PoliciesArgs),
 }
+
+const POLICIES_HELP: &str = "\
+Columns:
+  SCHEDULE        the schedule as written and the time zone it is read in
+  LAST SCHEDULED  the fire time last served (or when the policy was first seen), from the ConfigMap
+                  annotation last-scheduled.freezeframe.dev/<policy>
+  NEXT RUN        the next fire time a CronJob tick will run; `due now` when the next tick runs it;
+                  `-` when suspended
+  LAST RESULT     <phase> <finished at> <backup id>, from last-result.freezeframe.dev/<policy>
+
+Invalid policies are listed as INVALID and never run; `freezeframe validate` prints why.
+
+Exit status: 0 all policies valid, 2 some policy or shared part invalid, 1 the policies could not be read.
+
+Examples:
+  # The default ConfigMap (freezeframe-policies in FREEZEFRAME_NAMESPACE or the pod's namespace)
+  freezeframe policies
+
+  # A ConfigMap in another namespace, as JSON for scripts
+  freezeframe policies --policies dr/freezeframe-policies -o json
+  freezeframe policies -o json | jq '.policies[] | select(.due) | .name'   # due at the next tick
+
+  # A local file before applying it (a file has no run state: LAST SCHEDULED and LAST RESULT show -)
+  freezeframe policies --policy-file policies/cassandra.yaml";
 
 /// Parse the process arguments and run the chosen subcommand.
 pub fn run() -> anyhow::Result<Outcome> {
@@ -30,6 +57,7 @@ pub fn run() -> anyhow::Result<Outcome> {
         match cli.command {
             Command::Sandbox(args) => crate::sandbox::cli::run(args).await,
             Command::Validate(args) => crate::policy::command::run(args).await,
+            Command::Policies(args) => crate::policy::list::run(args).await,
         }
     })
 }

@@ -1,11 +1,12 @@
-//! Policies read from a ConfigMap in the sandbox: loading, schedule annotations, `validate --policies`.
+//! Policies read from a ConfigMap in the sandbox: loading, schedule annotations, `validate --policies`,
+//! `policies --policies`.
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 
 use crate::harness::TestEnv;
-use freezeframe::policy::store;
+use freezeframe::policy::store::{self, LastResult, ResultPhase};
 
 const CASSANDRA: &str = include_str!("../policies/cassandra.yaml");
 
@@ -107,4 +108,81 @@ async fn given_invalid_configmap_when_validate_runs_against_cluster_then_exit_2_
         .unwrap();
     assert_eq!(ok.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&ok.stdout).starts_with("cassandra-ring: ok;"));
+}
+
+#[tokio::test]
+async fn given_recorded_run_state_when_policies_runs_against_cluster_then_table_shows_it_and_exit_0() {
+    let env = env_with_policies().await;
+    let api: Api<ConfigMap> = Api::namespaced(env.client(), "freezeframe");
+    let at: DateTime<Utc> = "2026-11-23T12:00:00Z".parse().unwrap();
+    store::record_last_scheduled(&api, "freezeframe", "freezeframe-policies", "cassandra-ring", at)
+        .await
+        .unwrap();
+    let result = LastResult {
+        phase: ResultPhase::Completed,
+        finished_at: "2026-11-23T12:03:30Z".parse().unwrap(),
+        backup_id: "cassandra-ring-20261123-120000".into(),
+    };
+    store::record_last_result(
+        &api,
+        "freezeframe",
+        "freezeframe-policies",
+        "cassandra-ring",
+        &result,
+    )
+    .await
+    .unwrap();
+
+    let policies = |format: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"))
+            .args([
+                "policies",
+                "--policies",
+                "freezeframe/freezeframe-policies",
+                "-o",
+                format,
+            ])
+            .env("KUBECONFIG", env.sandbox().kubeconfig_path())
+            .output()
+    };
+    let out = policies("table").await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0]
+            .starts_with("NAME             SCHEDULE            SUSPENDED   LAST SCHEDULED         NEXT RUN"),
+        "{stdout}"
+    );
+    // NEXT RUN depends on the wall clock: check the columns around it.
+    assert!(
+        lines[1].starts_with("cassandra-ring   0 */6 * * * (UTC)   False       2026-11-23T12:00:00Z   "),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("   primary   Completed 2026-11-23T12:03:30Z cassandra-ring-20261123-120000"),
+        "{stdout}"
+    );
+
+    let json = policies("json").await.unwrap();
+    assert_eq!(json.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let row = &doc["policies"][0];
+    assert_eq!(row["lastScheduled"], "2026-11-23T12:00:00Z");
+    assert_eq!(
+        row["lastResult"],
+        serde_json::json!({
+            "phase": "Completed",
+            "finishedAt": "2026-11-23T12:03:30Z",
+            "backupId": "cassandra-ring-20261123-120000"
+        })
+    );
+    let next: DateTime<Utc> = row["nextRun"].as_str().unwrap().parse().unwrap();
+    assert!(next > at, "{row}");
 }

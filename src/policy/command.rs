@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
+use super::store::Loaded;
 use super::{Error, PolicySet};
 use crate::config::{PolicySource, PolicySourceArgs, Settings};
 use crate::exit::Outcome;
@@ -66,18 +67,28 @@ pub fn report(set: &PolicySet, now: DateTime<Utc>) -> (String, Outcome) {
 
 /// Load the policies named by `source` (file or ConfigMap).
 pub async fn load(settings: &Settings) -> anyhow::Result<PolicySet> {
+    Ok(load_with_state(settings).await?.set)
+}
+
+/// Load the policies named by `source` with their run state (the ConfigMap's annotations; a local file
+/// has none).
+pub async fn load_with_state(settings: &Settings) -> anyhow::Result<Loaded> {
     match &settings.policy_source {
         PolicySource::File(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
                 path: path.display().to_string(),
                 source,
             })?;
-            Ok(super::parse_str(&path.display().to_string(), &text))
+            Ok(Loaded {
+                set: super::parse_str(&path.display().to_string(), &text),
+                last_scheduled: Default::default(),
+                last_results: Default::default(),
+            })
         }
         PolicySource::ConfigMap { namespace, name } => {
             let client = kube::Client::try_default().await?;
             let api = kube::Api::namespaced(client, namespace);
-            Ok(super::store::load(&api, namespace, name).await?.set)
+            Ok(super::store::load(&api, namespace, name).await?)
         }
     }
 }

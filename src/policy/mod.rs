@@ -5,9 +5,10 @@
 //! the run uses. Parsing does no I/O and never fails as a whole: [`parse_str`] and
 //! [`parse_configmap_data`] return a [`PolicySet`] holding the valid policies plus every [`Problem`]
 //! (one invalid policy does not stop the valid ones). Loading from and writing schedule state to the
-//! cluster is in [`store`]; the `validate` command in [`command`].
+//! cluster is in [`store`]; the `validate` command in [`command`], the `policies` command in [`list`].
 
 pub mod command;
+pub mod list;
 pub mod model;
 pub mod raw;
 pub mod schedule;
