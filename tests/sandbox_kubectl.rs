@@ -340,3 +340,57 @@ async fn given_cronjob_when_triggered_with_create_job_from_then_job_runs_a_label
         .await;
     assert_eq!(active, "1");
 }
+
+#[tokio::test]
+async fn given_typed_kubectl_creates_sent_as_protobuf_when_read_back_then_fields_survive() {
+    let k = Kubectl::start().await;
+    k.ok(&["create", "namespace", "team-a"]).await;
+    let phase = k
+        .ok(&["get", "namespace", "team-a", "-o", "jsonpath={.status.phase}"])
+        .await;
+    assert_eq!(phase, "Active");
+    k.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=hunter2",
+    ])
+    .await;
+    let secret = k
+        .ok(&[
+            "-n",
+            "team-a",
+            "get",
+            "secret",
+            "creds",
+            "-o",
+            "jsonpath={.data.password}",
+        ])
+        .await;
+    assert_eq!(secret, "aHVudGVyMg==");
+    k.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "deployment",
+        "idle",
+        "--image=nginx",
+        "--replicas=0",
+    ])
+    .await;
+    let replicas = k
+        .ok(&[
+            "-n",
+            "team-a",
+            "get",
+            "deployment",
+            "idle",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+        .await;
+    assert_eq!(replicas, "0");
+}

@@ -235,8 +235,16 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if ct.contains("protobuf") || ct.contains("cbor") {
+    if ct.contains("cbor") {
         return Err(ApiError::unsupported_media_type(ct));
+    }
+    if ct.contains("protobuf") {
+        return super::protobuf::decode(body).map_err(|e| match e {
+            super::protobuf::ProtobufError::UnknownKind { .. } | super::protobuf::ProtobufError::Untyped => {
+                ApiError::unsupported_media_type(ct)
+            }
+            e => ApiError::bad_request(format!("error decoding request body: {e}")),
+        });
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),

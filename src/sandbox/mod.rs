@@ -11,6 +11,7 @@ pub mod controllers;
 pub mod discovery;
 pub mod exec;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod status;
