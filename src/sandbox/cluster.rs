@@ -939,7 +939,6 @@ impl Cluster {
             ("", "secrets") if obj.get("type").is_none_or(|t| t.is_null() || t == "") => {
                 obj["type"] = json!("Opaque");
             }
-            }
             ("", "services") => self.default_service(obj),
             ("", "persistentvolumeclaims") => {
                 if obj["spec"]["volumeMode"].is_null() {
