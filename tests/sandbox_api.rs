@@ -790,3 +790,52 @@ async fn given_pending_pod_when_exec_then_error_like_a_real_server() {
         "pending pod has no host"
     );
 }
+
+#[tokio::test]
+async fn given_terminating_namespace_or_wrong_method_then_forbidden_and_method_not_allowed() {
+    let (sb, client) = sandbox().await;
+    namespace(&client, "ending").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "ending");
+    let held: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.delete("ending", &DeleteParams::default()).await.unwrap();
+    let ns = nss.get("ending").await.unwrap();
+    assert_eq!(
+        ns.status.unwrap().phase.as_deref(),
+        Some("Terminating"),
+        "held by the finalizer"
+    );
+    let refused = cms
+        .create(&PostParams::default(), &configmap("late", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403 && s.reason == "Forbidden" && s.message == "configmaps \"late\" is forbidden: unable to create new content in namespace ending because it is being terminated"),
+        "{refused:?}"
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(nss.get("ending").await.unwrap_err(), kube::Error::Api(s) if s.code == 404),
+        "namespace finished"
+    );
+
+    let http = reqwest::Client::new();
+    let put_collection = http
+        .put(format!("{}/api/v1/namespaces/default/configmaps", sb.url()))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put_collection.status(), 405);
+    let status: serde_json::Value = put_collection.json().await.unwrap();
+    assert_eq!(status["reason"], "MethodNotAllowed");
+}

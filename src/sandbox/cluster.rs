@@ -302,12 +302,12 @@ impl Cluster {
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
     }
 
-    fn namespace_check(&self, ns: &str) -> Result<(), ApiError> {
+    fn namespace_check(&self, rt: &ResourceType, name: &str, ns: &str) -> Result<(), ApiError> {
         match self.store.get(&ResourceId::new("", "namespaces"), "", ns) {
             None => Err(ApiError::not_found("", "namespaces", ns)),
             Some(n) if n["status"]["phase"] == "Terminating" => Err(ApiError::forbidden(format!(
-                "{} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                "object"
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                super::status::group_resource(&rt.group, &rt.plural)
             ))),
             Some(_) => Ok(()),
         }
@@ -391,7 +391,7 @@ impl Cluster {
             meta.remove("generation");
         }
         if rt.namespaced {
-            self.namespace_check(ns)?;
+            self.namespace_check(rt, obj_name(&obj), ns)?;
         }
         self.apply_defaults(rt, &mut obj);
         validate(rt, &obj)?;
