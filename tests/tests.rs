@@ -3,6 +3,7 @@
 //! Run everything with `scripts/test` (installs SeaweedFS into .venv first).
 
 mod harness;
+mod hooks;
 mod policy_store;
 mod s3;
 mod sandbox_api;
