@@ -70,5 +70,8 @@ async fn given_deployment_manifests_when_applied_to_the_sandbox_then_every_objec
             "/manifests"
         )))
         .unwrap();
-    assert_eq!(applied, 6, "namespace, service account, role and binding, cluster role and binding");
+    assert_eq!(
+        applied, 6,
+        "namespace, service account, role and binding, cluster role and binding"
+    );
 }
