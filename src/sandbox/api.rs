@@ -325,13 +325,28 @@ fn handle(
     }
 }
 
-/// Continue token: the snapshot revision and the first key of the next page.
-fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
-    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{ns}/{name}")});
+/// Where a paginated list continues: the snapshot revision, the first key of the next page and, for
+/// unfiltered lists, how many objects the list covers and how many came before this page (so
+/// `remainingItemCount` needs no scan: the snapshot never changes).
+#[derive(Debug, PartialEq)]
+struct Continue {
+    rv: u64,
+    namespace: String,
+    name: String,
+    position: Option<(u64, u64)>,
+}
+
+fn encode_continue(c: &Continue) -> String {
+    let mut token =
+        json!({"v": "meta.k8s.io/v1", "rv": c.rv, "start": format!("{}/{}", c.namespace, c.name)});
+    if let Some((offset, total)) = c.position {
+        token["offset"] = json!(offset);
+        token["total"] = json!(total);
+    }
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
 }
 
-fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
+fn decode_continue(token: &str) -> Result<Continue, ApiError> {
     let bad = || {
         ApiError::bad_request(
             "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
@@ -344,7 +359,13 @@ fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
     let rv = v["rv"].as_u64().ok_or_else(bad)?;
     let start = v["start"].as_str().ok_or_else(bad)?;
     let (ns, name) = start.split_once('/').ok_or_else(bad)?;
-    Ok((rv, ns.to_string(), name.to_string()))
+    let position = v["offset"].as_u64().zip(v["total"].as_u64());
+    Ok(Continue {
+        rv,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        position,
+    })
 }
 
 /// Selectors of a list or watch, checked against the fields the resource supports.
@@ -440,9 +461,16 @@ fn list(cluster: &Cluster, rt: &ResourceType, namespace: Option<&str>, q: &Query
             .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
         None => 0,
     };
+    let mut position = None;
     let (rv, table, start) = match q.get("continue").filter(|s| !s.is_empty()) {
         Some(token) => {
-            let (rv, ns, name) = decode_continue(token)?;
+            let Continue {
+                rv,
+                namespace: ns,
+                name,
+                position: pos,
+            } = decode_continue(token)?;
+            position = pos;
             let table = cluster.store.snapshot_at(&rt.id(), rv).map_err(|_| {
                 ApiError::expired(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
@@ -495,29 +523,36 @@ fn list(cluster: &Cluster, rt: &ResourceType, namespace: Option<&str>, q: &Query
     };
     let mut items = Vec::new();
     let mut next = None;
-    let mut remaining = 0usize;
     for (key, obj) in iter {
         if !filter.matches(obj) {
             continue;
         }
         if limit > 0 && items.len() == limit {
-            if next.is_none() {
-                next = Some(key.clone());
-                if !filter.selects_all() {
-                    break;
-                }
-            }
-            remaining += 1;
-            continue;
+            next = Some(key.clone());
+            break;
         }
         items.push(render(rt, obj));
     }
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some((ns, name)) = next {
-        meta["continue"] = json!(encode_continue(rv, &ns, &name));
-        if filter.selects_all() {
-            meta["remainingItemCount"] = json!(remaining);
-        }
+        let position = filter.selects_all().then(|| {
+            let (offset, total) = position.unwrap_or_else(|| {
+                let total = match namespace {
+                    Some(ns) => namespace_range(&table, ns).count(),
+                    None => table.len(),
+                };
+                (0, total as u64)
+            });
+            let offset = offset + items.len() as u64;
+            meta["remainingItemCount"] = json!(total.saturating_sub(offset));
+            (offset, total)
+        });
+        meta["continue"] = json!(encode_continue(&Continue {
+            rv,
+            namespace: ns,
+            name,
+            position
+        }));
     }
     Ok(
         json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": items}),
@@ -849,8 +884,13 @@ mod tests {
 
     #[test]
     fn given_continue_token_when_decoded_then_round_trips() {
-        let t = encode_continue(42, "ns", "name-1");
-        assert_eq!(decode_continue(&t).unwrap(), (42, "ns".into(), "name-1".into()));
+        let c = Continue {
+            rv: 42,
+            namespace: "ns".into(),
+            name: "name-1".into(),
+            position: Some((500, 1200)),
+        };
+        assert_eq!(decode_continue(&encode_continue(&c)).unwrap(), c);
         assert_eq!(decode_continue("%%%").unwrap_err().code, 400);
     }
 
