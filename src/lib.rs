@@ -7,6 +7,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod exit;
+pub mod export;
 pub mod policy;
 pub mod sandbox;
 pub mod store;
