@@ -18,6 +18,10 @@ pub enum Command {
     Sandbox(crate::sandbox::cli::SandboxArgs),
     /// Check policies and print problems (exit 2) or each policy's next fire times.
     Validate(crate::policy::command::ValidateArgs),
+    /// Back up one policy now (resources export; hooks and snapshots join as they land).
+    Backup(crate::backup::command::BackupArgs),
+    /// List the backups in a store, flagging incomplete ones.
+    List(crate::backup::command::ListArgs),
 }
 
 /// Parse the process arguments and run the chosen subcommand.
@@ -30,6 +34,8 @@ pub fn run() -> anyhow::Result<Outcome> {
         match cli.command {
             Command::Sandbox(args) => crate::sandbox::cli::run(args).await,
             Command::Validate(args) => crate::policy::command::run(args).await,
+            Command::Backup(args) => crate::backup::command::backup(args).await,
+            Command::List(args) => crate::backup::command::list(args).await,
         }
     })
 }

@@ -419,7 +419,9 @@ pub async fn export(
         .await
         .map_err(|e| Error::Discovery(Box::new(e)))?;
     let (pipe_writer, mut pipe_reader) = archive::pipe(256 * 1024);
-    let upload = async {
+    // The reader moves into the upload so it is dropped as soon as the upload ends: a failed upload
+    // then fails the writer's next write instead of leaving it blocked on a full pipe.
+    let upload = async move {
         store
             .put(key, &mut pipe_reader)
             .await
@@ -450,7 +452,11 @@ pub async fn export(
         encoder.shutdown().await.map_err(Error::Archive)?;
         Ok((tally.kinds, cluster))
     };
-    let (archive, (kinds, cluster)) = tokio::try_join!(upload, produce)?;
+    // Both sides always run to completion (`join`, not `try_join`): when the producer fails, the
+    // upload sees the pipe end without a shutdown, fails, and cleans up (temp file, multipart upload).
+    let (uploaded, produced) = tokio::join!(upload, produce);
+    let (kinds, cluster) = produced?;
+    let archive = uploaded?;
     Ok(ExportReport {
         kinds,
         cluster,

@@ -44,6 +44,18 @@ fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Er
     }
 }
 
+/// Removes a temp file when dropped while still armed: on errors and when the `put` future is dropped
+/// (cancelled) before it finished.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 fn is_temp(name: &str) -> bool {
     name.starts_with('.') && name.contains(TEMP_MARKER)
 }
@@ -65,6 +77,7 @@ impl ObjectStore for FsStore {
             .map_err(io("create directory", &dir))?;
         let name = path.file_name().expect("checked key").to_string_lossy();
         let temp = dir.join(format!(".{name}{TEMP_MARKER}{}", uuid::Uuid::new_v4().simple()));
+        let mut guard = TempGuard(Some(temp.clone()));
         let result = async {
             let mut file = tokio::fs::File::create(&temp)
                 .await
@@ -85,17 +98,11 @@ impl ObjectStore for FsStore {
             Ok(reader.finish())
         }
         .await;
-        let written = match result {
-            Ok(written) => written,
-            Err(error) => {
-                let _ = tokio::fs::remove_file(&temp).await;
-                return Err(error);
-            }
-        };
-        if let Err(error) = tokio::fs::rename(&temp, &path).await {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(io("rename into", &path)(error));
-        }
+        let written = result?;
+        tokio::fs::rename(&temp, &path)
+            .await
+            .map_err(io("rename into", &path))?;
+        guard.0 = None;
         let directory = tokio::fs::File::open(&dir)
             .await
             .map_err(io("open directory", &dir))?;
@@ -269,6 +276,23 @@ mod tests {
         assert_eq!(store.head("b/p/1/m").await.unwrap(), None);
         assert!(!dir.path().join("b/p/1").exists());
         assert_eq!(store.head("b/p/2/m").await.unwrap(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn given_put_cancelled_midway_when_dropped_then_no_temp_file_remains() {
+        let (dir, store) = store();
+        let (mut writer, mut reader) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut writer, &[1; 512])
+            .await
+            .unwrap();
+        let put = store.put("x/obj", &mut reader);
+
+        // The writer never finishes, so the put is still waiting when the timeout drops it.
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(100), put).await;
+
+        assert!(timed_out.is_err());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("x")).unwrap().collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[tokio::test]
