@@ -957,3 +957,89 @@ async fn given_more_than_one_listing_page_of_objects_when_listed_from_seaweedfs_
     );
     Ok(())
 }
+
+/// Runs the freezeframe binary against the test's sandbox; returns (exit code, stdout, stderr).
+async fn freezeframe(env: &TestEnv, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"))
+        .args(args)
+        .env("KUBECONFIG", env.sandbox().kubeconfig_path())
+        .env_remove("FREEZEFRAME_NAMESPACE")
+        .env_remove("FREEZEFRAME_POLICY_CONFIGMAP")
+        .env_remove("FREEZEFRAME_POLICY_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn given_policy_file_when_backup_command_runs_then_list_shows_a_complete_backup_and_a_broken_store_exits_1()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let store_dir = env.dir().join("backups");
+    let policy_file = env.dir().join("policies.yaml");
+    std::fs::write(
+        &policy_file,
+        format!(
+            concat!(
+                "apiVersion: freezeframe.dev/v1alpha1\nkind: PolicySet\n",
+                "storages: {{local: {{filesystem: {{path: {}}}}}}}\n",
+                "defaults: {{storage: local}}\n",
+                "policies:\n",
+                "  - name: shop\n",
+                "    schedule: \"0 * * * *\"\n",
+                "    namespaces: [shop]\n",
+                "    retention: {{keepLast: 3}}\n",
+            ),
+            store_dir.display()
+        ),
+    )?;
+    let policy_file = policy_file.display().to_string();
+    let not_a_dir = env.dir().join("plain-file");
+    std::fs::write(&not_a_dir, "x")?;
+
+    let (code, out, err) = freezeframe(
+        &env,
+        &["backup", "--policy", "shop", "--policy-file", &policy_file],
+    )
+    .await?;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.starts_with("shop/"), "{out}");
+    let url = format!("file://{}", store_dir.display());
+    let (code, listed, err) = freezeframe(&env, &["list", "--storage", &url, "-o", "json"]).await?;
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<Value> = serde_json::from_str(&listed)?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["policy"], "shop");
+    assert_eq!(listed[0]["complete"], true);
+    assert_eq!(listed[0]["manifest"]["status"], "Completed");
+
+    let broken = format!("file://{}/sub", not_a_dir.display());
+    let (code, _, err) = freezeframe(
+        &env,
+        &[
+            "backup",
+            "--policy",
+            "shop",
+            "--policy-file",
+            &policy_file,
+            "--storage",
+            &broken,
+        ],
+    )
+    .await?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("error:"), "{err}");
+    let (code, missing, _) = freezeframe(
+        &env,
+        &["backup", "--policy", "nope", "--policy-file", &policy_file],
+    )
+    .await?;
+    assert_eq!(code, 2, "unknown policy is invalid input: {missing}");
+    Ok(())
+}

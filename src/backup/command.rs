@@ -85,6 +85,9 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
     let settings = Settings::from_process(&args.source)?;
     let set = crate::policy::command::load(&settings).await?;
     let Some(policy): Option<&Policy> = set.policy(&args.policy) else {
+        if !set.is_valid() {
+            eprint!("{}", crate::policy::command::report(&set, chrono::Utc::now()).0);
+        }
         eprintln!(
             "error: no valid policy named {:?}; valid policies: {:?}",
             args.policy,
