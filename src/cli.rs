@@ -21,6 +21,10 @@ pub enum Command {
     /// List policies: schedule, last and next run, storage and last result (exit 2 if any is invalid).
     #[command(after_help = POLICIES_HELP)]
     Policies(crate::policy::list::PoliciesArgs),
+    /// Back up one policy now (resources export; hooks and snapshots join as they land).
+    Backup(crate::backup::command::BackupArgs),
+    /// List the backups in a store, flagging incomplete ones.
+    List(crate::backup::command::ListArgs),
 }
 
 const POLICIES_HELP: &str = "\
@@ -58,6 +62,8 @@ pub fn run() -> anyhow::Result<Outcome> {
             Command::Sandbox(args) => crate::sandbox::cli::run(args).await,
             Command::Validate(args) => crate::policy::command::run(args).await,
             Command::Policies(args) => crate::policy::list::run(args).await,
+            Command::Backup(args) => crate::backup::command::backup(args).await,
+            Command::List(args) => crate::backup::command::list(args).await,
         }
     })
 }

@@ -3,10 +3,12 @@
 //! The binary (`src/main.rs`) only parses the CLI and maps [`run`](cli::run)'s result to an exit code;
 //! everything else lives here so integration tests can drive it.
 
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod exit;
+pub mod export;
 pub mod hooks;
 pub mod policy;
 pub mod sandbox;

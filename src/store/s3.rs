@@ -1,8 +1,14 @@
-//! S3 client construction from a policy's `s3:` block, with the standard AWS credential chain.
+//! S3 client construction from a policy's `s3:` block, with the standard AWS credential chain, and
+//! [`S3Store`], the S3 backend of [`ObjectStore`](super::ObjectStore): streaming multipart uploads
+//! (bounded part size and parallelism), paginated ListObjectsV2, batch deletes.
 
 use aws_config::{BehaviorVersion, Region, meta::region::RegionProviderChain};
 use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The region used when neither the settings nor the environment (AWS_REGION, profile, IMDS) name one.
 pub const FALLBACK_REGION: &str = "us-east-1";
@@ -91,6 +97,317 @@ async fn build(settings: &S3Settings, credentials: Option<SharedCredentialsProvi
         .force_path_style(settings.force_path_style)
         .build();
     aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Default multipart part size (S3's minimum is 5 MiB for every part but the last).
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Default number of parts uploaded at once; memory used by an upload is at most
+/// `part_size * (parallelism + 1)`.
+pub const DEFAULT_PARALLELISM: usize = 4;
+/// S3's smallest allowed part (except the last).
+pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+/// DeleteObjects takes at most this many keys per request.
+const DELETE_BATCH: usize = 1000;
+
+/// The S3 backend. Keys are used as given (the storage prefix is applied by the key layout).
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    part_size: usize,
+    parallelism: usize,
+    encryption: Option<aws_sdk_s3::types::ServerSideEncryption>,
+    kms_key_id: Option<String>,
+}
+
+impl S3Store {
+    /// A store writing to `bucket` through `client`, with default part size and parallelism.
+    pub fn new(client: aws_sdk_s3::Client, bucket: &str) -> S3Store {
+        S3Store {
+            client,
+            bucket: bucket.to_string(),
+            part_size: DEFAULT_PART_SIZE,
+            parallelism: DEFAULT_PARALLELISM,
+            encryption: None,
+            kms_key_id: None,
+        }
+    }
+
+    /// Bound multipart uploads: parts of `part_size` bytes (at least [`MIN_PART_SIZE`]), at most
+    /// `parallelism` (at least 1) in flight.
+    pub fn with_upload_limits(mut self, part_size: usize, parallelism: usize) -> S3Store {
+        self.part_size = part_size.max(MIN_PART_SIZE);
+        self.parallelism = parallelism.max(1);
+        self
+    }
+
+    /// Ask for server-side encryption (`AES256` or `aws:kms`, with an optional KMS key id).
+    pub fn with_encryption(mut self, algorithm: Option<String>, kms_key_id: Option<String>) -> S3Store {
+        self.encryption = algorithm.map(|a| aws_sdk_s3::types::ServerSideEncryption::from(a.as_str()));
+        self.kms_key_id = kms_key_id;
+        self
+    }
+
+    fn error<E>(&self, operation: &'static str, key: &str, source: E) -> super::Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        super::Error::S3 {
+            operation,
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    async fn put_single(&self, key: &str, data: Vec<u8>) -> super::Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(data))
+            .set_server_side_encryption(self.encryption.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject", key, e))?;
+        Ok(())
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        first: Vec<u8>,
+        reader: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> super::Result<()> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_server_side_encryption(self.encryption.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.error("CreateMultipartUpload", key, e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let result = self.upload_parts(key, &upload_id, first, reader).await;
+        let parts = match result {
+            Ok(parts) => parts,
+            Err(error) => {
+                // Best effort: a dangling upload holds storage until a lifecycle rule removes it.
+                let abort = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                if let Err(abort) = abort {
+                    tracing::warn!(key, error = %DisplayErrorContext(&abort), "aborting multipart upload failed");
+                }
+                return Err(error);
+            }
+        };
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| self.error("CompleteMultipartUpload", key, e))?;
+        Ok(())
+    }
+
+    /// Upload parts as they are read, at most `parallelism` at once; returns them in order.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Vec<u8>,
+        reader: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> super::Result<Vec<CompletedPart>> {
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut done = Vec::new();
+        let mut next = Some(first);
+        let mut number = 0;
+        while let Some(data) = next.take() {
+            if in_flight.len() >= self.parallelism {
+                done.push(join_part(&mut in_flight).await?);
+            }
+            number += 1;
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(data));
+            let store = self.clone();
+            let part_key = key.to_string();
+            in_flight.spawn(async move {
+                let output = request
+                    .send()
+                    .await
+                    .map_err(|e| store.error("UploadPart", &part_key, e))?;
+                Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(output.e_tag().map(str::to_string))
+                    .build())
+            });
+            let data = read_full(reader, self.part_size)
+                .await
+                .map_err(|source| super::Error::Body {
+                    key: key.to_string(),
+                    source,
+                })?;
+            if !data.is_empty() {
+                next = Some(data);
+            }
+        }
+        while !in_flight.is_empty() {
+            done.push(join_part(&mut in_flight).await?);
+        }
+        done.sort_by_key(|p| p.part_number());
+        Ok(done)
+    }
+}
+
+type PartResult = super::Result<CompletedPart>;
+
+async fn join_part(set: &mut tokio::task::JoinSet<PartResult>) -> PartResult {
+    match set.join_next().await {
+        Some(Ok(result)) => result,
+        Some(Err(join)) => Err(super::Error::Other(format!("part upload task failed: {join}"))),
+        None => Err(super::Error::Other("no part upload in flight".into())),
+    }
+}
+
+/// Read until `limit` bytes or end of input.
+async fn read_full(reader: &mut (dyn AsyncRead + Send + Unpin), limit: usize) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(limit);
+    let mut taken = reader.take(limit as u64);
+    taken.read_to_end(&mut data).await?;
+    Ok(data)
+}
+
+#[async_trait::async_trait]
+impl super::ObjectStore for S3Store {
+    fn location(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: &mut (dyn AsyncRead + Send + Unpin),
+    ) -> super::Result<super::Written> {
+        super::check_key(key)?;
+        let mut reader = super::HashingReader::new(body);
+        let first = read_full(&mut reader, self.part_size)
+            .await
+            .map_err(|source| super::Error::Body {
+                key: key.to_string(),
+                source,
+            })?;
+        if first.len() < self.part_size {
+            self.put_single(key, first).await?;
+        } else {
+            self.put_multipart(key, first, &mut reader).await?;
+        }
+        Ok(reader.finish())
+    }
+
+    async fn get(&self, key: &str) -> super::Result<super::ByteReader> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    super::Error::NotFound { key: key.into() }
+                } else {
+                    self.error("GetObject", key, e)
+                }
+            })?;
+        Ok(Box::pin(output.body.into_async_read()))
+    }
+
+    async fn head(&self, key: &str) -> super::Result<Option<u64>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(output.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(self.error("HeadObject", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> super::Result<Vec<super::ObjectInfo>> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("ListObjectsV2", prefix, e))?;
+            out.extend(page.contents().iter().map(|o| super::ObjectInfo {
+                key: o.key().unwrap_or_default().to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+            }));
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, keys: &[String]) -> super::Result<()> {
+        for batch in keys.chunks(DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.error("DeleteObjects", &batch[0], e))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.error("DeleteObjects", &batch[0], e))?;
+            let output = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.error("DeleteObjects", &batch[0], e))?;
+            if let Some(failed) = output.errors().first() {
+                return Err(super::Error::Other(format!(
+                    "S3 DeleteObjects s3://{}/{}: {} ({} of {} keys failed)",
+                    self.bucket,
+                    failed.key().unwrap_or_default(),
+                    failed.message().unwrap_or_default(),
+                    output.errors().len(),
+                    batch.len()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
