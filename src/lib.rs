@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod exit;
 pub mod export;
 pub mod hooks;
