@@ -71,7 +71,7 @@ async fn given_deployment_manifests_when_applied_to_the_sandbox_then_every_objec
         )))
         .unwrap();
     assert_eq!(
-        applied, 6,
-        "namespace, service account, role and binding, cluster role and binding"
+        applied, 8,
+        "namespace, service account, role and binding, two cluster roles and bindings"
     );
 }
