@@ -275,6 +275,12 @@ fn handle(
     if t.sub.as_deref() == Some("log") {
         return Err(ApiError::method_not_allowed("pods/log supports get only"));
     }
+    if rt.review && !(method == Method::POST && t.name.is_none()) {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({} supports create only)",
+            rt.plural
+        )));
+    }
     match (method.clone(), &t.name) {
         (Method::GET, None) => list(cluster, rt, t.namespace.as_deref(), q).map(|v| (StatusCode::OK, v)),
         (Method::GET, Some(name)) => cluster.get(rt, ns, name).map(|v| (StatusCode::OK, v)),

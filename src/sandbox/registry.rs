@@ -40,6 +40,8 @@ pub struct ResourceType {
     pub extra_subresources: Vec<&'static str>,
     /// Defined by a CustomResourceDefinition (named `<plural>.<group>`).
     pub crd: Option<String>,
+    /// A create-only review (SelfSubjectAccessReview and friends): answered, never stored.
+    pub review: bool,
 }
 
 /// JSON pointers of the fields the scale subresource reads and writes.
@@ -76,6 +78,9 @@ impl ResourceType {
 
     /// The verbs served for the resource, as discovery reports them.
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.review {
+            return vec!["create"];
+        }
         let mut v = vec![
             "create",
             "delete",
@@ -130,6 +135,7 @@ fn b(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> 
             scale: None,
             extra_subresources: vec![],
             crd: None,
+            review: false,
         },
     }
 }
@@ -149,6 +155,10 @@ impl B {
     }
     fn scale(mut self) -> Self {
         self.rt.scale = Some(ScalePaths::standard());
+        self
+    }
+    fn review(mut self) -> Self {
+        self.rt.review = true;
         self
     }
     fn extra(mut self, subs: &[&'static str]) -> Self {
@@ -310,6 +320,30 @@ pub fn builtin() -> Vec<ResourceType> {
         )
         .status(),
         b(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            false,
+        )
+        .review(),
+        b(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectRulesReview",
+            "selfsubjectrulesreviews",
+            false,
+        )
+        .review(),
+        b(
+            "authentication.k8s.io",
+            "v1",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+            false,
+        )
+        .review(),
+        b(
             "scheduling.k8s.io",
             "v1",
             "PriorityClass",
@@ -388,6 +422,7 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
                 scale,
                 extra_subresources: vec![],
                 crd: Some(name.clone()),
+                review: false,
             })
         })
         .collect()
