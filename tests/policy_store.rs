@@ -186,3 +186,40 @@ async fn given_recorded_run_state_when_policies_runs_against_cluster_then_table_
     let next: DateTime<Utc> = row["nextRun"].as_str().unwrap().parse().unwrap();
     assert!(next > at, "{row}");
 }
+
+#[tokio::test]
+async fn given_invalid_policy_in_configmap_when_reported_then_status_annotation_and_warning_event_exist() {
+    let env = env_with_policies().await;
+    let api: Api<ConfigMap> = Api::namespaced(env.client(), "freezeframe");
+    let cm = api.get("freezeframe-policies").await.unwrap();
+    let text = cm.data.as_ref().unwrap()["policies.yaml"].replace("keepLast: 4", "keepLast: -1");
+    api.patch(
+        "freezeframe-policies",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"data": {"policies.yaml": text}})),
+    )
+    .await
+    .unwrap();
+    let cm = api.get("freezeframe-policies").await.unwrap();
+    let loaded = store::from_configmap(&cm);
+    freezeframe::policy::status::report(&env.client(), &cm, &loaded.set, chrono::Utc::now())
+        .await
+        .unwrap();
+
+    let annotated = api.get("freezeframe-policies").await.unwrap();
+    let status = &annotated.metadata.annotations.unwrap()["status.freezeframe.dev/cassandra-ring"];
+    assert!(
+        status.starts_with("Invalid: ") && status.contains("keepLast"),
+        "{status}"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(env.client(), "freezeframe");
+    let list = events
+        .list(
+            &kube::api::ListParams::default()
+                .fields("involvedObject.name=freezeframe-policies,reason=InvalidPolicy"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].type_.as_deref(), Some("Warning"));
+}

@@ -12,6 +12,7 @@ pub mod list;
 pub mod model;
 pub mod raw;
 pub mod schedule;
+pub mod status;
 pub mod store;
 pub mod validate;
 pub mod values;
