@@ -334,3 +334,20 @@ pub enum ManifestError {
     #[error("manifest format {0} is newer than this freezeframe understands ({FORMAT_VERSION})")]
     TooNew(u32),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_manifest_written_before_hooks_existed_when_read_then_it_parses_without_hook_fields() {
+        let old = br#"{"formatVersion":1,"freezeframeVersion":"0.1.0","backupId":"20261123T120000Z",
+            "policy":"shop","cluster":{"kubeSystemUid":"u"},"namespaces":["shop"],
+            "startedAt":"2026-11-23T12:00:00Z","finishedAt":"2026-11-23T12:00:05Z","status":"Completed",
+            "objects":{},"clusterObjects":{},"artifacts":{}}"#;
+        let m = Manifest::from_json(old).unwrap();
+        assert_eq!((m.hooks.is_none(), m.dumps.len(), m.problems.len()), (true, 0, 0));
+        let json = serde_json::to_value(&m).unwrap();
+        assert!(json.get("hooks").is_none() && json.get("dumps").is_none());
+    }
+}

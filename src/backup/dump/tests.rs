@@ -137,3 +137,61 @@ fn given_dump_with_single_pod_and_empty_skip_selection_then_targets_are_first_po
         "dumps `pgdump`: no usable pod matches `app=pg` in namespaces [db]"
     );
 }
+
+/// A store that reads the whole body but commits only its first half (a store losing bytes).
+#[derive(Debug)]
+struct HalvingStore(FsStore);
+
+#[async_trait::async_trait]
+impl ObjectStore for HalvingStore {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    ) -> store::Result<Written> {
+        let mut all = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(body, &mut all)
+            .await
+            .unwrap();
+        store::put_bytes(&self.0, key, &all[..all.len() / 2]).await
+    }
+    async fn get(&self, key: &str) -> store::Result<store::ByteReader> {
+        self.0.get(key).await
+    }
+    async fn head(&self, key: &str) -> store::Result<Option<u64>> {
+        self.0.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> store::Result<Vec<store::ObjectInfo>> {
+        self.0.list(prefix).await
+    }
+    async fn delete(&self, keys: &[String]) -> store::Result<()> {
+        self.0.delete(keys).await
+    }
+}
+
+#[tokio::test]
+async fn given_store_committing_fewer_bytes_than_written_when_dumped_then_failed_and_object_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HalvingStore(FsStore::new(dir.path()));
+    let exec = FakeExecutor::new(|_, _| Script::Exit {
+        code: 0,
+        after: Duration::ZERO,
+        stdout: "0123456789".into(),
+        stderr: String::new(),
+    });
+    let record = run_one(&exec, &store, &keys(), &target("db-0")).await;
+    assert_eq!(record.status, DumpStatus::Failed);
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("wrote 10 bytes") && error.contains("committed 5 bytes"),
+        "{error}"
+    );
+    assert_eq!(
+        store.head(&keys().dump("pgdump", "db", "db-0")).await.unwrap(),
+        None,
+        "the untrusted object is deleted"
+    );
+}
