@@ -23,7 +23,7 @@ pub enum Command {
     /// List policies: schedule, last and next run, storage and last result (exit 2 if any is invalid).
     #[command(after_help = POLICIES_HELP)]
     Policies(crate::policy::list::PoliciesArgs),
-    /// Back up one policy now (resources export; hooks and snapshots join as they land).
+    /// Back up one policy now: freeze hooks, dumps, resources export, manifest (exit 0/3/1).
     Backup(crate::backup::command::BackupArgs),
     /// List the backups in a store, flagging incomplete ones.
     List(crate::backup::command::ListArgs),

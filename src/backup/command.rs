@@ -1,15 +1,19 @@
-//! `freezeframe backup` (one backup of a policy now) and `freezeframe list` (what is stored).
+//! `freezeframe backup` (one backup of a policy now: freeze, dumps, export, manifest; exit 0 Completed, 3
+//! PartiallyFailed, 1 Failed or cancelled by SIGTERM/SIGINT) and `freezeframe list` (what is stored).
 
 use std::fmt::Write as _;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Secret;
 
-use super::{Context, StoredBackup};
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, DumpStatus, Freeze, Manifest, Request, StoredBackup};
 use crate::clock::SystemClock;
 use crate::config::{PolicySourceArgs, Settings};
 use crate::exit::Outcome;
 use crate::export::{ExportOptions, Selection};
+use crate::hooks::{Engine, KubeExecutor};
 use crate::policy::{Backend, Policy};
 use crate::store::{self, s3::StaticCredentials};
 
@@ -103,23 +107,89 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
     let creds = credentials(&client, &settings, &backend).await?;
     let (store, layout) = store::open(&backend, creds.as_ref()).await;
     let selection = Selection::for_policy(&client, policy).await?;
+    let freeze = Freeze::for_policy(&client, policy).await?;
+    let cancel = cancel_on_signals()?;
     let ctx = Context {
-        client,
+        client: client.clone(),
         store: store.as_ref(),
         layout: &layout,
         clock: &SystemClock,
     };
-    let manifest = super::run(&ctx, &policy.name, &selection, &ExportOptions::default()).await?;
-    let objects: u64 = manifest.objects.values().map(|k| k.count).sum();
-    println!(
-        "{}/{}: {:?}, {objects} objects in {} kinds, {} bytes",
-        manifest.policy,
-        manifest.backup_id,
-        manifest.status,
-        manifest.objects.len(),
-        manifest.artifacts.values().map(|a| a.size).sum::<u64>()
+    let request = Request {
+        policy: &policy.name,
+        selection: &selection,
+        options: &ExportOptions::default(),
+        freeze: &freeze,
+    };
+    let engine = Engine::new(KubeExecutor::new(client));
+    let manifest = super::backup(&ctx, &engine, request, &cancel).await?;
+    print!("{}", summary(&manifest));
+    Ok(manifest.status.outcome())
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT (the Job deleted, `activeDeadlineSeconds`, Ctrl-C):
+/// work in progress stops, the thaw runs, the manifest says `Failed`. Later signals are logged and
+/// ignored, so a second Ctrl-C cannot leave the application frozen (each thaw action has its timeout).
+pub fn cancel_on_signals() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                else => return,
+            };
+            if cancel.is_cancelled() {
+                tracing::warn!(signal = name, "already stopping: the thaw runs to its end");
+            } else {
+                tracing::warn!(
+                    signal = name,
+                    "stopping work in progress; thawing, then exiting non-zero"
+                );
+                cancel.cancel();
+            }
+        }
+    });
+    Ok(token)
+}
+
+/// What `freezeframe backup` prints: one line per backup, then the freeze, and every problem. Pure.
+pub fn summary(m: &Manifest) -> String {
+    let objects: u64 = m.objects.values().map(|k| k.count).sum();
+    let mut out = format!(
+        "{}/{}: {:?}, {objects} objects in {} kinds, {} bytes\n",
+        m.policy,
+        m.backup_id,
+        m.status,
+        m.objects.len(),
+        m.artifacts.values().map(|a| a.size).sum::<u64>()
     );
-    Ok(Outcome::Success)
+    if let Some(h) = &m.hooks {
+        let window = h.freeze_window_millis.map_or_else(
+            || "nothing frozen".to_string(),
+            |ms| format!("frozen for {ms} ms"),
+        );
+        writeln!(out, "  hooks: {:?}, {window}", h.status).ok();
+    }
+    for d in &m.dumps {
+        if let (DumpStatus::Succeeded, Some(size)) = (d.status, d.size) {
+            writeln!(
+                out,
+                "  {}: {size} bytes sha256 {}",
+                d.describe(),
+                d.sha256.as_deref().unwrap_or("-")
+            )
+            .ok();
+        }
+    }
+    for p in &m.problems {
+        writeln!(out, "  problem: {p}").ok();
+    }
+    out
 }
 
 /// Render stored backups as a table. Pure.

@@ -1,20 +1,41 @@
-//! One backup of one policy, in order: allocate the id → export resources (streamed upload) → verify
-//! every artifact against the store → write `manifest.json` last.
+//! One backup of one policy, as a linear list of named steps (each a module; this one only sequences
+//! them and adds context to errors):
 //!
-//! Hooks, snapshots and dumps join this sequence as their issues land. Any error before the manifest
-//! is written leaves no manifest: the backup shows as incomplete, never as a lie.
+//! ```text
+//! identity → allocate id → freeze (pre hooks, all pods at once)
+//!   → [snapshot volumes] + dumps marked whileFrozen → thaw (post hooks, always)
+//!   → dumps after the thaw → export resources (streamed) → verify → manifest.json LAST → status
+//! ```
+//!
+//! Outcomes:
+//! - An aborting pre hook or cancellation (SIGTERM/SIGINT): nothing is captured (no snapshot, dump or
+//!   export), the thaw runs, and a manifest with status `Failed` records the hook results (who failed,
+//!   exit code, output tails). Choice (issue 5's "a backup without a manifest is incomplete"): a missing
+//!   manifest means "running or crashed"; a run that ended knowing it failed says so, with its reasons.
+//!   Restore and retention treat only `Completed`/`PartiallyFailed` manifests as backups.
+//! - A failed dump, an `onError: continue` hook failure or a failed post action: `PartiallyFailed`.
+//! - An error of the export or the store: no manifest at all (the artifact could not be committed), as
+//!   before hooks existed; the error is returned.
 
 pub mod command;
+pub mod dump;
 pub mod manifest;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Namespace;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::export::{self, ExportOptions, Selection};
-use crate::store::{self, BackupId, Layout, ObjectStore, layout};
-pub use manifest::{ClusterIdentity, FORMAT_VERSION, Manifest, ManifestError, Status};
+use crate::hooks::{Engine, GroupReport, GroupStatus, KubeExecutor, Plan, PodExecutor};
+use crate::policy::{Policy, SnapshotMode, Volumes};
+use crate::store::{self, BackupId, BackupKeys, Layout, ObjectStore, layout};
+pub use dump::{DumpPlan, DumpTarget};
+pub use manifest::{
+    ClusterIdentity, DumpRecord, DumpStatus, FORMAT_VERSION, HooksRecord, HooksStatus, Manifest,
+    ManifestError, Status, VolumesRecord,
+};
 
 /// Errors of a backup run.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +43,12 @@ pub enum Error {
     /// Reading the cluster identity (`kube-system` uid) failed.
     #[error("cannot read the kube-system namespace (cluster identity)")]
     ClusterIdentity(#[source] Box<kube::Error>),
+    /// Choosing the pods and containers of the hooks failed (before any pod was touched).
+    #[error("planning the freeze hooks")]
+    Hooks(#[source] crate::hooks::plan::Error),
+    /// Choosing the pods and containers of the dumps failed (before any pod was touched).
+    #[error("planning the dumps")]
+    Dumps(#[source] dump::Error),
     /// The export failed.
     #[error("exporting resources")]
     Export(#[source] export::Error),
@@ -71,59 +98,280 @@ pub async fn cluster_identity(client: &kube::Client) -> Result<ClusterIdentity> 
     let ns = api
         .get("kube-system")
         .await
-        .map_err(|e| Error::ClusterIdentity(Box::new(e)))?;
+        .map_err(|source| Error::ClusterIdentity(Box::new(source)))?;
     Ok(ClusterIdentity {
         kube_system_uid: ns.metadata.uid.unwrap_or_default(),
     })
 }
 
-/// Run one backup of `policy` covering `selection`; returns the committed manifest.
+/// What is captured while the pod group is frozen: the hook plan, the dumps, the volume settings.
+/// Planned before the run starts, so a wrong selector or container fails before any pod is touched.
+#[derive(Debug, Clone, Default)]
+pub struct Freeze {
+    /// Pre and post hooks over their pods.
+    pub plan: Plan,
+    /// Dump invocations.
+    pub dumps: DumpPlan,
+    /// Volume snapshot settings; `None` = no snapshots.
+    pub volumes: Option<Volumes>,
+}
+
+impl Freeze {
+    /// Select the pods of `policy`'s hooks and dumps.
+    pub async fn for_policy(client: &kube::Client, policy: &Policy) -> Result<Freeze> {
+        Ok(Freeze {
+            plan: crate::hooks::plan::plan(client, policy)
+                .await
+                .map_err(Error::Hooks)?,
+            dumps: dump::plan(client, policy).await.map_err(Error::Dumps)?,
+            volumes: (policy.volumes.snapshot != SnapshotMode::None).then(|| policy.volumes.clone()),
+        })
+    }
+}
+
+/// One backup to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Policy name (in keys and the manifest).
+    pub policy: &'a str,
+    /// Resources to export.
+    pub selection: &'a Selection,
+    /// Export tuning.
+    pub options: &'a ExportOptions,
+    /// What is captured inside the freeze.
+    pub freeze: &'a Freeze,
+}
+
+/// Export-only backup of `policy` covering `selection` (no hooks, dumps or snapshots); returns the
+/// committed manifest.
 pub async fn run(
     ctx: &Context<'_>,
     policy: &str,
     selection: &Selection,
     options: &ExportOptions,
 ) -> Result<Manifest> {
+    let request = Request {
+        policy,
+        selection,
+        options,
+        freeze: &Freeze::default(),
+    };
+    let engine = Engine::new(KubeExecutor::new(ctx.client.clone()));
+    backup(ctx, &engine, request, &CancellationToken::new()).await
+}
+
+/// Run one backup: the steps of the module documentation, in order. Returns the committed manifest,
+/// whose status says how it went (`Failed` after an aborted or cancelled freeze); `Err` = no manifest.
+pub async fn backup<E: PodExecutor>(
+    ctx: &Context<'_>,
+    engine: &Engine<E>,
+    req: Request<'_>,
+    cancel: &CancellationToken,
+) -> Result<Manifest> {
     let started_at = ctx.clock.now();
     let cluster = cluster_identity(&ctx.client).await?;
-    let id = BackupId::allocate(ctx.store, ctx.layout, policy, started_at)
+    let id = BackupId::allocate(ctx.store, ctx.layout, req.policy, started_at)
         .await
         .map_err(store_error("choosing a backup id"))?;
-    let keys = ctx.layout.backup(policy, &id);
-    tracing::info!(policy, backup = %id, store = %ctx.store.location(), "backup started");
-
-    let options = ExportOptions {
-        mtime: started_at.timestamp().max(0) as u64,
-        ..options.clone()
-    };
-    let report = export::export(&ctx.client, selection, &options, ctx.store, &keys.resources())
-        .await
-        .map_err(Error::Export)?;
-    store::verify(ctx.store, &keys.resources(), &report.archive)
-        .await
-        .map_err(store_error(format!("verifying {}", keys.resources())))?;
-
-    let manifest = Manifest {
+    let keys = ctx.layout.backup(req.policy, &id);
+    tracing::info!(policy = req.policy, backup = %id, store = %ctx.store.location(), "backup started");
+    let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
         freezeframe_version: env!("CARGO_PKG_VERSION").to_string(),
         backup_id: id.to_string(),
-        policy: policy.to_string(),
+        policy: req.policy.to_string(),
         cluster,
-        namespaces: selection.namespaces.clone(),
-        selector: selection.selector.clone(),
+        namespaces: req.selection.namespaces.clone(),
+        selector: req.selection.selector.clone(),
         started_at,
-        finished_at: ctx.clock.now(),
+        finished_at: started_at,
         status: Status::Completed,
-        objects: report.kinds.clone(),
-        cluster_objects: report.cluster.clone(),
-        artifacts: BTreeMap::from([(layout::RESOURCES.to_string(), report.archive.clone())]),
+        objects: BTreeMap::new(),
+        cluster_objects: BTreeMap::new(),
+        artifacts: BTreeMap::new(),
+        problems: Vec::new(),
+        hooks: None,
+        dumps: Vec::new(),
+        volumes: None,
     };
+
+    // Freeze → snapshot + frozen dumps → thaw (the engine thaws whatever happens inside).
+    let (hooks, captured) = engine
+        .with_freeze(&req.freeze.plan, cancel, || async {
+            let volumes = snapshot_volumes(ctx, req.freeze.volumes.as_ref(), req.selection, &keys).await;
+            let dumps =
+                dump::run_all(engine.executor(), ctx.store, &keys, req.freeze.dumps.phase(true)).await;
+            (volumes, dumps)
+        })
+        .await;
+    record_hooks(&mut manifest, &hooks, &req.freeze.dumps);
+    if let Some((volumes, dumps)) = captured {
+        manifest.volumes = volumes;
+        manifest.dumps = dumps;
+    }
+
+    if matches!(
+        hooks.status,
+        GroupStatus::Succeeded | GroupStatus::PartiallyFailed
+    ) {
+        // Dumps after the thaw, then the export: both stop at cancellation.
+        let later = dump::run_all(engine.executor(), ctx.store, &keys, req.freeze.dumps.phase(false));
+        match cancellable(cancel, later).await {
+            Some(dumps) => manifest.dumps.extend(dumps),
+            None => cancelled(&mut manifest, "the dumps after the thaw"),
+        }
+    }
+    if !cancel.is_cancelled() && manifest.status != Status::Failed {
+        export_resources(ctx, &req, &keys, &mut manifest, cancel).await?;
+    }
+
+    settle_status(&mut manifest);
+    manifest.finished_at = ctx.clock.now();
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serialises");
     store::put_bytes(ctx.store, &keys.manifest(), &json)
         .await
         .map_err(store_error(format!("writing {}", keys.manifest())))?;
-    tracing::info!(policy, backup = %id, objects = report.total(), bytes = report.archive.size, "backup committed");
+    tracing::info!(
+        policy = req.policy, backup = %id, status = ?manifest.status,
+        bytes = manifest.artifacts.values().map(|a| a.size).sum::<u64>(),
+        "backup committed"
+    );
     Ok(manifest)
+}
+
+/// The volume snapshot step, inside the freeze (after every pre action, before the thaw).
+///
+/// Seam for `src/snapshot/` (being written): it creates the CSI VolumeSnapshots (or one
+/// VolumeGroupSnapshot) of the PVCs `selection` covers, writes `keys.volumes()`, and returns their
+/// references; waiting for `readyToUse` belongs after the thaw. This build takes no snapshots: with
+/// `volumes.snapshot: csi` the manifest says so in `volumes.note` (the status is not lowered, since no
+/// snapshot was attempted, but nothing claims volume data either).
+async fn snapshot_volumes(
+    _ctx: &Context<'_>,
+    volumes: Option<&Volumes>,
+    _selection: &Selection,
+    _keys: &BackupKeys,
+) -> Option<VolumesRecord> {
+    volumes?;
+    let note = "volume snapshots are not available in this build: no volume data was captured";
+    tracing::warn!("{note}");
+    Some(VolumesRecord {
+        snapshots: Vec::new(),
+        note: Some(note.into()),
+    })
+}
+
+/// Export the selection's resources into `resources.tar.zst`, verify it, and record it. Cancellation
+/// stops it (nothing is committed) and fails the backup.
+async fn export_resources(
+    ctx: &Context<'_>,
+    req: &Request<'_>,
+    keys: &BackupKeys,
+    manifest: &mut Manifest,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let options = ExportOptions {
+        mtime: manifest.started_at.timestamp().max(0) as u64,
+        ..req.options.clone()
+    };
+    let key = keys.resources();
+    let export = export::export(&ctx.client, req.selection, &options, ctx.store, &key);
+    let Some(report) = cancellable(cancel, export).await else {
+        cancelled(manifest, "the export of resources");
+        return Ok(());
+    };
+    let report = report.map_err(Error::Export)?;
+    store::verify(ctx.store, &key, &report.archive)
+        .await
+        .map_err(store_error(format!("verifying {key}")))?;
+    manifest.objects = report.kinds.clone();
+    manifest.cluster_objects = report.cluster.clone();
+    manifest
+        .artifacts
+        .insert(layout::RESOURCES.to_string(), report.archive.clone());
+    tracing::info!(
+        objects = report.total(),
+        bytes = report.archive.size,
+        "resources exported"
+    );
+    Ok(())
+}
+
+/// `fut`'s output, or `None` when `cancel` fires first (then `fut` is dropped).
+async fn cancellable<T>(cancel: &CancellationToken, fut: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        v = fut => Some(v),
+    }
+}
+
+fn cancelled(manifest: &mut Manifest, during: &str) {
+    tracing::warn!("cancelled during {during}");
+    manifest.status = Status::Failed;
+    manifest
+        .problems
+        .push(format!("cancelled (SIGTERM/SIGINT) during {during}"));
+}
+
+/// The hook results into the manifest; an aborted or cancelled freeze fails the backup.
+fn record_hooks(manifest: &mut Manifest, hooks: &GroupReport, dumps: &DumpPlan) {
+    let ran = !hooks.pre.is_empty() || !hooks.post.is_empty();
+    if ran || !hooks.skipped.is_empty() || !dumps.skipped.is_empty() {
+        let mut record = HooksRecord::from(hooks);
+        record
+            .skipped
+            .extend(dumps.skipped.iter().map(|s| format!("{}: {}", s.rule, s.reason)));
+        manifest.hooks = Some(record);
+    }
+    match hooks.status {
+        GroupStatus::Succeeded => {}
+        GroupStatus::PartiallyFailed => manifest.problems.extend(
+            hooks
+                .failures
+                .iter()
+                .map(|f| format!("hook failed (continued): {f}")),
+        ),
+        GroupStatus::Failed => {
+            manifest.status = Status::Failed;
+            let cause = hooks
+                .abort_cause()
+                .map_or_else(|| "a pre action failed".to_string(), |f| f.to_string());
+            manifest
+                .problems
+                .push(format!("freeze aborted, nothing was captured: {cause}"));
+        }
+        GroupStatus::Cancelled => cancelled(manifest, "the freeze (thaw ran; nothing was captured)"),
+    }
+}
+
+/// Failed stays failed; otherwise any problem (failed dump, hook failure) is a partial failure.
+fn settle_status(manifest: &mut Manifest) {
+    for d in manifest.dumps.iter().filter(|d| d.status == DumpStatus::Failed) {
+        manifest.problems.push(format!(
+            "{} failed: {}",
+            d.describe(),
+            d.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    for d in manifest
+        .dumps
+        .iter()
+        .filter(|d| d.status == DumpStatus::Succeeded)
+    {
+        if let (Some(size), Some(sha256)) = (d.size, &d.sha256) {
+            manifest.artifacts.insert(
+                d.artifact.clone(),
+                store::Written {
+                    size,
+                    sha256: sha256.clone(),
+                },
+            );
+        }
+    }
+    if manifest.status == Status::Completed && !manifest.problems.is_empty() {
+        manifest.status = Status::PartiallyFailed;
+    }
 }
 
 /// One stored backup, complete or not.

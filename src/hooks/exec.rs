@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::Api;
 use kube::api::{AttachParams, AttachedProcess};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 /// How much of each output stream is kept: the last 4 KiB.
@@ -179,6 +179,18 @@ pub trait PodExecutor: Send + Sync {
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput>> + Send;
 
+    /// Run `argv` to its end, copying its stdout into `stdout` as it arrives (for dumps: never held whole
+    /// in memory); the returned stdout tail is empty. A failed write to `stdout` (the consumer is gone) or
+    /// a broken stream closes the exec stream at once and ends as [`Termination::Failed`]. `timeout`
+    /// covers the whole command.
+    fn stream(
+        &self,
+        target: &Target,
+        argv: &[String],
+        stdout: &mut (dyn AsyncWrite + Send + Unpin),
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput>> + Send;
+
     /// Start `argv` with stdin open and wait up to `timeout` for the [`ACQUIRED_MARKER`] line on stdout.
     fn hold(
         &self,
@@ -289,6 +301,53 @@ impl PodExecutor for KubeExecutor {
             termination,
             stdout: out.text(),
             stderr: err.text(),
+        })
+    }
+
+    async fn stream(
+        &self,
+        target: &Target,
+        argv: &[String],
+        stdout: &mut (dyn AsyncWrite + Send + Unpin),
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let err = Arc::new(Mutex::new(Tail::default()));
+        let ran = tokio::time::timeout(timeout, async {
+            let mut proc = self.open(target, argv, false).await?;
+            let status = proc.take_status().expect("status is taken once");
+            let mut out = proc.stdout().expect("stdout was requested");
+            let copy = async {
+                tokio::io::copy(&mut out, stdout).await?;
+                stdout.flush().await
+            };
+            let mut copy = std::pin::pin!(copy);
+            let mut stderr = std::pin::pin!(drain_shared(proc.stderr(), err.clone()));
+            let mut stderr_done = false;
+            let copied = loop {
+                tokio::select! {
+                    r = &mut copy => break r,
+                    () = &mut stderr, if !stderr_done => stderr_done = true,
+                }
+            };
+            if let Err(e) = copied {
+                // Returning drops the stream: the remote command's stdout closes and it gets SIGPIPE.
+                return Ok(Termination::Failed(format!("streaming stdout broke: {e}")));
+            }
+            if !stderr_done {
+                stderr.await;
+            }
+            Ok(termination(status.await))
+        })
+        .await;
+        let termination = match ran {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => Termination::TimedOut,
+        };
+        Ok(ExecOutput {
+            termination,
+            stdout: String::new(),
+            stderr: lock(&err).text(),
         })
     }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exec::{Error, ExecOutput, HeldSession, Hold, PodExecutor, Result, Target, Termination};
@@ -216,6 +217,29 @@ impl PodExecutor for FakeExecutor {
         };
         guard.end(EventKind::Ended(output.termination.clone()));
         Ok(output)
+    }
+
+    /// Scripted like `run`; the script's stdout is written to `stdout` (a write error ends the command as
+    /// failed, as a broken stream does).
+    async fn stream(
+        &self,
+        target: &Target,
+        argv: &[String],
+        stdout: &mut (dyn AsyncWrite + Send + Unpin),
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let mut out = self.run(target, argv, None, timeout).await?;
+        if !out.stdout.is_empty() {
+            let written = async {
+                stdout.write_all(out.stdout.as_bytes()).await?;
+                stdout.flush().await
+            };
+            if let Err(e) = written.await {
+                out.termination = Termination::Failed(format!("streaming stdout broke: {e}"));
+            }
+        }
+        out.stdout.clear();
+        Ok(out)
     }
 
     async fn hold(&self, target: &Target, argv: &[String], timeout: Duration) -> Result<Hold<FakeHeld>> {

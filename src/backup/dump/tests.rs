@@ -1,0 +1,197 @@
+//! Unit tests of dumps: the fake executor's scripted output streamed into a directory store.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+
+use super::*;
+use crate::hooks::fake::{FakeExecutor, Script};
+use crate::store::fs::FsStore;
+use crate::store::{BackupId, Layout};
+
+fn target(pod: &str) -> DumpTarget {
+    DumpTarget {
+        name: "pgdump".into(),
+        target: Target::new("db", pod, "postgres"),
+        exec: Exec::Shell(format!("dump {pod}")),
+        timeout: Duration::from_secs(5),
+        while_frozen: true,
+    }
+}
+
+fn keys() -> BackupKeys {
+    Layout::new("").backup(
+        "p",
+        &BackupId::at(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()),
+    )
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[tokio::test]
+async fn given_successful_command_when_dumped_then_stdout_stored_with_size_and_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let exec = FakeExecutor::new(|t, _| Script::Exit {
+        code: 0,
+        after: Duration::ZERO,
+        stdout: format!("rows of {}\n", t.pod),
+        stderr: "progress\n".into(),
+    });
+    let records = run_all(&exec, &store, &keys(), [target("db-1"), target("db-0")].iter()).await;
+    assert_eq!(records.len(), 2);
+    let r = &records[0];
+    assert_eq!(
+        (r.pod.as_str(), r.status),
+        ("db-0", DumpStatus::Succeeded),
+        "{r:?}"
+    );
+    assert_eq!(r.artifact, "dumps/pgdump/db/db-0");
+    assert_eq!(r.size, Some(13));
+    assert_eq!(r.sha256.as_deref(), Some(sha(b"rows of db-0\n").as_str()));
+    assert_eq!(r.stderr_tail, "progress\n");
+    let stored = store::get_bytes(&store, &keys().dump("pgdump", "db", "db-0"))
+        .await
+        .unwrap();
+    assert_eq!(stored, b"rows of db-0\n");
+}
+
+#[tokio::test]
+async fn given_command_exiting_non_zero_after_output_when_dumped_then_failed_and_nothing_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let exec = FakeExecutor::new(|_, _| Script::Exit {
+        code: 2,
+        after: Duration::ZERO,
+        stdout: "half a dump".into(),
+        stderr: "pg_dump: connection lost\n".into(),
+    });
+    let record = run_one(&exec, &store, &keys(), &target("db-0")).await;
+    assert_eq!(record.status, DumpStatus::Failed);
+    assert_eq!(record.exit_code, Some(2));
+    assert_eq!(record.size, None, "a truncated dump reports no size");
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("exit code 2") && error.contains("11 bytes"),
+        "{error}"
+    );
+    assert_eq!(record.stderr_tail, "pg_dump: connection lost\n");
+    assert_eq!(
+        store.head(&keys().dump("pgdump", "db", "db-0")).await.unwrap(),
+        None,
+        "a failed dump leaves no object"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_command_exceeding_timeout_when_dumped_then_failed_as_timed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let exec = FakeExecutor::new(|_, _| Script::Hang);
+    let record = run_one(&exec, &store, &keys(), &target("db-0")).await;
+    assert_eq!(record.status, DumpStatus::Failed);
+    assert!(record.error.unwrap().contains("timed out"));
+    assert_eq!(
+        store.head(&keys().dump("pgdump", "db", "db-0")).await.unwrap(),
+        None
+    );
+}
+
+#[test]
+fn given_dump_with_single_pod_and_empty_skip_selection_then_targets_are_first_pod_and_skipped() {
+    use crate::policy::values::selector_from_labels;
+    let pod = |name: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "db", "labels": {"app": "pg"}},
+            "spec": {"containers": [{"name": "postgres"}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "postgres", "ready": true, "restartCount": 0, "image": "x", "imageID": "x"}]}
+        }))
+        .unwrap()
+    };
+    let mut dump = Dump {
+        name: "pgdump".into(),
+        pod_selector: selector_from_labels([("app".into(), "pg".into())].into()),
+        container: None,
+        command: Exec::Shell("pg_dumpall".into()),
+        restore_command: None,
+        run_in_single_pod: true,
+        timeout: Duration::from_secs(60),
+        while_frozen: false,
+        on_no_pods: OnNoPods::Skip,
+    };
+    let targets = dump_targets(&dump, &[pod("pg-1"), pod("pg-0")], &["db".into()])
+        .unwrap()
+        .unwrap();
+    assert_eq!(targets.len(), 1);
+    assert_eq!(targets[0].target, Target::new("db", "pg-0", "postgres"));
+    assert!(!targets[0].while_frozen);
+    let skipped = dump_targets(&dump, &[], &["db".into()]).unwrap().unwrap_err();
+    assert_eq!(skipped.rule, "dumps `pgdump`");
+    dump.on_no_pods = OnNoPods::Fail;
+    let err = dump_targets(&dump, &[], &["db".into()]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "dumps `pgdump`: no usable pod matches `app=pg` in namespaces [db]"
+    );
+}
+
+/// A store that reads the whole body but commits only its first half (a store losing bytes).
+#[derive(Debug)]
+struct HalvingStore(FsStore);
+
+#[async_trait::async_trait]
+impl ObjectStore for HalvingStore {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    ) -> store::Result<Written> {
+        let mut all = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(body, &mut all)
+            .await
+            .unwrap();
+        store::put_bytes(&self.0, key, &all[..all.len() / 2]).await
+    }
+    async fn get(&self, key: &str) -> store::Result<store::ByteReader> {
+        self.0.get(key).await
+    }
+    async fn head(&self, key: &str) -> store::Result<Option<u64>> {
+        self.0.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> store::Result<Vec<store::ObjectInfo>> {
+        self.0.list(prefix).await
+    }
+    async fn delete(&self, keys: &[String]) -> store::Result<()> {
+        self.0.delete(keys).await
+    }
+}
+
+#[tokio::test]
+async fn given_store_committing_fewer_bytes_than_written_when_dumped_then_failed_and_object_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HalvingStore(FsStore::new(dir.path()));
+    let exec = FakeExecutor::new(|_, _| Script::Exit {
+        code: 0,
+        after: Duration::ZERO,
+        stdout: "0123456789".into(),
+        stderr: String::new(),
+    });
+    let record = run_one(&exec, &store, &keys(), &target("db-0")).await;
+    assert_eq!(record.status, DumpStatus::Failed);
+    let error = record.error.unwrap();
+    assert!(
+        error.contains("wrote 10 bytes") && error.contains("committed 5 bytes"),
+        "{error}"
+    );
+    assert_eq!(
+        store.head(&keys().dump("pgdump", "db", "db-0")).await.unwrap(),
+        None,
+        "the untrusted object is deleted"
+    );
+}
