@@ -109,12 +109,36 @@ impl fmt::Display for Path {
         }
         for (i, seg) in self.0.iter().enumerate() {
             match seg {
+                // A key that would make the path ambiguous (empty, dotted, bracketed) is quoted.
+                Seg::Key(k)
+                    if k.is_empty() || k.contains(['.', '[', ']']) || k.contains(char::is_whitespace) =>
+                {
+                    write!(f, "[{k:?}]")?
+                }
                 Seg::Key(k) if i == 0 => write!(f, "{k}")?,
                 Seg::Key(k) => write!(f, ".{k}")?,
                 Seg::Index(n) => write!(f, "[{n}]")?,
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn given_empty_or_dotted_key_when_displayed_then_quoted_so_the_path_is_never_empty() {
+        assert_eq!(Path::default().key("").to_string(), "[\"\"]");
+        assert_eq!(
+            Path::default().key("policies").index(0).key("a.b").to_string(),
+            "policies[0][\"a.b\"]"
+        );
+        assert_eq!(
+            Path::default().key("retention").key("keepLast").to_string(),
+            "retention.keepLast"
+        );
     }
 }
 
