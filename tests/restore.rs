@@ -569,3 +569,20 @@ async fn given_archive_with_links_or_escaping_paths_when_restoring_then_refused_
     assert!(!std::path::Path::new("/tmp/ff-evil-absolute.yaml").exists());
     Ok(())
 }
+
+#[tokio::test]
+async fn given_restore_job_manifest_when_applied_with_the_rbac_then_job_and_its_identity_exist()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.apply(include_str!("../manifests/rbac.yaml"))?;
+
+    let applied = env.apply(include_str!("../manifests/restore-job.yaml"))?;
+
+    assert_eq!(applied, 4);
+    let job: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client(), "freezeframe");
+    let job = job.get("freezeframe-restore").await?;
+    let spec = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("freezeframe-restore"));
+    assert_eq!(spec.containers[0].args.as_ref().unwrap()[0], "restore");
+    Ok(())
+}

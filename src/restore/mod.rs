@@ -13,8 +13,9 @@
 //! apply; the plan holds one small [`plan::Item`] per object, so memory does not grow with object size.
 //!
 //! RBAC: `create`, `get`, `patch` on every restored kind in the target namespaces; `create`, `get` on
-//! namespaces, persistentvolumes, storageclasses, clusterroles, customresourcedefinitions (see
-//! `manifests/restore-job.yaml`).
+//! namespaces, persistentvolumes, storageclasses, clusterroles, customresourcedefinitions,
+//! volumesnapshotcontents; `list`, `watch` to wait for CRDs (and workloads with `--wait`). Mirrored in
+//! `manifests/restore-job.yaml`.
 
 pub mod apply;
 pub mod command;
