@@ -6,7 +6,9 @@
 //! Jobs, others) → everything else → custom resources.
 //!
 //! Skipped, with the reason shown in the plan:
-//! - derived objects: kinds the manifest marks skip-on-restore (Endpoints, EndpointSlices), events;
+//! - derived objects: events, and kinds the manifest marks skip-on-restore (Endpoints, EndpointSlices)
+//!   unless they belong to a Service without a selector (users manage those: restored) and, for
+//!   EndpointSlices, carry no `endpointslice.kubernetes.io/managed-by` label;
 //! - controller-owned objects: Pods and ReplicaSets with a controller, and any object whose controller
 //!   is itself in the backup (a CronJob's Jobs, a Job's Pods) — the restored controller recreates them.
 //!   PVCs are the exception: their data matters, so they are restored and the workload adopts them;
@@ -262,6 +264,12 @@ struct Item {
     provisioned: bool,
     /// PVC: bound volume.
     volume_name: Option<String>,
+    /// Service: has a selector (its Endpoints/EndpointSlices are then derived).
+    selects: bool,
+    /// EndpointSlice: managed by a controller (label `endpointslice.kubernetes.io/managed-by`).
+    managed_slice: bool,
+    /// Endpoints/EndpointSlice: the Service they belong to.
+    service: Option<String>,
 }
 
 const CRD: &str = "customresourcedefinitions.apiextensions.k8s.io";
@@ -350,6 +358,10 @@ impl Item {
             id if id.contains('.') && namespace.is_some() => need(CRD, Some(id.to_string())),
             _ => {}
         }
+        let service = match kind_id.as_str() {
+            "endpoints" => Some(name.clone()),
+            _ => text(&obj["metadata"]["labels"]["kubernetes.io/service-name"]),
+        };
         Ok(Item {
             path: path.to_string(),
             kind: kind_id,
@@ -361,6 +373,9 @@ impl Item {
             secret_type: text(&obj["type"]),
             provisioned: obj["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"].is_string(),
             volume_name,
+            selects: obj["spec"]["selector"].as_object().is_some_and(|m| !m.is_empty()),
+            managed_slice: obj["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"].is_string(),
+            service,
             resource,
         })
     }
@@ -406,19 +421,36 @@ fn phase(item: &Item, crds: &BTreeSet<String>) -> (Phase, u8) {
     }
 }
 
+/// Whether an object is made by a controller from others: events, and Endpoints/EndpointSlices
+/// (of kinds marked skip-on-restore) unless they belong to a Service without a selector, whose
+/// endpoints users manage themselves.
+fn is_derived(item: &Item, derived: &BTreeSet<String>, selecting: &BTreeSet<(String, String)>) -> bool {
+    let kind = item.kind.as_str();
+    if kind == "events" || kind == "events.events.k8s.io" {
+        return true;
+    }
+    if !derived.contains(kind) && !filter::SKIP_ON_RESTORE.contains(&kind) {
+        return false;
+    }
+    let ns = item.namespace.clone().unwrap_or_default();
+    let of_selecting_service = item
+        .service
+        .as_ref()
+        .is_some_and(|s| selecting.contains(&(ns.clone(), s.clone())));
+    let user_managed = matches!(kind, "endpoints" | "endpointslices.discovery.k8s.io") && !item.managed_slice;
+    of_selecting_service || !user_managed
+}
+
 fn skip_namespaced(
     item: &Item,
     derived: &BTreeSet<String>,
+    selecting: &BTreeSet<(String, String)>,
     present: &BTreeSet<(String, String, String)>,
     filter: &ResourceFilter,
     selector: Option<&LabelSelector>,
 ) -> Option<SkipReason> {
     let kind = item.kind.as_str();
-    if derived.contains(kind)
-        || filter::SKIP_ON_RESTORE.contains(&kind)
-        || kind == "events"
-        || kind == "events.events.k8s.io"
-    {
+    if is_derived(item, derived, selecting) {
         return Some(SkipReason::Derived);
     }
     if (kind == "serviceaccounts" && item.name == "default")
@@ -503,6 +535,11 @@ fn plan_items(
         .iter()
         .filter_map(|i| Some((i.resource.kind.clone(), i.namespace.clone()?, i.name.clone())))
         .collect();
+    let selecting: BTreeSet<(String, String)> = items
+        .iter()
+        .filter(|i| i.kind == "services" && i.selects)
+        .filter_map(|i| Some((i.namespace.clone()?, i.name.clone())))
+        .collect();
     let crds: BTreeSet<String> = items
         .iter()
         .filter(|i| i.kind == CRD)
@@ -532,7 +569,7 @@ fn plan_items(
     for item in items.iter().filter(|i| i.namespace.is_some()) {
         let source_ns = item.namespace.clone().unwrap_or_default();
         let target_ns = map_ns(&source_ns);
-        let skip = skip_namespaced(item, &derived, &present, &filter, selector.as_ref());
+        let skip = skip_namespaced(item, &derived, &selecting, &present, &filter, selector.as_ref());
         let mut claim = Claim::Keep;
         if skip.is_none() {
             needed.insert((NAMESPACES.into(), source_ns.clone()));

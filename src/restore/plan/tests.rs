@@ -101,7 +101,7 @@ fn shop_items() -> Vec<Item> {
                 "v1",
                 "Service",
                 "web",
-                json!({"spec": {"clusterIP": "10.0.0.1", "ports": [{"port": 80}]}}),
+                json!({"spec": {"clusterIP": "10.0.0.1", "ports": [{"port": 80}], "selector": {"app": "web"}}}),
             ),
         ),
         object(
@@ -131,6 +131,10 @@ fn shop_items() -> Vec<Item> {
         object(
             "resources/core/v1/endpoints/shop/web.yaml",
             ns_obj("v1", "Endpoints", "web", json!({})),
+        ),
+        object(
+            "resources/core/v1/endpoints/shop/external.yaml",
+            ns_obj("v1", "Endpoints", "external", json!({})),
         ),
         object(
             "resources/rbac.authorization.k8s.io/v1/rolebindings/shop/view.yaml",
@@ -221,6 +225,7 @@ fn given_shop_objects_when_planned_then_dependency_order_and_skips_are_as_docume
         ("deployments.apps", "shop/web", "Create"),
         ("replicasets.apps", "shop/web-abc", "skip owned by Deployment web"),
         ("pods", "shop/web-abc-x", "skip owned by ReplicaSet web-abc"),
+        ("endpoints", "shop/external", "Create"),
         ("endpoints", "shop/web", "skip derived"),
         ("carts.shop.example.com", "shop/c1", "Create"),
     ];
