@@ -27,6 +27,8 @@ pub enum Command {
     Backup(crate::backup::command::BackupArgs),
     /// List the backups in a store, flagging incomplete ones.
     List(crate::backup::command::ListArgs),
+    /// Verify a stored backup and restore it here, into other namespaces, or into another cluster.
+    Restore(crate::restore::command::RestoreArgs),
 }
 
 const POLICIES_HELP: &str = "\
@@ -67,6 +69,7 @@ pub fn run() -> anyhow::Result<Outcome> {
             Command::Policies(args) => crate::policy::list::run(args).await,
             Command::Backup(args) => crate::backup::command::backup(args).await,
             Command::List(args) => crate::backup::command::list(args).await,
+            Command::Restore(args) => crate::restore::command::run(args).await,
         }
     })
 }

@@ -159,7 +159,7 @@ type: Normal
 "#;
 
 /// Kinds the shop namespace must have in its backup (events must not be there).
-const SHOP_KINDS: &[&str] = &[
+pub(crate) const SHOP_KINDS: &[&str] = &[
     "configmaps",
     "secrets",
     "serviceaccounts",
@@ -188,13 +188,13 @@ const SHOP_KINDS: &[&str] = &[
     "carts.shop.example.com",
 ];
 
-fn start_time() -> DateTime<Utc> {
+pub(crate) fn start_time() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
         .unwrap()
         .with_timezone(&Utc)
 }
 
-fn selection(namespace: &str) -> Selection {
+pub(crate) fn selection(namespace: &str) -> Selection {
     Selection {
         namespaces: vec![namespace.into()],
         selector: None,
@@ -202,7 +202,7 @@ fn selection(namespace: &str) -> Selection {
     }
 }
 
-fn kind_id(resource: &ApiResource) -> String {
+pub(crate) fn kind_id(resource: &ApiResource) -> String {
     if resource.group.is_empty() {
         resource.plural.clone()
     } else {
@@ -211,7 +211,7 @@ fn kind_id(resource: &ApiResource) -> String {
 }
 
 /// Every object of `resource` in `namespace`, read independently of the exporter (small pages).
-async fn list_all(
+pub(crate) async fn list_all(
     client: &kube::Client,
     resource: &ApiResource,
     namespace: &str,
@@ -254,7 +254,7 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-async fn shop_env(env: &TestEnv) -> anyhow::Result<()> {
+pub(crate) async fn shop_env(env: &TestEnv) -> anyhow::Result<()> {
     env.apply(SHOP)?;
     env.apply(SHOP_EXTRAS)?;
     Ok(())

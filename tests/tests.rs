@@ -8,6 +8,7 @@ mod export;
 mod harness;
 mod hooks;
 mod policy_store;
+mod restore;
 mod s3;
 mod sandbox_api;
 mod sandbox_cli;

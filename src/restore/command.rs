@@ -1,0 +1,175 @@
+//! `freezeframe restore`: verify a stored backup and bring its objects back (or print the plan).
+//!
+//! Exit status: 0 everything restored (or the dry-run plan printed), 3 some objects failed (the
+//! summary names them), 1 the backup is unusable (missing, incomplete, corrupt, tampered) or nothing
+//! could be restored, 2 invalid flags or policies.
+
+use std::time::Duration;
+
+use crate::config::{PolicySourceArgs, Settings};
+use crate::exit::Outcome;
+use crate::policy::Policy;
+use crate::store;
+
+use super::apply::KubeTarget;
+use super::{BackupRef, Context, Error, Existing, PlanOptions, RestoreOptions};
+
+/// Output format of `freezeframe restore`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The plan (dry run) or a per-kind summary, as aligned text.
+    Table,
+    /// `{plan, report}` as JSON.
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::policy::values::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// Arguments of `freezeframe restore`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    /// The backup to restore: an id (`20261123T120000Z`) or `latest` (newest complete backup).
+    #[arg(long, value_name = "ID|latest")]
+    pub backup: BackupRef,
+    /// The backup's policy: finds its storage, and chooses among ids stored for several policies.
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    #[command(flatten)]
+    pub source: PolicySourceArgs,
+    /// Read from this store instead of the policy's (no policy needed): file:///path or s3://bucket[/prefix][?..].
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+    /// Restore namespace SRC into DST (repeatable); other namespaces keep their names.
+    #[arg(long = "namespace-map", value_name = "SRC=DST")]
+    pub namespace_map: Vec<String>,
+    /// Only these kinds (plural, plural.group or Kind; comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', value_name = "KIND")]
+    pub include: Vec<String>,
+    /// Not these kinds (same forms).
+    #[arg(long, value_delimiter = ',', value_name = "KIND")]
+    pub exclude: Vec<String>,
+    /// Only namespaced objects whose labels match (kubectl syntax: `app=web,tier in (a,b)`).
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Objects that already exist: skip them, update them (server-side apply), or fail them.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub existing: Existing,
+    /// Verify the backup and print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for restored workloads to be ready and claims bound.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits in all (with a unit: 300s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// The store to read from: `--storage`, else the policy's storage.
+///
+/// With `--storage`, S3 credentials come from the default AWS chain (environment, web identity,
+/// profile); `manifests/restore-job.yaml` maps the storage Secret into the environment.
+async fn backend(args: &RestoreArgs) -> anyhow::Result<Result<crate::policy::Backend, Outcome>> {
+    if let Some(url) = &args.storage {
+        return Ok(Ok(store::backend_from_url(url)?));
+    }
+    let Some(name) = &args.policy else {
+        eprintln!("error: give --storage URL, or --policy NAME to read the policy's storage");
+        return Ok(Err(Outcome::InvalidInput));
+    };
+    let settings = Settings::from_process(&args.source)?;
+    let set = crate::policy::command::load(&settings).await?;
+    let Some(policy): Option<&Policy> = set.policy(name) else {
+        eprintln!(
+            "error: no valid policy named {name:?}; valid policies: {:?}",
+            set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
+        );
+        return Ok(Err(Outcome::InvalidInput));
+    };
+    Ok(Ok(policy.storage.backend.clone()))
+}
+
+/// Run `freezeframe restore`.
+pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
+    let backend = match backend(&args).await? {
+        Ok(b) => b,
+        Err(outcome) => return Ok(outcome),
+    };
+    let namespace_map = match PlanOptions::parse_namespace_map(&args.namespace_map) {
+        Ok(map) => map,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(Outcome::InvalidInput);
+        }
+    };
+    let options = RestoreOptions {
+        backup: args.backup.clone(),
+        policy: args.policy.clone(),
+        plan: PlanOptions {
+            namespace_map,
+            include: args.include.clone(),
+            exclude: args.exclude.clone(),
+            selector: args.selector.clone(),
+            existing: args.existing,
+        },
+        dry_run: args.dry_run,
+        wait: args.wait.then_some(args.wait_timeout),
+    };
+    let (store, layout) = store::open(&backend, None).await;
+    let client = kube::Client::try_default().await?;
+    let target = KubeTarget::new(client);
+    let ctx = Context {
+        store: store.as_ref(),
+        layout: &layout,
+        target: &target,
+    };
+    let (plan, report) = match super::run(&ctx, &options).await {
+        Ok(done) => done,
+        Err(e @ Error::InvalidOption { .. }) => {
+            eprintln!("error: {e}");
+            return Ok(Outcome::InvalidInput);
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("restore refused; nothing was written")),
+    };
+    match args.output {
+        Format::Json => {
+            let steps: Vec<serde_json::Value> = plan
+                .steps
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "phase": s.phase, "kind": s.kind, "namespace": s.namespace, "name": s.name,
+                        "action": s.action,
+                    })
+                })
+                .collect();
+            let out = serde_json::json!({"plan": steps, "report": report});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Table if args.dry_run => {
+            print!("{plan}");
+            println!(
+                "dry run of {}/{}: {} of {} objects would be restored; nothing was written",
+                report.policy,
+                report.backup_id,
+                plan.applied(),
+                plan.steps.len()
+            );
+        }
+        Format::Table => {
+            print!("{}", report.table());
+            println!(
+                "restored {}/{}: {:?}",
+                report.policy,
+                report.backup_id,
+                report.outcome()
+            );
+        }
+    }
+    Ok(report.outcome())
+}

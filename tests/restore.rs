@@ -1,0 +1,588 @@
+//! Restore end to end against the sandbox: the shop namespace (26 kinds incl. a CR) backed up, deleted
+//! and restored; restored into another namespace; into a fresh sandbox from SeaweedFS (the DR cluster);
+//! dry runs write nothing; corrupt, tampered and unsafe backups are refused; a second restore changes
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use freezeframe::backup::{self, Context as BackupContext, Manifest};
+use freezeframe::clock::ManualClock;
+use freezeframe::exit::Outcome;
+use freezeframe::export::ExportOptions;
+use freezeframe::policy::Backend;
+use freezeframe::restore::apply::KubeTarget;
+use freezeframe::restore::plan::Action;
+use freezeframe::restore::{
+    self, BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions,
+};
+use freezeframe::sandbox::{Sandbox, SandboxOptions};
+use freezeframe::store::fs::FsStore;
+use freezeframe::store::{self, Layout, ObjectStore};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::discovery::{Discovery, Scope, verbs};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::{Value, json};
+
+use crate::export::{SHOP_KINDS, kind_id, list_all, selection, shop_env, start_time};
+use crate::harness::{TestEnv, test_credentials};
+
+/// Back up the shop namespace as policy `shop`.
+async fn back_up(client: kube::Client, store: &dyn ObjectStore, layout: &Layout) -> anyhow::Result<Manifest> {
+    let clock = ManualClock::new(start_time());
+    let ctx = BackupContext {
+        client,
+        store,
+        layout,
+        clock: &clock,
+    };
+    Ok(backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default()).await?)
+}
+
+fn options() -> RestoreOptions {
+    RestoreOptions {
+        backup: BackupRef::Latest,
+        policy: None,
+        plan: PlanOptions::default(),
+        dry_run: false,
+        wait: None,
+    }
+}
+
+async fn restore(
+    client: kube::Client,
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    options: &RestoreOptions,
+) -> Result<(Plan, Report), Error> {
+    let target = KubeTarget::new(client);
+    let ctx = Context {
+        store,
+        layout,
+        target: &target,
+    };
+    restore::run(&ctx, options).await
+}
+
+async fn delete_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let uid = api.get(name).await?.metadata.uid.unwrap_or_default();
+    api.delete(name, &DeleteParams::default()).await?;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(api, name, conditions::is_deleted(&uid)),
+    )
+    .await??;
+    Ok(())
+}
+
+async fn namespace_exists(client: &kube::Client, name: &str) -> anyhow::Result<bool> {
+    Ok(Api::<Namespace>::all(client.clone())
+        .get_opt(name)
+        .await?
+        .is_some())
+}
+
+/// Every object in `namespace` (events excepted), by (kind id, name).
+async fn objects(
+    client: &kube::Client,
+    namespace: &str,
+) -> anyhow::Result<BTreeMap<(String, String), Value>> {
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut out = BTreeMap::new();
+    for (resource, caps) in discovery.groups().flat_map(|g| g.recommended_resources()) {
+        if caps.scope != Scope::Namespaced
+            || !caps.supports_operation(verbs::LIST)
+            || resource.plural == "events"
+        {
+            continue;
+        }
+        for mut obj in list_all(client, &resource, namespace).await? {
+            obj["apiVersion"] = resource.api_version.clone().into();
+            obj["kind"] = resource.kind.clone().into();
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            out.insert((kind_id(&resource), name), obj);
+        }
+    }
+    Ok(out)
+}
+
+/// An object without what the server (and only the server) sets differently for a new object.
+fn normalize(kind: &str, mut obj: Value, namespace: &str) -> Value {
+    freezeframe::export::sanitize::sanitize(&mut obj, false);
+    obj["metadata"]["namespace"] = json!(namespace);
+    for r in obj["metadata"]["ownerReferences"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        r.as_object_mut().map(|r| r.remove("uid"));
+    }
+    match kind {
+        "persistentvolumeclaims" => {
+            obj["spec"].as_object_mut().map(|s| s.remove("volumeName"));
+        }
+        "jobs.batch" => {
+            obj["spec"].as_object_mut().map(|s| s.remove("selector"));
+            if let Some(labels) = obj["spec"]["template"]["metadata"]["labels"].as_object_mut() {
+                labels.remove("controller-uid");
+                labels.remove("batch.kubernetes.io/controller-uid");
+            }
+        }
+        "rolebindings.rbac.authorization.k8s.io" => {
+            for s in obj["subjects"].as_array_mut().into_iter().flatten() {
+                if s["namespace"].is_string() {
+                    s["namespace"] = json!(namespace);
+                }
+            }
+        }
+        _ => {}
+    }
+    obj
+}
+
+/// Assert every object the plan restored into `to` equals its original in `before`, modulo server fields.
+fn assert_restored_equal(
+    plan: &Plan,
+    before: &BTreeMap<(String, String), Value>,
+    after: &BTreeMap<(String, String), Value>,
+    to: &str,
+) -> usize {
+    let mut compared = 0;
+    for step in plan.steps.iter().filter(|s| s.action == Action::Create) {
+        let key = (step.kind.clone(), step.name.clone());
+        let original = before
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key:?} not in the original"));
+        let restored = after.get(&key).unwrap_or_else(|| panic!("{key:?} not restored"));
+        assert_eq!(
+            normalize(&step.kind, restored.clone(), to),
+            normalize(&step.kind, original.clone(), to),
+            "{key:?}"
+        );
+        compared += 1;
+    }
+    compared
+}
+
+#[tokio::test]
+async fn given_shop_backup_when_namespace_is_deleted_and_restored_then_objects_come_back_equal_modulo_server_fields()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let store = FsStore::new(env.dir().join("store"));
+    let layout = Layout::new("");
+    let manifest = back_up(env.client(), &store, &layout).await?;
+    for kind in SHOP_KINDS {
+        assert!(manifest.objects.contains_key(*kind), "{kind} not backed up");
+    }
+    let before = objects(&env.client(), "shop").await?;
+    delete_namespace(&env.client(), "shop").await?;
+
+    let (plan, report) = restore(env.client(), &store, &layout, &options()).await?;
+
+    assert_eq!(report.failures, [], "{}", report.table());
+    assert_eq!(report.outcome(), Outcome::Success);
+    let after = objects(&env.client(), "shop").await?;
+    let compared = assert_restored_equal(&plan, &before, &after, "shop");
+    let kinds: std::collections::BTreeSet<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.action == Action::Create)
+        .map(|s| s.kind.as_str())
+        .collect();
+    assert!(kinds.len() >= 20, "{kinds:?}");
+    assert!(kinds.contains("carts.shop.example.com"), "{kinds:?}");
+    assert!(compared >= 25, "{compared} objects compared");
+    // Controllers recreated what restore skipped; claims are bound to new volumes.
+    assert!(
+        after.keys().any(|(k, n)| k == "pods" && n.starts_with("web-")),
+        "web pods"
+    );
+    assert!(after.contains_key(&("pods".into(), "db-0".into())), "db-0");
+    let claim = &after[&("persistentvolumeclaims".to_string(), "data-db-0".to_string())];
+    assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
+    // The cluster's own objects were left to the cluster.
+    assert_eq!(
+        report.kinds["serviceaccounts"]
+            .skipped_because
+            .get("clusterManaged"),
+        Some(&1)
+    );
+    assert!(after.contains_key(&("serviceaccounts".into(), "default".into())));
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_namespace_map_when_restored_then_a_copy_lives_beside_the_untouched_original()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let store = FsStore::new(env.dir().join("store"));
+    let layout = Layout::new("");
+    back_up(env.client(), &store, &layout).await?;
+    let before = objects(&env.client(), "shop").await?;
+    let mut opts = options();
+    opts.plan.namespace_map = PlanOptions::parse_namespace_map(&["shop=shop-copy".into()])?;
+
+    let (plan, report) = restore(env.client(), &store, &layout, &opts).await?;
+
+    assert_eq!(report.failures, [], "{}", report.table());
+    let copy = objects(&env.client(), "shop-copy").await?;
+    assert_restored_equal(&plan, &before, &copy, "shop-copy");
+    let binding = &copy[&(
+        "rolebindings.rbac.authorization.k8s.io".to_string(),
+        "reader".to_string(),
+    )];
+    assert_eq!(binding["subjects"][0]["namespace"], "shop-copy");
+    let service = &copy[&("services".to_string(), "web".to_string())];
+    let original = &before[&("services".to_string(), "web".to_string())];
+    assert!(service["spec"]["clusterIP"].is_string());
+    assert_ne!(
+        service["spec"]["clusterIP"], original["spec"]["clusterIP"],
+        "cluster IP reset"
+    );
+    assert_eq!(
+        Api::<Namespace>::all(env.client())
+            .get("shop-copy")
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default()["kubernetes.io/metadata.name"],
+        "shop-copy"
+    );
+    // The original is untouched: same objects, same resource versions.
+    let now = objects(&env.client(), "shop").await?;
+    for (key, obj) in &before {
+        assert_eq!(
+            now.get(key).map(|o| &o["metadata"]["resourceVersion"]),
+            Some(&obj["metadata"]["resourceVersion"]),
+            "{key:?} changed"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_backup_in_seaweedfs_when_restored_into_a_fresh_sandbox_then_the_shop_runs_there()
+-> anyhow::Result<()> {
+    let env = TestEnv::with_s3().await?;
+    shop_env(&env).await?;
+    let backend = Backend::S3(freezeframe::policy::S3Storage {
+        bucket: env.s3().bucket().to_string(),
+        prefix: "clusters/prod".into(),
+        region: Some(crate::harness::TEST_REGION.into()),
+        endpoint: Some(env.s3().endpoint()),
+        force_path_style: true,
+        credentials_secret: None,
+        server_side_encryption: None,
+        kms_key_id: None,
+    });
+    let (source_store, layout) = store::open(&backend, Some(&test_credentials())).await;
+    let manifest = back_up(env.client(), source_store.as_ref(), &layout).await?;
+    let before = objects(&env.client(), "shop").await?;
+
+    // The DR cluster: another sandbox that has never seen the shop, reading the same bucket.
+    let dr = Sandbox::start(SandboxOptions::default()).await?;
+    let dr_client = dr.client().await?;
+    let (dr_store, dr_layout) = store::open(&backend, Some(&test_credentials())).await;
+    let mut opts = options();
+    opts.backup = BackupRef::Id(store::BackupId::parse(&manifest.backup_id).unwrap());
+    opts.wait = Some(Duration::from_secs(60));
+
+    let (plan, report) = restore(dr_client.clone(), dr_store.as_ref(), &dr_layout, &opts).await?;
+
+    assert_eq!(report.failures, [], "{}", report.table());
+    assert_eq!(report.outcome(), Outcome::Success);
+    assert_eq!(
+        report.kinds["customresourcedefinitions.apiextensions.k8s.io"].created,
+        1
+    );
+    let after = objects(&dr_client, "shop").await?;
+    assert_restored_equal(&plan, &before, &after, "shop");
+    assert!(after.contains_key(&("carts.shop.example.com".into(), "cart-1".into())));
+    assert_ne!(report.source_cluster, "");
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_dry_run_and_then_two_restores_through_the_cli_then_only_the_first_real_one_writes()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let dir = env.dir().join("store");
+    let store = FsStore::new(&dir);
+    let manifest = back_up(env.client(), &store, &Layout::new("")).await?;
+    delete_namespace(&env.client(), "shop").await?;
+    let url = format!("file://{}", dir.display());
+    let kubeconfig = env.sandbox().kubeconfig_path().to_path_buf();
+    let cli = |args: &[&str]| {
+        let kubeconfig = kubeconfig.clone();
+        let mut all = vec!["restore", "--storage", url.as_str()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(String::from).collect();
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"))
+                .args(&all)
+                .env("KUBECONFIG", kubeconfig)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await?;
+            anyhow::Ok((
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ))
+        }
+    };
+
+    let (code, out, err) = cli(&["--backup", "latest", "--dry-run"]).await?;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("nothing was written"), "{out}");
+    assert!(
+        out.contains("carts.shop.example.com\tshop/cart-1\tcreate"),
+        "{out}"
+    );
+    assert!(
+        !namespace_exists(&env.client(), "shop").await?,
+        "a dry run created the namespace"
+    );
+
+    let (code, out, err) = cli(&["--backup", &manifest.backup_id, "-o", "json"]).await?;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let first: Value = serde_json::from_str(&out)?;
+    assert_eq!(first["report"]["kinds"]["configmaps"]["created"], 1, "{first}");
+    let before = objects(&env.client(), "shop").await?;
+
+    let (code, out, err) = cli(&["--backup", "latest", "--existing", "skip", "-o", "json"]).await?;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let second: Value = serde_json::from_str(&out)?;
+    for (kind, k) in second["report"]["kinds"].as_object().unwrap() {
+        assert_eq!(k["created"], 0, "{kind}");
+        assert_eq!(k["updated"], 0, "{kind}");
+    }
+    assert_eq!(
+        second["report"]["kinds"]["deployments.apps"]["skippedBecause"]["exists"],
+        1
+    );
+    let after = objects(&env.client(), "shop").await?;
+    let versions = |m: &BTreeMap<(String, String), Value>| -> BTreeMap<(String, String), Value> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v["metadata"]["resourceVersion"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        versions(&after),
+        versions(&before),
+        "a second restore changed objects"
+    );
+
+    let (code, _, err) = cli(&["--backup", "latest", "--namespace-map", "nope"]).await?;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&["--backup", "20200101T000000Z"]).await?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no complete backup"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_existing_update_when_an_object_drifted_then_server_side_apply_brings_the_backup_back()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let store = FsStore::new(env.dir().join("store"));
+    let layout = Layout::new("");
+    back_up(env.client(), &store, &layout).await?;
+    let configmaps: Api<ConfigMap> = Api::namespaced(env.client(), "shop");
+    configmaps
+        .patch(
+            "web-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"greeting": "drifted"}})),
+        )
+        .await?;
+    let mut opts = options();
+    opts.plan.existing = Existing::Update;
+    opts.plan.include = vec!["configmaps".into()];
+
+    let (_, report) = restore(env.client(), &store, &layout, &opts).await?;
+
+    assert_eq!(report.failures, [], "{}", report.table());
+    assert_eq!(report.kinds["configmaps"].updated, 1, "{}", report.table());
+    let cm = configmaps.get("web-config").await?;
+    assert_eq!(cm.data.unwrap_or_default()["greeting"], "hello");
+
+    opts.plan.existing = Existing::Fail;
+    let (_, report) = restore(env.client(), &store, &layout, &opts).await?;
+    assert_eq!(report.kinds["configmaps"].failed, 1);
+    assert_eq!(report.outcome(), Outcome::PartiallyFailed);
+    Ok(())
+}
+
+/// Flip one byte of a stored artifact, keeping its size.
+fn tamper(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_tampered_truncated_or_incomplete_backup_when_restoring_then_refused_before_anything_is_written()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let dir = env.dir().join("store");
+    let store = FsStore::new(&dir);
+    let layout = Layout::new("");
+    let manifest = back_up(env.client(), &store, &layout).await?;
+    delete_namespace(&env.client(), "shop").await?;
+    let keys = layout.backup("shop", &store::BackupId::parse(&manifest.backup_id).unwrap());
+    let archive = dir.join(keys.resources());
+    let original = std::fs::read(&archive)?;
+
+    tamper(&archive)?;
+    let err = restore(env.client(), &store, &layout, &options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Tampered { .. }), "{err:?}");
+    assert!(err.to_string().contains("resources.tar.zst"), "{err}");
+
+    std::fs::write(&archive, &original[..original.len() - 100])?;
+    let err = restore(env.client(), &store, &layout, &options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Tampered { .. }), "{err:?}");
+
+    std::fs::write(&archive, &original)?;
+    let manifest_file = dir.join(keys.manifest());
+    std::fs::remove_file(&manifest_file)?;
+    let mut by_id = options();
+    by_id.backup = BackupRef::Id(store::BackupId::parse(&manifest.backup_id).unwrap());
+    let err = restore(env.client(), &store, &layout, &by_id).await.unwrap_err();
+    assert!(matches!(err, Error::Incomplete { .. }), "{err:?}");
+    let err = restore(env.client(), &store, &layout, &options())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound { .. }),
+        "latest skips incomplete backups: {err:?}"
+    );
+
+    assert!(
+        !namespace_exists(&env.client(), "shop").await?,
+        "something was written"
+    );
+    Ok(())
+}
+
+/// A backup whose manifest matches its archive, but whose archive holds `entry` (built by hand).
+async fn backup_with_entry(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    header: tar::Header,
+    data: &[u8],
+) -> anyhow::Result<()> {
+    let mut tar = Vec::new();
+    tar.extend_from_slice(header.as_bytes());
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+    let compressed = zstd::encode_all(&tar[..], 3)?;
+    let id = store::BackupId::at(start_time());
+    let keys = layout.backup("evil", &id);
+    let written = store::put_bytes(store, &keys.resources(), &compressed).await?;
+    let now = start_time();
+    let manifest = Manifest {
+        format_version: backup::FORMAT_VERSION,
+        freezeframe_version: "test".into(),
+        backup_id: id.to_string(),
+        policy: "evil".into(),
+        cluster: backup::ClusterIdentity {
+            kube_system_uid: "x".into(),
+        },
+        namespaces: vec!["evil".into()],
+        selector: None,
+        started_at: now,
+        finished_at: now,
+        status: backup::Status::Completed,
+        objects: BTreeMap::new(),
+        cluster_objects: BTreeMap::new(),
+        artifacts: BTreeMap::from([("resources.tar.zst".to_string(), written)]),
+    };
+    store::put_bytes(store, &keys.manifest(), &serde_json::to_vec(&manifest)?).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_archive_with_links_or_escaping_paths_when_restoring_then_refused_and_nothing_is_written_outside()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let layout = Layout::new("");
+    let cases: Vec<(&str, tar::EntryType, &str)> = vec![
+        (
+            "resources/core/v1/configmaps/evil/x.yaml",
+            tar::EntryType::Symlink,
+            "/etc/passwd",
+        ),
+        (
+            "resources/core/v1/configmaps/evil/../../../../../../tmp/ff-evil.yaml",
+            tar::EntryType::Regular,
+            "",
+        ),
+        ("/tmp/ff-evil-absolute.yaml", tar::EntryType::Regular, ""),
+        (
+            "resources/core/v1/configmaps/evil/h.yaml",
+            tar::EntryType::Link,
+            "resources/x",
+        ),
+    ];
+    for (i, (path, kind, link)) in cases.into_iter().enumerate() {
+        let store = FsStore::new(env.dir().join(format!("store-{i}")));
+        let data = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: evil}\n";
+        let mut header = tar::Header::new_gnu();
+        let name = &mut header.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        let body: &[u8] = if kind == tar::EntryType::Regular {
+            data
+        } else {
+            b""
+        };
+        header.set_size(body.len() as u64);
+        if !link.is_empty() {
+            header.set_link_name(link)?;
+        }
+        header.set_cksum();
+        backup_with_entry(&store, &layout, header, body).await?;
+
+        let err = restore(env.client(), &store, &layout, &options())
+            .await
+            .unwrap_err();
+
+        assert!(matches!(err, Error::UnsafeEntry { .. }), "{path}: {err:?}");
+        assert!(!namespace_exists(&env.client(), "evil").await?);
+    }
+    assert!(!std::path::Path::new("/tmp/ff-evil.yaml").exists());
+    assert!(!std::path::Path::new("/tmp/ff-evil-absolute.yaml").exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_restore_job_manifest_when_applied_with_the_rbac_then_job_and_its_identity_exist()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.apply(include_str!("../manifests/rbac.yaml"))?;
+
+    let applied = env.apply(include_str!("../manifests/restore-job.yaml"))?;
+
+    assert_eq!(applied, 4);
+    let job: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client(), "freezeframe");
+    let job = job.get("freezeframe-restore").await?;
+    let spec = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("freezeframe-restore"));
+    assert_eq!(spec.containers[0].args.as_ref().unwrap()[0], "restore");
+    Ok(())
+}
