@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod policy;
 pub mod restore;
 pub mod sandbox;
+pub mod snapshot;
 pub mod store;
 
 /// Choose rustls' crypto provider once per process. The AWS SDK pulls in both aws-lc-rs and ring, so

@@ -13,4 +13,5 @@ mod s3;
 mod sandbox_api;
 mod sandbox_cli;
 mod sandbox_kubectl;
+mod snapshots;
 mod webhook;

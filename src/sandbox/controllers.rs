@@ -11,19 +11,20 @@ use sha2::{Digest, Sha256};
 use super::cluster::{Cluster, DeleteOptions, Event, Part, Work, WriteOptions, now, random_suffix};
 use super::registry::{ResourceId, ResourceType};
 use super::selector::LabelSelector;
+use super::snapshots::{self, Provisioning};
 use super::store::ChangeKind;
 
 const MANAGER: &str = "sandbox-controller-manager";
 
-fn name(o: &Value) -> &str {
+pub(super) fn name(o: &Value) -> &str {
     o["metadata"]["name"].as_str().unwrap_or_default()
 }
 
-fn ns(o: &Value) -> &str {
+pub(super) fn ns(o: &Value) -> &str {
     o["metadata"]["namespace"].as_str().unwrap_or_default()
 }
 
-fn uid(o: &Value) -> &str {
+pub(super) fn uid(o: &Value) -> &str {
     o["metadata"]["uid"].as_str().unwrap_or_default()
 }
 
@@ -96,6 +97,9 @@ pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
         }
         ("", "persistentvolumeclaims", ChangeKind::Added) => bind_claim(cluster, obj, work),
         ("", "persistentvolumeclaims", ChangeKind::Deleted) => release_claim(cluster, obj, work),
+        ("snapshot.storage.k8s.io" | "groupsnapshot.storage.k8s.io", _, _) => {
+            super::snapshots::react(cluster, ev, work)
+        }
         _ => {}
     }
 }
@@ -738,8 +742,9 @@ fn prepare_pod_dir(cluster: &Cluster, pod: &Value) {
     }
 }
 
-/// Dynamic provisioning: a claim whose StorageClass exists gets a new bound PersistentVolume.
-fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
+/// Dynamic provisioning: a claim whose StorageClass exists gets a new bound PersistentVolume (filled from
+/// its `dataSource` snapshot, if any, once that is ready).
+pub(super) fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
     if pvc["spec"]["volumeName"].as_str().is_some_and(|s| !s.is_empty()) {
         return;
     }
@@ -751,6 +756,14 @@ fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
         }),
     };
     let Some(class) = class else { return };
+    let source = match snapshots::provisioning(cluster, pvc) {
+        Provisioning::Wait(why) => {
+            tracing::debug!(claim = name(pvc), %why, "claim waits for its snapshot");
+            return;
+        }
+        Provisioning::From(dir) => Some(dir),
+        Provisioning::Empty => None,
+    };
     let pv_name = format!("pvc-{}", uid(pvc));
     let provisioner = class["provisioner"]
         .as_str()
@@ -779,6 +792,11 @@ fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
         return;
     }
     let _ = std::fs::create_dir_all(volume_dir(cluster, &pv_name));
+    if let Some(dir) = source
+        && let Err(e) = snapshots::restore_into(&dir, &volume_dir(cluster, &pv_name))
+    {
+        tracing::warn!(claim = name(pvc), error = %e, "could not fill the volume from its snapshot");
+    }
     let pvc_rt = rt(cluster, "", "v1", "persistentvolumeclaims");
     let Some(current) = cluster.store.get(&pvc_rt.id(), ns(pvc), name(pvc)) else {
         return;

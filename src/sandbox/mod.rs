@@ -14,6 +14,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod registry;
 pub mod selector;
+pub mod snapshots;
 pub mod status;
 pub mod store;
 
@@ -101,6 +102,9 @@ pub struct SandboxOptions {
     pub bookmark_interval: Option<Duration>,
     /// Store limits (history for watch resume, snapshots for continue tokens).
     pub limits: Option<StoreLimits>,
+    /// How long after the cut the bootstrap snapshot classes' snapshots become `readyToUse` (default:
+    /// at once). Per class or snapshot: the [`snapshots::READY_AFTER_ANNOTATION`] annotation.
+    pub snapshot_ready_delay: Option<Duration>,
 }
 
 /// A running sandbox API server. Dropping it stops the server.
@@ -137,7 +141,8 @@ impl Sandbox {
             state_dir: state_dir.clone(),
             limits: options.limits.unwrap_or_default(),
         }));
-        bootstrap(&cluster);
+        snapshots::spawn_readiness(&cluster);
+        bootstrap(&cluster, options.snapshot_ready_delay);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
             .await
             .map_err(|source| Error::Bind {
@@ -336,7 +341,7 @@ impl DeserializeYaml for Value {
 
 /// What a fresh cluster has: system namespaces, a node, the snapshot CRDs, default storage and snapshot
 /// classes for the sandbox CSI driver.
-fn bootstrap(cluster: &Cluster) {
+fn bootstrap(cluster: &Cluster, snapshot_ready_delay: Option<Duration>) {
     let opts = WriteOptions {
         field_manager: Some("kube-apiserver".into()),
         ..Default::default()
@@ -352,6 +357,13 @@ fn bootstrap(cluster: &Cluster) {
         if let Err(e) = cluster.create(&rt, &ns, obj, &opts) {
             tracing::error!(kind, error = %e, "sandbox bootstrap object rejected");
         }
+    };
+    let snapclass_annotations = |default_key: &str| {
+        let mut a = json!({default_key: "true"});
+        if let Some(d) = snapshot_ready_delay.filter(|d| !d.is_zero()) {
+            a[snapshots::READY_AFTER_ANNOTATION] = json!(format!("{}ms", d.as_millis()));
+        }
+        a
     };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         create(
@@ -400,7 +412,7 @@ fn bootstrap(cluster: &Cluster) {
         "VolumeSnapshotClass",
         json!({"apiVersion": "snapshot.storage.k8s.io/v1",
         "kind": "VolumeSnapshotClass",
-        "metadata": {"name": "sandbox-snapclass", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
+        "metadata": {"name": "sandbox-snapclass", "annotations": snapclass_annotations("snapshot.storage.kubernetes.io/is-default-class")},
         "driver": "sandbox.freezeframe.dev", "deletionPolicy": "Delete"}),
     );
     create(
@@ -408,7 +420,7 @@ fn bootstrap(cluster: &Cluster) {
         "VolumeGroupSnapshotClass",
         json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1",
         "kind": "VolumeGroupSnapshotClass",
-        "metadata": {"name": "sandbox-groupsnapclass", "annotations": {"groupsnapshot.storage.kubernetes.io/is-default-class": "true"}},
+        "metadata": {"name": "sandbox-groupsnapclass", "annotations": snapclass_annotations("groupsnapshot.storage.kubernetes.io/is-default-class")},
         "driver": "sandbox.freezeframe.dev", "deletionPolicy": "Delete"}),
     );
     let _ = render;
