@@ -510,6 +510,10 @@ async fn backup_with_entry(
         objects: BTreeMap::new(),
         cluster_objects: BTreeMap::new(),
         artifacts: BTreeMap::from([("resources.tar.zst".to_string(), written)]),
+        problems: vec![],
+        hooks: None,
+        dumps: vec![],
+        volumes: None,
     };
     store::put_bytes(store, &keys.manifest(), &serde_json::to_vec(&manifest)?).await?;
     Ok(())

@@ -36,6 +36,10 @@ fn manifest() -> Manifest {
         ]),
         cluster_objects: BTreeMap::new(),
         artifacts: BTreeMap::new(),
+        problems: vec![],
+        hooks: None,
+        dumps: vec![],
+        volumes: None,
     }
 }
 
