@@ -52,6 +52,9 @@ pub enum Error {
     /// The export failed.
     #[error("exporting resources")]
     Export(#[source] export::Error),
+    /// Preparing the volume snapshots failed before the freeze (discovery, listing claims, labels).
+    #[error("cannot prepare the volume snapshots")]
+    Snapshots(#[source] crate::snapshot::Error),
     /// A store operation failed.
     #[error("{what}")]
     Store {
@@ -195,19 +198,52 @@ pub async fn backup<E: PodExecutor>(
         volumes: None,
     };
 
-    // Freeze → snapshot + frozen dumps → thaw (the engine thaws whatever happens inside).
+    // Volume snapshots are prepared before the freeze (claims, classes, group labels), so the freeze
+    // only has to create them and wait for the cut.
+    let prepared = match req.freeze.volumes.as_ref() {
+        Some(volumes) => Some(
+            crate::snapshot::prepare(
+                &ctx.client,
+                req.selection,
+                crate::snapshot::Request {
+                    policy: req.policy,
+                    backup_id: id.as_str(),
+                    volumes,
+                },
+            )
+            .await
+            .map_err(Error::Snapshots)?,
+        ),
+        None => None,
+    };
+
+    // Freeze → snapshot cut + frozen dumps → thaw (the engine thaws whatever happens inside).
     let (hooks, captured) = engine
         .with_freeze(&req.freeze.plan, cancel, || async {
-            let volumes = snapshot_volumes(ctx, req.freeze.volumes.as_ref(), req.selection, &keys).await;
+            let cut = match &prepared {
+                Some(p) => Some(p.take().await),
+                None => None,
+            };
             let dumps =
                 dump::run_all(engine.executor(), ctx.store, &keys, req.freeze.dumps.phase(true)).await;
-            (volumes, dumps)
+            (cut, dumps)
         })
         .await;
     record_hooks(&mut manifest, &hooks, &req.freeze.dumps);
-    if let Some((volumes, dumps)) = captured {
-        manifest.volumes = volumes;
-        manifest.dumps = dumps;
+    let cut = match captured {
+        Some((cut, dumps)) => {
+            manifest.dumps = dumps;
+            cut
+        }
+        None => None,
+    };
+    // After the thaw: wait for readyToUse outside the freeze, record volumes.json.
+    let mut volumes = match prepared {
+        Some(p) => Some(p.complete(cut).await),
+        None => None,
+    };
+    if let Some(outcome) = &volumes {
+        record_volumes(ctx, &keys, &mut manifest, outcome).await?;
     }
 
     if matches!(
@@ -226,6 +262,16 @@ pub async fn backup<E: PodExecutor>(
     }
 
     settle_status(&mut manifest);
+    if manifest.status == Status::Failed
+        && let Some(outcome) = volumes.as_mut()
+    {
+        let deleted = crate::snapshot::discard(&ctx.client, outcome).await;
+        if deleted > 0 {
+            manifest
+                .problems
+                .push(format!("{deleted} snapshot(s) of this failed run were deleted"));
+        }
+    }
     manifest.finished_at = ctx.clock.now();
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serialises");
     store::put_bytes(ctx.store, &keys.manifest(), &json)
@@ -239,26 +285,40 @@ pub async fn backup<E: PodExecutor>(
     Ok(manifest)
 }
 
-/// The volume snapshot step, inside the freeze (after every pre action, before the thaw).
-///
-/// Seam for `src/snapshot/` (being written): it creates the CSI VolumeSnapshots (or one
-/// VolumeGroupSnapshot) of the PVCs `selection` covers, writes `keys.volumes()`, and returns their
-/// references; waiting for `readyToUse` belongs after the thaw. This build takes no snapshots: with
-/// `volumes.snapshot: csi` the manifest says so in `volumes.note` (the status is not lowered, since no
-/// snapshot was attempted, but nothing claims volume data either).
-async fn snapshot_volumes(
-    _ctx: &Context<'_>,
-    volumes: Option<&Volumes>,
-    _selection: &Selection,
-    _keys: &BackupKeys,
-) -> Option<VolumesRecord> {
-    volumes?;
-    let note = "volume snapshots are not available in this build: no volume data was captured";
-    tracing::warn!("{note}");
-    Some(VolumesRecord {
-        snapshots: Vec::new(),
-        note: Some(note.into()),
-    })
+/// Store `volumes.json`, list it as an artifact, and let the snapshots' verdict shape the status.
+async fn record_volumes(
+    ctx: &Context<'_>,
+    keys: &BackupKeys,
+    manifest: &mut Manifest,
+    outcome: &crate::snapshot::Outcome,
+) -> Result<()> {
+    let key = keys.volumes();
+    let written = store::put_bytes(ctx.store, &key, &outcome.volumes_json())
+        .await
+        .map_err(store_error(format!("writing {key}")))?;
+    manifest.artifacts.insert(layout::VOLUMES.to_string(), written);
+    manifest.volumes = Some(VolumesRecord {
+        snapshots: outcome
+            .created
+            .iter()
+            .map(|c| format!("{}/{}", c.namespace, c.name))
+            .collect(),
+        note: outcome.cut_at.map(|t| format!("cut at {}", t.to_rfc3339())),
+    });
+    for f in &outcome.failures {
+        manifest.problems.push(format!(
+            "volume snapshot of claim {}/{} failed: {}",
+            f.namespace, f.pvc, f.reason
+        ));
+    }
+    match outcome.verdict {
+        crate::snapshot::Verdict::Failed => manifest.status = Status::Failed,
+        crate::snapshot::Verdict::PartiallyFailed if manifest.status == Status::Completed => {
+            manifest.status = Status::PartiallyFailed
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Export the selection's resources into `resources.tar.zst`, verify it, and record it. Cancellation
