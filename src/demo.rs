@@ -1,5 +1,6 @@
 //! `freezeframe demo`: the whole story on one machine — a sandbox cluster with a stateful app, a policy
-//! with group freeze hooks, a backup to a local directory, and the stored result.
+//! with group freeze hooks, a backup to a local directory, the stored result, and a restore of it into a
+//! new namespace with the volume data back.
 //!
 //! The demo drives freezeframe through its public command line (`backup`, `list`) against the sandbox's
 //! kubeconfig, exactly as a CronJob would run it, so what it shows is what users get.
@@ -140,6 +141,33 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         let marks = exec(&pods, &name, "cat frozen-at thawed-at 2>/dev/null | tr '\\n' ' '").await?;
         println!("    {name} hook marks: {}", marks.trim());
     }
+    step(
+        6,
+        "Restoring the backup into namespace demo-shop-restored (claims come back from the snapshots)",
+    );
+    let restored = freezeframe(
+        &sandbox,
+        &[
+            "restore",
+            "--backup",
+            "latest",
+            "--policy",
+            "demo-shop",
+            "--namespace-map",
+            "demo-shop=demo-shop-restored",
+            "--wait",
+            "--policy-file",
+        ],
+        &policy_file,
+    )
+    .await?;
+    let restored_pods: Api<Pod> = Api::namespaced(client.clone(), "demo-shop-restored");
+    for name in names(&db_pods.items) {
+        let data = exec(&restored_pods, &name, "cat var/lib/db/orders").await?;
+        println!("    demo-shop-restored/{name}: {}", data.trim());
+    }
+    let outcome = if restored == 0 { outcome } else { Outcome::Failed };
+
     println!(
         "\nBackups are in {}; the sandbox state is in {}.",
         store_dir.display(),

@@ -19,6 +19,10 @@ async fn given_fresh_directory_when_demo_runs_then_backup_is_committed_to_the_lo
     );
     assert!(stdout.contains("db-0: orders of db-0"), "{stdout}");
     assert!(stdout.contains("Completed"), "{stdout}");
+    assert!(
+        stdout.contains("demo-shop-restored/db-1: orders of db-1"),
+        "volume data restored: {stdout}"
+    );
     let policy_dir = dir.path().join("backups/backups/demo-shop");
     let backups: Vec<_> = std::fs::read_dir(&policy_dir).unwrap().collect();
     assert_eq!(backups.len(), 1, "one backup under {}", policy_dir.display());

@@ -85,6 +85,7 @@ pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
         (SNAP, "volumesnapshots", ChangeKind::Deleted) => {
             delete_bound_content(cluster, obj, "volumesnapshotcontents", SNAP, work)
         }
+        (SNAP, "volumesnapshotcontents", ChangeKind::Added) => check_preprovisioned(cluster, obj, work),
         (SNAP, "volumesnapshotcontents", ChangeKind::Deleted) => {
             if obj["spec"]["deletionPolicy"] == "Delete"
                 && let Some(handle) = obj["status"]["snapshotHandle"].as_str()
@@ -402,6 +403,32 @@ fn restore_bytes(q: &Value) -> i64 {
         _ => 0,
     };
     n.saturating_mul(mult)
+}
+
+/// A pre-provisioned content (`spec.source.snapshotHandle`, as a restore into another cluster creates
+/// it): the CSI sidecar asks the driver whether the snapshot exists and reports it ready, or not.
+fn check_preprovisioned(cluster: &Cluster, content: &Value, work: &mut Work) {
+    let Some(handle) = content["spec"]["source"]["snapshotHandle"].as_str() else {
+        return;
+    };
+    if content["status"]["readyToUse"].is_boolean() {
+        return;
+    }
+    let Some(rt) = kind(cluster, SNAP, "volumesnapshotcontents") else {
+        return;
+    };
+    let dir = snapshot_dir(cluster, handle);
+    let status = if dir.is_dir() {
+        let created = std::fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .map(DateTime::<Utc>::from)
+            .unwrap_or_else(|_| Utc::now());
+        json!({"snapshotHandle": handle, "readyToUse": true, "creationTime": nanos(created)})
+    } else {
+        json!({"snapshotHandle": handle, "readyToUse": false,
+               "error": {"message": format!("snapshot {handle} does not exist on driver {}", content["spec"]["driver"].as_str().unwrap_or_default()), "time": rfc3339(Utc::now())}})
+    };
+    set_status(cluster, work, &rt, "", name(content), status);
 }
 
 /// A snapshot of an existing content (pre-provisioned, or a group member): bind and mirror its status.
