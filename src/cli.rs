@@ -83,7 +83,9 @@ Examples:
   # Run the whole tick now, outside the schedule (a one-off Job from the CronJob's template)
   kubectl -n freezeframe create job --from=cronjob/freezeframe freezeframe-now
 
-  # Back up two policies now whatever their schedules say; other policies still run if due
+  # Back up two policies now whatever their schedules say; other policies still run if due.
+  # In the cluster: `kubectl create job --from=cronjob/freezeframe freezeframe-now --dry-run=client -o yaml`,
+  # set the container's args to [run, --now, cassandra-ring], then `kubectl create -f` it.
   freezeframe run --now cassandra-ring --now postgres";
 
 /// Parse the process arguments and run the chosen subcommand.
