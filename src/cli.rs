@@ -23,6 +23,9 @@ pub enum Command {
     /// List policies: schedule, last and next run, storage and last result (exit 2 if any is invalid).
     #[command(after_help = POLICIES_HELP)]
     Policies(crate::policy::list::PoliciesArgs),
+    /// One CronJob tick: back up every policy that is due (or forced with --now), one run at a time.
+    #[command(after_help = RUN_HELP)]
+    Run(crate::run::RunArgs),
     /// Back up one policy now: freeze hooks, dumps, resources export, manifest (exit 0/3/1).
     Backup(crate::backup::command::BackupArgs),
     /// List the backups in a store, flagging incomplete ones.
@@ -55,6 +58,36 @@ Examples:
   # A local file before applying it (a file has no run state: LAST SCHEDULED and LAST RESULT show -)
   freezeframe policies --policy-file policies/cassandra.yaml";
 
+const RUN_HELP: &str = "\
+What a tick does, in order:
+  1. read the policy ConfigMap (freezeframe-policies in FREEZEFRAME_NAMESPACE or the pod's namespace)
+  2. mark invalid policies: annotation status.freezeframe.dev/<policy> and a Warning Event on the
+     ConfigMap; they never run, and the tick exits 2 after running the valid ones
+  3. take the Lease freezeframe-run in freezeframe's namespace, so two runs never overlap; if another
+     live run holds it, print \"another run holds the lease\" and exit 0 without doing anything
+  4. for each valid policy: is a fire time of its schedule in (last scheduled, now]? Missed fire times
+     coalesce into one run; one later than startingDeadline is skipped with a warning; a new policy
+     waits for its first fire time (runOnCreate: true runs it at once); suspend: true skips it
+  5. record the fire time (last-scheduled.freezeframe.dev/<policy>), back the policy up (freeze hooks,
+     dumps, snapshots, export, manifest), record last-result.freezeframe.dev/<policy>
+  6. release the Lease
+
+Exit status: 0 everything that ran succeeded (or nothing was due, or another run holds the Lease),
+3 some backup partially failed, 1 some backup failed (or SIGTERM stopped the run), 2 some policy is
+invalid or --now names no valid policy (checked after the valid ones ran).
+
+Examples:
+  # What the CronJob runs every tick
+  freezeframe run
+
+  # Run the whole tick now, outside the schedule (a one-off Job from the CronJob's template)
+  kubectl -n freezeframe create job --from=cronjob/freezeframe freezeframe-now
+
+  # Back up two policies now whatever their schedules say; other policies still run if due.
+  # In the cluster: `kubectl create job --from=cronjob/freezeframe freezeframe-now --dry-run=client -o yaml`,
+  # set the container's args to [run, --now, cassandra-ring], then `kubectl create -f` it.
+  freezeframe run --now cassandra-ring --now postgres";
+
 /// Parse the process arguments and run the chosen subcommand.
 pub fn run() -> anyhow::Result<Outcome> {
     let cli = Cli::parse();
@@ -67,6 +100,7 @@ pub fn run() -> anyhow::Result<Outcome> {
             Command::Sandbox(args) => crate::sandbox::cli::run(args).await,
             Command::Validate(args) => crate::policy::command::run(args).await,
             Command::Policies(args) => crate::policy::list::run(args).await,
+            Command::Run(args) => crate::run::run(args).await,
             Command::Backup(args) => crate::backup::command::backup(args).await,
             Command::List(args) => crate::backup::command::list(args).await,
             Command::Restore(args) => crate::restore::command::run(args).await,

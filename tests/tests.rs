@@ -3,6 +3,7 @@
 //! Run everything with `scripts/test` (installs SeaweedFS into .venv first).
 
 mod backup_run;
+mod cron_run;
 mod demo;
 mod export;
 mod harness;

@@ -104,11 +104,26 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
         None => policy.storage.backend.clone(),
     };
     let client = kube::Client::try_default().await?;
-    let creds = credentials(&client, &settings, &backend).await?;
-    let (store, layout) = store::open(&backend, creds.as_ref()).await;
-    let selection = Selection::for_policy(&client, policy).await?;
-    let freeze = Freeze::for_policy(&client, policy).await?;
     let cancel = cancel_on_signals()?;
+    let manifest = back_up_policy(&client, &settings, policy, &backend, &cancel).await?;
+    print!("{}", summary(&manifest));
+    Ok(manifest.status.outcome())
+}
+
+/// One backup of `policy` into `backend` with the real cluster and wall clock: the store (with the
+/// storage's credentials), selection, freeze plan and hook engine, then [`super::backup`]. Shared by
+/// `freezeframe backup` and `freezeframe run`; `cancel` is the process's [`cancel_on_signals`] token.
+pub async fn back_up_policy(
+    client: &kube::Client,
+    settings: &Settings,
+    policy: &Policy,
+    backend: &Backend,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Manifest> {
+    let creds = credentials(client, settings, backend).await?;
+    let (store, layout) = store::open(backend, creds.as_ref()).await;
+    let selection = Selection::for_policy(client, policy).await?;
+    let freeze = Freeze::for_policy(client, policy).await?;
     let ctx = Context {
         client: client.clone(),
         store: store.as_ref(),
@@ -121,10 +136,8 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
         options: &ExportOptions::default(),
         freeze: &freeze,
     };
-    let engine = Engine::new(KubeExecutor::new(client));
-    let manifest = super::backup(&ctx, &engine, request, &cancel).await?;
-    print!("{}", summary(&manifest));
-    Ok(manifest.status.outcome())
+    let engine = Engine::new(KubeExecutor::new(client.clone()));
+    Ok(super::backup(&ctx, &engine, request, cancel).await?)
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT (the Job deleted, `activeDeadlineSeconds`, Ctrl-C):

@@ -1,0 +1,273 @@
+//! `freezeframe run`: what the CronJob executes every tick, as one sequence of named steps:
+//!
+//! load policies → report invalid ones → take the run Lease → for each valid policy: due? → record the
+//! scheduled time → back up → record the result → release the Lease → exit code.
+//!
+//! This module only sequences the steps and adds context to their errors; each step lives in its own
+//! module ([`crate::policy::store`], [`crate::policy::status`], [`lease`], [`crate::policy::decide`],
+//! [`crate::backup::command::back_up_policy`]).
+
+pub mod lease;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{Manifest, Status, command as backup_command};
+use crate::config::{PolicySource, PolicySourceArgs, Settings};
+use crate::exit::Outcome;
+use crate::policy::store::{self, LastResult, ResultPhase};
+use crate::policy::{Decision, DueInput, Policy, decide};
+
+/// Arguments of `freezeframe run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: PolicySourceArgs,
+    /// Run this policy now, whatever its schedule says (repeatable; the schedule is not moved).
+    #[arg(long = "now", value_name = "POLICY")]
+    pub now: Vec<String>,
+}
+
+/// The worst of several backup outcomes: Failed over PartiallyFailed over Success. Pure.
+pub fn worst(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
+    let rank = |o: Outcome| match o {
+        Outcome::Success => 0,
+        Outcome::PartiallyFailed => 1,
+        Outcome::Failed => 2,
+        Outcome::InvalidInput => 3,
+    };
+    outcomes
+        .into_iter()
+        .max_by_key(|o| rank(*o))
+        .unwrap_or(Outcome::Success)
+}
+
+/// The schedule input for `policy` at `now`. Pure.
+pub fn due_input(
+    policy: &Policy,
+    last_scheduled: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    force: bool,
+) -> DueInput {
+    DueInput {
+        last_scheduled,
+        now,
+        force,
+        run_on_create: policy.run_on_create,
+        suspend: policy.suspend,
+        starting_deadline: policy.starting_deadline,
+    }
+}
+
+/// The last-result annotation for a finished backup. Pure.
+pub fn last_result(m: &Manifest) -> LastResult {
+    LastResult {
+        phase: match m.status {
+            Status::Completed => ResultPhase::Completed,
+            Status::PartiallyFailed => ResultPhase::PartiallyFailed,
+            Status::Failed => ResultPhase::Failed,
+        },
+        finished_at: m.finished_at,
+        backup_id: m.backup_id.clone(),
+    }
+}
+
+/// One line saying what the tick does with a policy that does not run. Pure.
+fn describe_wait(policy: &str, decision: &Decision) -> String {
+    let at = |t: &Option<DateTime<Utc>>| {
+        t.map_or_else(
+            || "never".to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+    };
+    match decision {
+        Decision::Run { .. } => format!("{policy}: due"),
+        Decision::Wait { next, first_seen } => format!(
+            "{policy}: not due{}; next run {}",
+            if *first_seen { " (first seen now)" } else { "" },
+            at(next)
+        ),
+        Decision::SkipTooLate {
+            scheduled_at,
+            late_by,
+            next,
+        } => format!(
+            "{policy}: skipped the run scheduled at {} ({}s late, past its startingDeadline); next run {}",
+            scheduled_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            late_by.as_secs(),
+            at(next)
+        ),
+        Decision::Suspended => format!("{policy}: suspended"),
+    }
+}
+
+/// Run one CronJob tick.
+pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    let settings = Settings::from_process(&args.source)?;
+    let PolicySource::ConfigMap { namespace, name } = &settings.policy_source else {
+        anyhow::bail!(
+            "freezeframe run needs the policy ConfigMap (it stores each policy's schedule state); \
+             use --policies <namespace>/<name> or FREEZEFRAME_POLICY_CONFIGMAP, not a policy file"
+        );
+    };
+    let lease_namespace = settings.namespace.clone().unwrap_or_else(|| namespace.clone());
+    let client = kube::Client::try_default().await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+
+    // Load policies.
+    let cm = cms
+        .get(name)
+        .await
+        .with_context(|| format!("reading the policy ConfigMap {namespace}/{name}"))?;
+    let loaded = store::from_configmap(&cm);
+    let set = &loaded.set;
+    let now = Utc::now();
+
+    // Report invalid policies (and clear the marks of fixed ones); a failure here must not stop backups.
+    if !set.is_valid() {
+        eprint!("{}", crate::policy::command::report(set, now).0);
+    }
+    if let Err(e) = crate::policy::status::report(&client, &cm, set, now).await {
+        tracing::warn!(error = %format!("{e:#}"), "could not record policy status");
+    }
+    let unknown: Vec<&String> = args.now.iter().filter(|n| set.policy(n).is_none()).collect();
+    for n in &unknown {
+        eprintln!("error: --now {n}: no valid policy of that name");
+    }
+    let invalid = !set.is_valid() || !unknown.is_empty();
+
+    // Take the run Lease.
+    let cancel = backup_command::cancel_on_signals()?;
+    let me = lease::identity();
+    let held = match lease::acquire(&client, &lease_namespace, &me, cancel.clone())
+        .await
+        .context("taking the run lease")?
+    {
+        lease::Acquired::Held(h) => h,
+        lease::Acquired::Busy { holder, expires_at } => {
+            println!(
+                "another run holds the lease {lease_namespace}/{} ({holder}, until {} unless renewed); \
+                 nothing to do this tick",
+                lease::LEASE_NAME,
+                expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            return Ok(Outcome::Success);
+        }
+    };
+
+    // Each valid policy: due? → record scheduled time → back up → record result.
+    let mut outcomes = Vec::new();
+    for policy in &set.policies {
+        if cancel.is_cancelled() {
+            eprintln!("{}: not started: the run was stopped", policy.name);
+            outcomes.push(Outcome::Failed);
+            continue;
+        }
+        let force = args.now.contains(&policy.name);
+        let input = due_input(
+            policy,
+            loaded.last_scheduled.get(&policy.name).copied(),
+            Utc::now(),
+            force,
+        );
+        let decision = decide(&policy.schedule, &input);
+        if let Some(at) = decision.record(&input) {
+            store::record_last_scheduled(&cms, namespace, name, &policy.name, at)
+                .await
+                .with_context(|| format!("recording when {} was scheduled", policy.name))?;
+        }
+        if !matches!(decision, Decision::Run { .. }) {
+            println!("{}", describe_wait(&policy.name, &decision));
+            continue;
+        }
+        outcomes.push(
+            back_up(
+                &client,
+                &settings,
+                &cms,
+                (namespace, name),
+                policy,
+                &decision,
+                &cancel,
+            )
+            .await,
+        );
+    }
+
+    // Release the Lease, then exit.
+    if let Err(e) = held.release().await {
+        tracing::warn!(error = %format!("{e:#}"), "could not release the run lease; it expires by itself");
+    }
+    let outcome = worst(outcomes);
+    Ok(if invalid { Outcome::InvalidInput } else { outcome })
+}
+
+/// Back up one due policy and record its result; a backup that produced no manifest counts as Failed.
+async fn back_up(
+    client: &kube::Client,
+    settings: &Settings,
+    cms: &Api<ConfigMap>,
+    (namespace, name): (&str, &str),
+    policy: &Policy,
+    decision: &Decision,
+    cancel: &CancellationToken,
+) -> Outcome {
+    tracing::info!(policy = %policy.name, ?decision, "running backup");
+    let backend = &policy.storage.backend;
+    let (outcome, result) =
+        match backup_command::back_up_policy(client, settings, policy, backend, cancel).await {
+            Ok(m) => {
+                print!("{}", backup_command::summary(&m));
+                (m.status.outcome(), last_result(&m))
+            }
+            Err(e) => {
+                eprintln!(
+                    "{}: backup failed before a manifest was written: {e:#}",
+                    policy.name
+                );
+                let result = LastResult {
+                    phase: ResultPhase::Failed,
+                    finished_at: Utc::now(),
+                    backup_id: "-".to_string(),
+                };
+                (Outcome::Failed, result)
+            }
+        };
+    if let Err(e) = store::record_last_result(cms, namespace, name, &policy.name, &result).await {
+        tracing::warn!(policy = %policy.name, error = %format!("{e:#}"), "could not record the last result");
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_mixed_outcomes_when_combined_then_worst_wins_and_none_is_success() {
+        assert_eq!(worst([]), Outcome::Success);
+        assert_eq!(
+            worst([Outcome::Success, Outcome::PartiallyFailed]),
+            Outcome::PartiallyFailed
+        );
+        assert_eq!(
+            worst([Outcome::PartiallyFailed, Outcome::Failed, Outcome::Success]),
+            Outcome::Failed
+        );
+    }
+
+    #[test]
+    fn given_skipped_run_when_described_then_line_says_late_and_next() {
+        let d = Decision::SkipTooLate {
+            scheduled_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            late_by: std::time::Duration::from_secs(7200),
+            next: Some("2026-01-02T00:00:00Z".parse().unwrap()),
+        };
+        let line = describe_wait("db", &d);
+        assert!(line.contains("7200s late"), "{line}");
+        assert!(line.contains("next run 2026-01-02T00:00:00Z"), "{line}");
+    }
+}
