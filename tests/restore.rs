@@ -61,6 +61,7 @@ async fn restore(
         store,
         layout,
         target: &target,
+        dumps: None,
     };
     restore::run(&ctx, options).await
 }
