@@ -15,8 +15,9 @@
 //!
 //! RBAC: `create`, `get`, `patch` on every restored kind in the target namespaces; `create`, `get` on
 //! namespaces, persistentvolumes, storageclasses, clusterroles, customresourcedefinitions,
-//! volumesnapshotcontents; `list`, `watch` to wait for CRDs (and workloads with `--wait`). Mirrored in
-//! `manifests/restore-job.yaml`.
+//! volumesnapshotcontents; `list`, `watch` to wait for CRDs (and workloads with `--wait`); `pods` list
+//! and `pods/exec` create, get to replay dumps; `events` create. Mirrored in
+//! `manifests/restore-job.yaml` (dumps and events: not yet).
 
 pub mod apply;
 pub mod command;
