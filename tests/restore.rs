@@ -21,7 +21,7 @@ use freezeframe::restore::{
 use freezeframe::sandbox::{Sandbox, SandboxOptions};
 use freezeframe::store::fs::FsStore;
 use freezeframe::store::{self, Layout, ObjectStore};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::wait::{await_condition, conditions};
@@ -711,6 +711,23 @@ async fn given_dump_with_restore_command_when_restored_into_another_namespace_wi
     );
     let json = serde_json::to_value(&report)?;
     assert_eq!(json["dumps"][0]["status"], "Succeeded", "{json}");
+    let [event] = &restore_events(&env.client(), "db-copy").await?[..] else {
+        panic!("one restore Event in db-copy")
+    };
+    assert_eq!(
+        (event.type_.as_deref(), event.reason.as_deref()),
+        (Some("Normal"), Some("RestoreCompleted"))
+    );
+    let message = event.message.as_deref().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("restore of app/{}: Success:", report.backup_id))
+            && message.contains("0 failed; dumps replayed 1/1"),
+        "{message}"
+    );
+    assert!(
+        restore_events(&env.client(), "db").await?.is_empty(),
+        "the source namespace got none"
+    );
 
     // --skip-dumps: the same restore elsewhere without a replayer replays nothing.
     let (_, skipped) = restore_db(&env, &store, "db-skip", None).await?;
@@ -796,5 +813,79 @@ async fn given_tampered_dump_object_when_restoring_then_restore_or_replay_refuse
             );
         }
     }
+    Ok(())
+}
+
+/// The restore Events in `namespace` (reason `Restore...`), each checked to be on the Namespace.
+async fn restore_events(client: &kube::Client, namespace: &str) -> anyhow::Result<Vec<Event>> {
+    let events = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await?;
+    let namespace_uid = Api::<Namespace>::all(client.clone())
+        .get(namespace)
+        .await?
+        .metadata
+        .uid;
+    let mine: Vec<Event> = events
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref().is_some_and(|r| r.starts_with("Restore")))
+        .collect();
+    for e in &mine {
+        let o = &e.involved_object;
+        assert_eq!(
+            (o.kind.as_deref(), o.name.as_deref(), &o.uid),
+            (Some("Namespace"), Some(namespace), &namespace_uid),
+            "{e:?}"
+        );
+        assert_eq!(e.reporting_component.as_deref(), Some("freezeframe"));
+    }
+    Ok(mine)
+}
+
+#[tokio::test]
+async fn given_objects_failing_with_existing_fail_when_restored_again_then_a_warning_event_names_the_partial_failure()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let store_dir = env.dir().join("store");
+    back_up_dump(&env, &store_dir).await?;
+    let store = FsStore::new(&store_dir);
+    restore_db(&env, &store, "db-copy", None).await?;
+
+    let client = env.client();
+    let target = KubeTarget::new(client.clone());
+    let ctx = Context {
+        store: &store,
+        layout: &Layout::new(""),
+        target: &target,
+        dumps: None,
+    };
+    let mut again = options();
+    again.plan.namespace_map = [("db".to_string(), "db-copy".to_string())].into();
+    again.plan.existing = Existing::Fail;
+    let (_, report) = restore::run(&ctx, &again).await?;
+
+    assert_eq!(report.outcome(), Outcome::PartiallyFailed, "{}", report.table());
+    let events = restore_events(&client, "db-copy").await?;
+    let reasons: Vec<(Option<&str>, Option<&str>)> = events
+        .iter()
+        .map(|e| (e.type_.as_deref(), e.reason.as_deref()))
+        .collect();
+    assert!(
+        reasons.contains(&(Some("Normal"), Some("RestoreCompleted"))),
+        "{reasons:?}"
+    );
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("RestorePartiallyFailed"))
+        .unwrap_or_else(|| panic!("no RestorePartiallyFailed: {reasons:?}"));
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let message = warning.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("PartiallyFailed")
+            && message.contains(&format!("{} failed", report.failed()))
+            && message.contains("already exists (--existing fail)"),
+        "{message}"
+    );
     Ok(())
 }

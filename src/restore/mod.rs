@@ -6,7 +6,7 @@
 //! locate (id or latest) → verify (manifest, every artifact's size and sha256) → extract (validated
 //!   archive paths, to a private temp dir) → plan (dependency order, skips, namespace map, filters)
 //!   → print (dry run stops here) → apply (create / skip / server-side apply) → wait
-//!   → replay dumps ([`dumps`]) → report
+//!   → replay dumps ([`dumps`]) → report (and an Event per target namespace: [`events`])
 //! ```
 //!
 //! Nothing is written to the cluster before the whole backup has been verified: a corrupt or tampered
@@ -22,6 +22,7 @@
 pub mod apply;
 pub mod command;
 pub mod dumps;
+pub mod events;
 pub mod plan;
 pub mod source;
 pub mod volumes;
@@ -248,6 +249,7 @@ pub async fn run(ctx: &Context<'_>, options: &RestoreOptions) -> Result<(Plan, R
     if let Some(replay) = ctx.dumps {
         replay.replay(ctx.store, &located, &plan, &mut report).await;
     }
+    events::emit(ctx.target, &plan, &report).await;
     tracing::info!(failed = report.failed(), "restore: done");
     Ok((plan, report))
 }
