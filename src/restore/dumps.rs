@@ -73,6 +73,9 @@ pub struct DumpReplay {
 /// Replays dumps: the restore's view of an executor, a pod lister and the policy's dumps.
 #[async_trait::async_trait]
 pub trait Replay: Send + Sync {
+    /// Whether any dump of `located` would be replayed into what `plan` restores (the restore then
+    /// waits for the pods to be ready even without `wait`).
+    fn replays_any(&self, located: &Located, plan: &Plan) -> bool;
     /// Replay the dumps of `located` that `plan` restores, recording each in `report`.
     async fn replay(&self, store: &dyn ObjectStore, located: &Located, plan: &Plan, report: &mut Report);
 }
@@ -244,9 +247,13 @@ fn target_namespace(plan: &Plan, namespace: &str) -> Option<String> {
         .then_some(mapped)
 }
 
-#[async_trait::async_trait]
-impl<E: PodExecutor, P: Pods> Replay for Replayer<E, P> {
-    async fn replay(&self, store: &dyn ObjectStore, located: &Located, plan: &Plan, report: &mut Report) {
+/// A dump to replay: its record, the policy's dump, its restore command and the target namespace.
+type Pending<'a> = (&'a DumpRecord, &'a Dump, &'a Exec, String);
+
+impl<E, P> Replayer<E, P> {
+    /// The dumps of `located` this replayer replays into what `plan` restores.
+    fn pending<'a>(&'a self, located: &'a Located, plan: &Plan) -> Vec<Pending<'a>> {
+        let mut out = Vec::new();
         for record in located
             .manifest
             .dumps
@@ -265,6 +272,20 @@ impl<E: PodExecutor, P: Pods> Replay for Replayer<E, P> {
                 tracing::info!(dump = %record.name, namespace = %record.namespace, "namespace not restored: dump not replayed");
                 continue;
             };
+            out.push((record, dump, command, namespace));
+        }
+        out
+    }
+}
+
+#[async_trait::async_trait]
+impl<E: PodExecutor, P: Pods> Replay for Replayer<E, P> {
+    fn replays_any(&self, located: &Located, plan: &Plan) -> bool {
+        !self.pending(located, plan).is_empty()
+    }
+
+    async fn replay(&self, store: &dyn ObjectStore, located: &Located, plan: &Plan, report: &mut Report) {
+        for (record, dump, command, namespace) in self.pending(located, plan) {
             let replay = self.one(store, located, record, dump, &namespace, command).await;
             if replay.status != ReplayStatus::Succeeded {
                 let object = if replay.target.is_empty() {

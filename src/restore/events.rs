@@ -142,3 +142,61 @@ pub async fn emit(target: &dyn Target, plan: &Plan, report: &Report) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::restore::KindSummary;
+    use crate::restore::apply::Failure;
+
+    fn report(created: u64, failures: usize) -> Report {
+        Report {
+            policy: "shop".into(),
+            backup_id: "20261123T120000Z".into(),
+            source_cluster: "uid".into(),
+            dry_run: false,
+            kinds: BTreeMap::from([(
+                "configmaps".to_string(),
+                KindSummary {
+                    created,
+                    failed: failures as u64,
+                    ..Default::default()
+                },
+            )]),
+            failures: (0..failures)
+                .map(|i| Failure {
+                    kind: "configmaps".into(),
+                    object: format!("shop/cm-{i}"),
+                    message: "é".repeat(700),
+                })
+                .collect(),
+            dumps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn given_outcomes_then_normal_completed_or_warning_partially_failed_or_failed() {
+        assert_eq!(reason(&report(3, 0)), ("Normal", "RestoreCompleted"));
+        assert_eq!(reason(&report(3, 1)), ("Warning", "RestorePartiallyFailed"));
+        assert_eq!(reason(&report(0, 2)), ("Warning", "RestoreFailed"));
+    }
+
+    #[test]
+    fn given_long_failure_then_summary_is_cut_at_1_kib_on_a_char_boundary() {
+        let line = summary(&report(3, 1));
+        assert!(line.starts_with("restore of shop/20261123T120000Z: PartiallyFailed: 3 created, 0 updated, 0 skipped, 1 failed; first failure: configmaps shop/cm-0: é"), "{line}");
+        assert!(
+            line.len() <= MESSAGE_BYTES && line.ends_with("..."),
+            "{}",
+            line.len()
+        );
+        let event = event("shop", Some("u-1"), &report(3, 0), chrono::Utc::now());
+        assert_eq!(
+            event["involvedObject"],
+            json!({"apiVersion": "v1", "kind": "Namespace", "name": "shop", "uid": "u-1"})
+        );
+        assert_eq!(event["metadata"]["namespace"], "shop");
+    }
+}

@@ -240,7 +240,7 @@ pub async fn run(ctx: &Context<'_>, options: &RestoreOptions) -> Result<(Plan, R
     apply::apply(ctx.target, &extracted, &plan, &mut report).await;
     // Dumps are replayed into ready pods only: replaying implies waiting.
     let wait = match ctx.dumps {
-        Some(_) if !located.manifest.dumps.is_empty() => Some(options.wait.unwrap_or(DUMPS_WAIT)),
+        Some(replay) if replay.replays_any(&located, &plan) => Some(options.wait.unwrap_or(DUMPS_WAIT)),
         _ => options.wait,
     };
     if let Some(timeout) = wait {
