@@ -6,12 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use freezeframe::backup::{self, Context as BackupContext, Manifest};
+use freezeframe::backup::{self, Context as BackupContext, DumpStatus, Freeze, Manifest, Request};
 use freezeframe::clock::ManualClock;
 use freezeframe::exit::Outcome;
-use freezeframe::export::ExportOptions;
-use freezeframe::policy::Backend;
+use freezeframe::export::{ExportOptions, Selection};
+use freezeframe::hooks::{Engine, KubeExecutor};
+use freezeframe::policy::{Backend, Policy, parse_str};
 use freezeframe::restore::apply::KubeTarget;
+use freezeframe::restore::dumps::{Replay, ReplayStatus, Replayer};
 use freezeframe::restore::plan::Action;
 use freezeframe::restore::{
     self, BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions,
@@ -19,11 +21,12 @@ use freezeframe::restore::{
 use freezeframe::sandbox::{Sandbox, SandboxOptions};
 use freezeframe::store::fs::FsStore;
 use freezeframe::store::{self, Layout, ObjectStore};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::export::{SHOP_KINDS, kind_id, list_all, selection, shop_env, start_time};
 use crate::harness::{TestEnv, test_credentials};
@@ -61,6 +64,7 @@ async fn restore(
         store,
         layout,
         target: &target,
+        dumps: None,
     };
     restore::run(&ctx, options).await
 }
@@ -588,5 +592,300 @@ async fn given_restore_job_manifest_when_applied_with_the_rbac_then_job_and_its_
     let spec = job.spec.unwrap().template.spec.unwrap();
     assert_eq!(spec.service_account_name.as_deref(), Some("freezeframe-restore"));
     assert_eq!(spec.containers[0].args.as_ref().unwrap()[0], "restore");
+    Ok(())
+}
+
+/// Namespace `db` with a one-pod StatefulSet `db`, and policy `app` whose dump `data` (`cat data.txt`, a
+/// file a pre hook writes) has `restoreCommand: cat > restored.txt`; backed up into a directory store.
+async fn back_up_dump(env: &TestEnv, store_dir: &std::path::Path) -> anyhow::Result<(Policy, Manifest)> {
+    env.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: db}\n---\n\
+         apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db, namespace: db}\n\
+         spec:\n  replicas: 1\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n\
+         \x20 template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: db, image: busybox}]}\n",
+    )?;
+    let text = format!(
+        "apiVersion: freezeframe.dev/v1alpha1\nkind: PolicySet\n\
+         storages: {{local: {{filesystem: {{path: {}}}}}}}\n\
+         defaults: {{storage: local}}\n\
+         policies:\n  - name: app\n    schedule: \"@daily\"\n    namespaces: [db]\n\
+         \x20   retention: {{keepLast: 3}}\n    volumes: {{snapshot: none}}\n{}",
+        store_dir.display(),
+        r#"    rules:
+      pre: [{podSelector: {app: db}, actions: [{value: "printf 'id,name\\n1,alpha\\n2,beta\\n' > data.txt"}]}]
+    dumps:
+      - name: data
+        podSelector: {app: db}
+        command: "cat data.txt"
+        restoreCommand: "cat > restored.txt"
+"#
+    );
+    let set = parse_str("test", &text);
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    let policy = set.policies.into_iter().next().unwrap();
+    let client = env.client();
+    let selection = Selection::for_policy(&client, &policy).await?;
+    let freeze = Freeze::for_policy(&client, &policy).await?;
+    let clock = ManualClock::new(start_time());
+    let store = FsStore::new(store_dir);
+    let ctx = BackupContext {
+        client: client.clone(),
+        store: &store,
+        layout: &Layout::new(""),
+        clock: &clock,
+    };
+    let request = Request {
+        policy: &policy.name,
+        selection: &selection,
+        options: &ExportOptions::default(),
+        freeze: &freeze,
+    };
+    let engine = Engine::new(KubeExecutor::new(client));
+    let manifest = backup::backup(&ctx, &engine, request, &CancellationToken::new()).await?;
+    assert_eq!(manifest.dumps.len(), 1, "{:?}", manifest.problems);
+    assert_eq!(
+        manifest.dumps[0].status,
+        DumpStatus::Succeeded,
+        "{:?}",
+        manifest.dumps
+    );
+    Ok((policy, manifest))
+}
+
+/// Restore the latest backup with `db` mapped to `to`, waiting, replaying `policy`'s dumps unless `None`.
+async fn restore_db(
+    env: &TestEnv,
+    store: &FsStore,
+    to: &str,
+    policy: Option<&Policy>,
+) -> Result<(Plan, Report), Error> {
+    let client = env.client();
+    let target = KubeTarget::new(client.clone());
+    let replayer = policy.map(|p| Replayer::new(KubeExecutor::new(client.clone()), client, p.dumps.clone()));
+    let ctx = Context {
+        store,
+        layout: &Layout::new(""),
+        target: &target,
+        dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+    };
+    let mut opts = options();
+    opts.plan.namespace_map = [("db".to_string(), to.to_string())].into();
+    opts.wait = Some(Duration::from_secs(60));
+    restore::run(&ctx, &opts).await
+}
+
+fn pod_file(env: &TestEnv, namespace: &str, pod: &str, file: &str) -> std::path::PathBuf {
+    env.sandbox()
+        .state_dir()
+        .join("pods")
+        .join(namespace)
+        .join(pod)
+        .join(file)
+}
+
+#[tokio::test]
+async fn given_dump_with_restore_command_when_restored_into_another_namespace_with_wait_then_replayed_into_the_new_pod()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let store_dir = env.dir().join("store");
+    let (policy, _) = back_up_dump(&env, &store_dir).await?;
+    let original = std::fs::read(pod_file(&env, "db", "db-0", "data.txt"))?;
+    let store = FsStore::new(&store_dir);
+
+    let (_, report) = restore_db(&env, &store, "db-copy", Some(&policy)).await?;
+
+    assert_eq!(report.failures, [], "{}", report.table());
+    assert_eq!(report.outcome(), Outcome::Success);
+    let [replay] = &report.dumps[..] else {
+        panic!("one replay: {:?}", report.dumps)
+    };
+    assert_eq!(replay.status, ReplayStatus::Succeeded, "{replay:?}");
+    assert_eq!(
+        (replay.source.as_str(), replay.target.as_str()),
+        ("db/db-0", "db-copy/db-0")
+    );
+    assert_eq!((replay.bytes, replay.exit_code), (original.len() as u64, Some(0)));
+    assert_eq!(
+        std::fs::read(pod_file(&env, "db-copy", "db-0", "restored.txt"))?,
+        original
+    );
+    let json = serde_json::to_value(&report)?;
+    assert_eq!(json["dumps"][0]["status"], "Succeeded", "{json}");
+    let [event] = &restore_events(&env.client(), "db-copy").await?[..] else {
+        panic!("one restore Event in db-copy")
+    };
+    assert_eq!(
+        (event.type_.as_deref(), event.reason.as_deref()),
+        (Some("Normal"), Some("RestoreCompleted"))
+    );
+    let message = event.message.as_deref().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("restore of app/{}: Success:", report.backup_id))
+            && message.contains("0 failed; dumps replayed 1/1"),
+        "{message}"
+    );
+    assert!(
+        restore_events(&env.client(), "db").await?.is_empty(),
+        "the source namespace got none"
+    );
+
+    // --skip-dumps: the same restore elsewhere without a replayer replays nothing.
+    let (_, skipped) = restore_db(&env, &store, "db-skip", None).await?;
+    assert_eq!(skipped.outcome(), Outcome::Success, "{}", skipped.table());
+    assert!(skipped.dumps.is_empty());
+    assert!(
+        pod_file(&env, "db-skip", "db-0", "data.txt")
+            .parent()
+            .unwrap()
+            .exists()
+    );
+    assert!(!pod_file(&env, "db-skip", "db-0", "restored.txt").exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_tampered_dump_object_when_restoring_then_restore_or_replay_refused_and_reported()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let store_dir = env.dir().join("store");
+    let (policy, manifest) = back_up_dump(&env, &store_dir).await?;
+    let store = FsStore::new(&store_dir);
+    let layout = Layout::new("");
+    let id = store::BackupId::parse(&manifest.backup_id).unwrap();
+    let object = store_dir.join(layout.backup("app", &id).dump("data", "db", "db-0"));
+    let original = std::fs::read(&object)?;
+
+    // Tampered before the restore: the whole backup is refused before anything is written.
+    tamper(&object)?;
+    let err = restore_db(&env, &store, "db-copy", Some(&policy))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Tampered { .. }), "{err:?}");
+    assert!(err.to_string().contains("dumps/data/db/db-0"), "{err}");
+    assert!(
+        !namespace_exists(&env.client(), "db-copy").await?,
+        "something was written"
+    );
+
+    // Tampered after the restore verified it: the replay itself refuses, reports, and fails the restore.
+    std::fs::write(&object, &original)?;
+    let (plan, restored) = restore_db(&env, &store, "db-copy", None).await?;
+    assert_eq!(restored.outcome(), Outcome::Success, "{}", restored.table());
+    let located = restore::source::locate(&store, &layout, Some("app"), &BackupRef::Latest).await?;
+    let replayer = Replayer::new(
+        KubeExecutor::new(env.client()),
+        env.client(),
+        policy.dumps.clone(),
+    );
+    for (bytes, stage) in [
+        (&original[..original.len() - 3], "before the pod is touched"),
+        (&[][..], ""),
+    ] {
+        let mut report = Report::new(&located, false);
+        if stage.is_empty() {
+            // Same size, other bytes: found at the end of the stream.
+            std::fs::write(&object, &original)?;
+            tamper(&object)?;
+        } else {
+            std::fs::write(&object, bytes)?;
+        }
+        replayer.replay(&store, &located, &plan, &mut report).await;
+        let [replay] = &report.dumps[..] else {
+            panic!("one replay: {:?}", report.dumps)
+        };
+        assert_eq!(replay.status, ReplayStatus::Refused, "{replay:?}");
+        assert!(
+            replay
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("corrupt or tampered"),
+            "{replay:?}"
+        );
+        assert_eq!(report.failures.len(), 1, "{}", report.table());
+        assert_eq!(report.failures[0].kind, "dumps");
+        assert!(report.table().contains("Refused"), "{}", report.table());
+        if !stage.is_empty() {
+            assert_eq!(replay.bytes, 0, "{stage}");
+            assert!(
+                !pod_file(&env, "db-copy", "db-0", "restored.txt").exists(),
+                "nothing reached the pod {stage}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The restore Events in `namespace` (reason `Restore...`), each checked to be on the Namespace.
+async fn restore_events(client: &kube::Client, namespace: &str) -> anyhow::Result<Vec<Event>> {
+    let events = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await?;
+    let namespace_uid = Api::<Namespace>::all(client.clone())
+        .get(namespace)
+        .await?
+        .metadata
+        .uid;
+    let mine: Vec<Event> = events
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref().is_some_and(|r| r.starts_with("Restore")))
+        .collect();
+    for e in &mine {
+        let o = &e.involved_object;
+        assert_eq!(
+            (o.kind.as_deref(), o.name.as_deref(), &o.uid),
+            (Some("Namespace"), Some(namespace), &namespace_uid),
+            "{e:?}"
+        );
+        assert_eq!(e.reporting_component.as_deref(), Some("freezeframe"));
+    }
+    Ok(mine)
+}
+
+#[tokio::test]
+async fn given_objects_failing_with_existing_fail_when_restored_again_then_a_warning_event_names_the_partial_failure()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let store_dir = env.dir().join("store");
+    back_up_dump(&env, &store_dir).await?;
+    let store = FsStore::new(&store_dir);
+    restore_db(&env, &store, "db-copy", None).await?;
+
+    let client = env.client();
+    let target = KubeTarget::new(client.clone());
+    let ctx = Context {
+        store: &store,
+        layout: &Layout::new(""),
+        target: &target,
+        dumps: None,
+    };
+    let mut again = options();
+    again.plan.namespace_map = [("db".to_string(), "db-copy".to_string())].into();
+    again.plan.existing = Existing::Fail;
+    let (_, report) = restore::run(&ctx, &again).await?;
+
+    assert_eq!(report.outcome(), Outcome::PartiallyFailed, "{}", report.table());
+    let events = restore_events(&client, "db-copy").await?;
+    let reasons: Vec<(Option<&str>, Option<&str>)> = events
+        .iter()
+        .map(|e| (e.type_.as_deref(), e.reason.as_deref()))
+        .collect();
+    assert!(
+        reasons.contains(&(Some("Normal"), Some("RestoreCompleted"))),
+        "{reasons:?}"
+    );
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("RestorePartiallyFailed"))
+        .unwrap_or_else(|| panic!("no RestorePartiallyFailed: {reasons:?}"));
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let message = warning.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("PartiallyFailed")
+            && message.contains(&format!("{} failed", report.failed()))
+            && message.contains("already exists (--existing fail)"),
+        "{message}"
+    );
     Ok(())
 }

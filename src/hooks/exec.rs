@@ -191,6 +191,19 @@ pub trait PodExecutor: Send + Sync {
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput>> + Send;
 
+    /// Run `argv` to its end with `input` copied into its stdin, which is closed at the end of `input`.
+    ///
+    /// A read error of `input` (e.g. a checksum mismatch) aborts the stream without closing stdin first
+    /// and ends as [`Termination::Failed`]; the command ending before it read all of `input` is not an
+    /// error of ours (its exit code says how it went).
+    fn feed(
+        &self,
+        target: &Target,
+        argv: &[String],
+        input: &mut (dyn AsyncRead + Send + Unpin),
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput>> + Send;
+
     /// Start `argv` with stdin open and wait up to `timeout` for the [`ACQUIRED_MARKER`] line on stdout.
     fn hold(
         &self,
@@ -348,6 +361,73 @@ impl PodExecutor for KubeExecutor {
             termination,
             stdout: String::new(),
             stderr: lock(&err).text(),
+        })
+    }
+
+    async fn feed(
+        &self,
+        target: &Target,
+        argv: &[String],
+        input: &mut (dyn AsyncRead + Send + Unpin),
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let mut out = Tail::default();
+        let mut err = Tail::default();
+        let ran = tokio::time::timeout(timeout, async {
+            let mut proc = self.open(target, argv, true).await?;
+            let status = proc.take_status().expect("status is taken once");
+            let (stdout, stderr) = (proc.stdout(), proc.stderr());
+            let Some(mut writer) = proc.stdin() else {
+                return Ok(Termination::Failed("the exec stream has no stdin".into()));
+            };
+            let feed = async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = input
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| format!("reading the input broke: {e}"))?;
+                    if n == 0 {
+                        // Sends the v5 "close stdin" frame (older protocols close the whole stream).
+                        let _ = writer.shutdown().await;
+                        return Ok(());
+                    }
+                    if writer.write_all(&buf[..n]).await.is_err() {
+                        // The command stopped reading (it ended): its exit code tells.
+                        return Ok(());
+                    }
+                }
+            };
+            let mut feed = std::pin::pin!(feed);
+            let mut drains = std::pin::pin!(async {
+                tokio::join!(drain(stdout, &mut out), drain(stderr, &mut err));
+            });
+            let mut drained = false;
+            let fed: Result<(), String> = loop {
+                tokio::select! {
+                    r = &mut feed => break r,
+                    () = &mut drains, if !drained => drained = true,
+                }
+            };
+            if let Err(message) = fed {
+                // Returning drops the stream unclosed: the input is not passed on as complete.
+                return Ok(Termination::Failed(message));
+            }
+            if !drained {
+                drains.await;
+            }
+            Ok(termination(status.await))
+        })
+        .await;
+        let termination = match ran {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => Termination::TimedOut,
+        };
+        Ok(ExecOutput {
+            termination,
+            stdout: out.text(),
+            stderr: err.text(),
         })
     }
 

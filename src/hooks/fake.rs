@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::exec::{Error, ExecOutput, HeldSession, Hold, PodExecutor, Result, Target, Termination};
@@ -86,6 +86,9 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// The stdin one feed read in full, with where it went.
+type Input = (Target, Vec<u8>);
+
 type ScriptFn = dyn Fn(&Target, &str) -> Script + Send + Sync;
 
 /// The fake executor. Clones share the script and the event log.
@@ -93,6 +96,7 @@ type ScriptFn = dyn Fn(&Target, &str) -> Script + Send + Sync;
 pub struct FakeExecutor {
     script: Arc<ScriptFn>,
     events: Arc<Mutex<Vec<Event>>>,
+    inputs: Arc<Mutex<Vec<Input>>>,
 }
 
 impl FakeExecutor {
@@ -101,6 +105,7 @@ impl FakeExecutor {
         FakeExecutor {
             script: Arc::new(script),
             events: Arc::default(),
+            inputs: Arc::default(),
         }
     }
 
@@ -121,6 +126,11 @@ impl FakeExecutor {
             .filter(|e| e.command == command && &e.kind == kind)
             .map(|e| (e.target.pod, e.at))
             .collect()
+    }
+
+    /// The stdin each [`feed`](PodExecutor::feed) read in full, in order (aborted feeds are absent).
+    pub fn inputs(&self) -> Vec<Input> {
+        self.inputs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Pods on which `command` started, sorted.
@@ -239,6 +249,31 @@ impl PodExecutor for FakeExecutor {
             }
         }
         out.stdout.clear();
+        Ok(out)
+    }
+
+    /// Reads `input` to its end first (a read error aborts: recorded as [`EventKind::StreamClosed`] and
+    /// answered as failed), then behaves as scripted like `run`.
+    async fn feed(
+        &self,
+        target: &Target,
+        argv: &[String],
+        input: &mut (dyn AsyncRead + Send + Unpin),
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let mut bytes = Vec::new();
+        if let Err(e) = input.read_to_end(&mut bytes).await {
+            let (_, guard) = self.begin(target, argv);
+            drop(guard);
+            return Ok(ExecOutput::bare(Termination::Failed(format!(
+                "reading the input broke: {e}"
+            ))));
+        }
+        let out = self.run(target, argv, None, timeout).await?;
+        self.inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((target.clone(), bytes));
         Ok(out)
     }
 

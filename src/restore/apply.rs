@@ -201,8 +201,11 @@ pub struct Report {
     pub dry_run: bool,
     /// Per kind.
     pub kinds: BTreeMap<String, KindSummary>,
-    /// Objects that failed, and workloads not ready in time.
+    /// Objects that failed, workloads not ready in time, and dumps whose replay failed.
     pub failures: Vec<Failure>,
+    /// Dumps replayed (or attempted), in manifest order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dumps: Vec<super::dumps::DumpReplay>,
 }
 
 fn reason_key(reason: &SkipReason) -> &'static str {
@@ -227,6 +230,7 @@ impl Report {
             dry_run,
             kinds: BTreeMap::new(),
             failures: Vec::new(),
+            dumps: Vec::new(),
         }
     }
 
@@ -300,6 +304,18 @@ impl Report {
                 out,
                 "{kind}\t{}\t{}\t{skipped}\t{}",
                 k.created, k.updated, k.failed
+            )
+            .ok();
+        }
+        for d in &self.dumps {
+            let code = d
+                .exit_code
+                .map_or_else(String::new, |c| format!(", exit code {c}"));
+            let into = if d.target.is_empty() { "-" } else { &d.target };
+            writeln!(
+                out,
+                "DUMP {} {} -> {}: {:?}, {} bytes{code}",
+                d.dump, d.source, into, d.status, d.bytes
             )
             .ok();
         }

@@ -12,7 +12,9 @@ use crate::policy::Policy;
 use crate::store;
 
 use super::apply::KubeTarget;
+use super::dumps::Replayer;
 use super::{BackupRef, Context, Error, Existing, PlanOptions, RestoreOptions};
+use crate::hooks::KubeExecutor;
 
 /// Output format of `freezeframe restore`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,38 +67,53 @@ pub struct RestoreArgs {
     /// How long `--wait` waits in all (with a unit: 300s, 5m).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub wait_timeout: Duration,
+    /// Do not replay dumps (by default, dumps whose policy dump has a `restoreCommand` are streamed into
+    /// it once the restored pods are ready).
+    #[arg(long)]
+    pub skip_dumps: bool,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Format,
 }
 
-/// The store to read from: `--storage`, else the policy's storage.
+/// The store to read from (`--storage`, else the policy's storage) and the policy, when known (its
+/// dumps' `restoreCommand`s are replayed).
 ///
 /// With `--storage`, S3 credentials come from the default AWS chain (environment, web identity,
-/// profile); `manifests/restore-job.yaml` maps the storage Secret into the environment.
-async fn backend(args: &RestoreArgs) -> anyhow::Result<Result<crate::policy::Backend, Outcome>> {
+/// profile); `manifests/restore-job.yaml` maps the storage Secret into the environment. With
+/// `--storage`, the policy is read only when `--policy-file` or `--policies` says where from.
+async fn backend(
+    args: &RestoreArgs,
+) -> anyhow::Result<Result<(crate::policy::Backend, Option<Policy>), Outcome>> {
+    let sourced = args.source.policy_file.is_some() || args.source.policies.is_some();
+    let policy = match &args.policy {
+        Some(name) if args.storage.is_none() || sourced => {
+            let settings = Settings::from_process(&args.source)?;
+            let set = crate::policy::command::load(&settings).await?;
+            let Some(policy) = set.policy(name) else {
+                eprintln!(
+                    "error: no valid policy named {name:?}; valid policies: {:?}",
+                    set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
+                );
+                return Ok(Err(Outcome::InvalidInput));
+            };
+            Some(policy.clone())
+        }
+        _ => None,
+    };
     if let Some(url) = &args.storage {
-        return Ok(Ok(store::backend_from_url(url)?));
+        return Ok(Ok((store::backend_from_url(url)?, policy)));
     }
-    let Some(name) = &args.policy else {
+    let Some(policy) = policy else {
         eprintln!("error: give --storage URL, or --policy NAME to read the policy's storage");
         return Ok(Err(Outcome::InvalidInput));
     };
-    let settings = Settings::from_process(&args.source)?;
-    let set = crate::policy::command::load(&settings).await?;
-    let Some(policy): Option<&Policy> = set.policy(name) else {
-        eprintln!(
-            "error: no valid policy named {name:?}; valid policies: {:?}",
-            set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
-        );
-        return Ok(Err(Outcome::InvalidInput));
-    };
-    Ok(Ok(policy.storage.backend.clone()))
+    Ok(Ok((policy.storage.backend.clone(), Some(policy))))
 }
 
 /// Run `freezeframe restore`.
 pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
-    let backend = match backend(&args).await? {
+    let (backend, policy) = match backend(&args).await? {
         Ok(b) => b,
         Err(outcome) => return Ok(outcome),
     };
@@ -122,11 +139,25 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
     };
     let (store, layout) = store::open(&backend, None).await;
     let client = kube::Client::try_default().await?;
-    let target = KubeTarget::new(client);
+    let target = KubeTarget::new(client.clone());
+    let replayer = match &policy {
+        Some(p) if !args.skip_dumps => Some(Replayer::new(
+            KubeExecutor::new(client.clone()),
+            client,
+            p.dumps.clone(),
+        )),
+        _ => None,
+    };
+    if policy.is_none() && !args.skip_dumps {
+        tracing::warn!(
+            "no policy read (give --policy with --policy-file or --policies): dumps are not replayed"
+        );
+    }
     let ctx = Context {
         store: store.as_ref(),
         layout: &layout,
         target: &target,
+        dumps: replayer.as_ref().map(|r| r as &dyn super::dumps::Replay),
     };
     let (plan, report) = match super::run(&ctx, &options).await {
         Ok(done) => done,

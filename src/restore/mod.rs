@@ -5,7 +5,8 @@
 //! ```text
 //! locate (id or latest) → verify (manifest, every artifact's size and sha256) → extract (validated
 //!   archive paths, to a private temp dir) → plan (dependency order, skips, namespace map, filters)
-//!   → print (dry run stops here) → apply (create / skip / server-side apply) → wait → report
+//!   → print (dry run stops here) → apply (create / skip / server-side apply) → wait
+//!   → replay dumps ([`dumps`]) → report (and an Event per target namespace: [`events`])
 //! ```
 //!
 //! Nothing is written to the cluster before the whole backup has been verified: a corrupt or tampered
@@ -14,11 +15,14 @@
 //!
 //! RBAC: `create`, `get`, `patch` on every restored kind in the target namespaces; `create`, `get` on
 //! namespaces, persistentvolumes, storageclasses, clusterroles, customresourcedefinitions,
-//! volumesnapshotcontents; `list`, `watch` to wait for CRDs (and workloads with `--wait`). Mirrored in
-//! `manifests/restore-job.yaml`.
+//! volumesnapshotcontents; `list`, `watch` to wait for CRDs (and workloads with `--wait`); `pods` list
+//! and `pods/exec` create, get to replay dumps; `events` create. Mirrored in
+//! `manifests/restore-job.yaml` (dumps and events: not yet).
 
 pub mod apply;
 pub mod command;
+pub mod dumps;
+pub mod events;
 pub mod plan;
 pub mod source;
 pub mod volumes;
@@ -191,7 +195,12 @@ pub struct Context<'a> {
     pub layout: &'a store::Layout,
     /// The cluster written to.
     pub target: &'a dyn Target,
+    /// Replays dumps after the restored pods are ready; `None` replays none (`--skip-dumps`).
+    pub dumps: Option<&'a dyn dumps::Replay>,
 }
+
+/// How long a restore that replays dumps waits for the restored pods when no `wait` was asked for.
+pub const DUMPS_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What to restore and how.
 #[derive(Debug, Clone)]
@@ -229,9 +238,18 @@ pub async fn run(ctx: &Context<'_>, options: &RestoreOptions) -> Result<(Plan, R
         return Ok((plan, report));
     }
     apply::apply(ctx.target, &extracted, &plan, &mut report).await;
-    if let Some(timeout) = options.wait {
+    // Dumps are replayed into ready pods only: replaying implies waiting.
+    let wait = match ctx.dumps {
+        Some(replay) if replay.replays_any(&located, &plan) => Some(options.wait.unwrap_or(DUMPS_WAIT)),
+        _ => options.wait,
+    };
+    if let Some(timeout) = wait {
         apply::wait_ready(ctx.target, &plan, timeout, &mut report).await;
     }
+    if let Some(replay) = ctx.dumps {
+        replay.replay(ctx.store, &located, &plan, &mut report).await;
+    }
+    events::emit(ctx.target, &plan, &report).await;
     tracing::info!(failed = report.failed(), "restore: done");
     Ok((plan, report))
 }
