@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Context, DumpStatus, Freeze, Manifest, Request, StoredBackup};
 use crate::clock::SystemClock;
-use crate::config::{PolicySourceArgs, Settings};
+use crate::config::{ClientArgs, PolicySourceArgs, Settings};
 use crate::exit::Outcome;
 use crate::export::{ExportOptions, RestoreAction, Selection};
 use crate::hooks::{Engine, KubeExecutor};
@@ -30,6 +30,8 @@ pub struct BackupArgs {
     /// Write to this store instead of the policy's: file:///path or s3://bucket[/prefix][?region=..&endpoint=..&forcePathStyle=true].
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Output format of `freezeframe list`.
@@ -180,7 +182,7 @@ async fn credentials(
 
 /// Run `freezeframe backup`.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
+    let settings = Settings::from_process_with_client(&args.source, &args.client)?;
     let set = crate::policy::command::load(&settings).await?;
     let Some(policy): Option<&Policy> = set.policy(&args.policy) else {
         if !set.is_valid() {
@@ -212,7 +214,10 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
     let request = Request {
         policy: &policy.name,
         selection: &selection,
-        options: &ExportOptions::default(),
+        options: &ExportOptions {
+            limits: settings.client,
+            ..ExportOptions::default()
+        },
         freeze: &freeze,
     };
     let engine = Engine::new(KubeExecutor::new(client));
