@@ -30,6 +30,8 @@ pub enum Command {
     Backup(crate::backup::command::BackupArgs),
     /// List the backups in a store, flagging incomplete ones.
     List(crate::backup::command::ListArgs),
+    /// Show one stored backup: status, counts, artifacts, hooks, dumps, snapshots (incomplete ones too).
+    Describe(crate::backup::command::DescribeArgs),
     /// Verify a stored backup and restore it here, into other namespaces, or into another cluster.
     Restore(crate::restore::command::RestoreArgs),
 }
@@ -103,6 +105,7 @@ pub fn run() -> anyhow::Result<Outcome> {
             Command::Run(args) => crate::run::run(args).await,
             Command::Backup(args) => crate::backup::command::backup(args).await,
             Command::List(args) => crate::backup::command::list(args).await,
+            Command::Describe(args) => crate::backup::command::describe(args).await,
             Command::Restore(args) => crate::restore::command::run(args).await,
         }
     })

@@ -22,6 +22,16 @@ pub enum ConfigError {
         /// Flag or variable it came from.
         origin: &'static str,
     },
+    /// A client rate limit is out of range.
+    #[error("found {found} in {origin}; allowed: {allowed}")]
+    BadLimit {
+        /// The value.
+        found: String,
+        /// Flag or variable it came from.
+        origin: &'static str,
+        /// What is allowed.
+        allowed: &'static str,
+    },
     /// The ConfigMap's namespace is unknown.
     #[error(
         "cannot tell which namespace holds the policy ConfigMap: set FREEZEFRAME_NAMESPACE, run in a pod, \
@@ -31,7 +41,7 @@ or pass --policies <namespace>/<name>"
 }
 
 /// `FREEZEFRAME_*` variables.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Env {
     /// `FREEZEFRAME_NAMESPACE`: freezeframe's own namespace.
     pub namespace: Option<String>,
@@ -39,6 +49,10 @@ pub struct Env {
     pub policy_configmap: Option<String>,
     /// `FREEZEFRAME_POLICY_FILE`: a local policy file.
     pub policy_file: Option<PathBuf>,
+    /// `FREEZEFRAME_KUBE_QPS`: API calls a second of the export, sustained.
+    pub kube_qps: Option<f64>,
+    /// `FREEZEFRAME_KUBE_BURST`: API calls of the export allowed at once after a quiet spell.
+    pub kube_burst: Option<u32>,
 }
 
 impl Env {
@@ -68,6 +82,69 @@ pub struct PolicySourceArgs {
     pub policies: Option<String>,
 }
 
+/// Flags of the Kubernetes client's rate limit (flattened into commands that export).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientArgs {
+    /// API calls a second the export makes, sustained [env: FREEZEFRAME_KUBE_QPS; default 50].
+    #[arg(long, value_name = "QPS")]
+    pub kube_qps: Option<f64>,
+    /// API calls the export may make at once after a quiet spell [env: FREEZEFRAME_KUBE_BURST; default 100].
+    #[arg(long, value_name = "N")]
+    pub kube_burst: Option<u32>,
+}
+
+/// Client-side rate limit of API calls: a token bucket (see [`crate::export::limit`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientLimits {
+    /// Tokens a second (> 0).
+    pub qps: f64,
+    /// Bucket size (>= 1).
+    pub burst: u32,
+}
+
+impl Default for ClientLimits {
+    /// 50 calls a second, bursts of 100: a 50-kind namespace lists in about a second without crowding
+    /// the API server (client-go's default is 5/10, tuned for controllers that run all the time).
+    fn default() -> Self {
+        ClientLimits {
+            qps: 50.0,
+            burst: 100,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// Flags win over the environment, which wins over the defaults. Pure.
+    pub fn resolve(env: &Env, flags: &ClientArgs) -> Result<ClientLimits, ConfigError> {
+        let default = ClientLimits::default();
+        let (qps, qps_origin) = match (flags.kube_qps, env.kube_qps) {
+            (Some(q), _) => (q, "--kube-qps"),
+            (None, Some(q)) => (q, "FREEZEFRAME_KUBE_QPS"),
+            (None, None) => (default.qps, "the default"),
+        };
+        if !(qps.is_finite() && qps > 0.0) {
+            return Err(ConfigError::BadLimit {
+                found: qps.to_string(),
+                origin: qps_origin,
+                allowed: "a number of calls a second above 0",
+            });
+        }
+        let (burst, burst_origin) = match (flags.kube_burst, env.kube_burst) {
+            (Some(b), _) => (b, "--kube-burst"),
+            (None, Some(b)) => (b, "FREEZEFRAME_KUBE_BURST"),
+            (None, None) => (default.burst, "the default"),
+        };
+        if burst == 0 {
+            return Err(ConfigError::BadLimit {
+                found: burst.to_string(),
+                origin: burst_origin,
+                allowed: "a whole number of calls, 1 or more",
+            });
+        }
+        Ok(ClientLimits { qps, burst })
+    }
+}
+
 /// Where policies come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
@@ -83,12 +160,14 @@ pub enum PolicySource {
 }
 
 /// Validated process settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// freezeframe's own namespace, when known.
     pub namespace: Option<String>,
     /// Where policies come from.
     pub policy_source: PolicySource,
+    /// Rate limit of the export's API calls.
+    pub client: ClientLimits,
 }
 
 fn parse_ref(
@@ -119,6 +198,7 @@ impl Settings {
     pub fn resolve(
         env: &Env,
         flags: &PolicySourceArgs,
+        client: &ClientArgs,
         sa_namespace: Option<&str>,
     ) -> Result<Settings, ConfigError> {
         let namespace = env
@@ -145,13 +225,22 @@ impl Settings {
         Ok(Settings {
             namespace,
             policy_source,
+            client: ClientLimits::resolve(env, client)?,
         })
     }
 
     /// Resolve from the real environment and the service-account namespace file.
     pub fn from_process(flags: &PolicySourceArgs) -> Result<Settings, ConfigError> {
+        Settings::from_process_with_client(flags, &ClientArgs::default())
+    }
+
+    /// [`Settings::from_process`] for commands that also take the client rate limit flags.
+    pub fn from_process_with_client(
+        flags: &PolicySourceArgs,
+        client: &ClientArgs,
+    ) -> Result<Settings, ConfigError> {
         let sa = std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok();
-        Settings::resolve(&Env::from_process()?, flags, sa.as_deref())
+        Settings::resolve(&Env::from_process()?, flags, client, sa.as_deref())
     }
 }
 
@@ -165,7 +254,13 @@ mod tests {
 
     #[test]
     fn given_nothing_but_service_account_namespace_then_default_configmap_there() {
-        let s = Settings::resolve(&Env::default(), &PolicySourceArgs::default(), Some("dr\n")).unwrap();
+        let s = Settings::resolve(
+            &Env::default(),
+            &PolicySourceArgs::default(),
+            &ClientArgs::default(),
+            Some("dr\n"),
+        )
+        .unwrap();
         assert_eq!(
             s.policy_source,
             PolicySource::ConfigMap {
@@ -182,7 +277,13 @@ mod tests {
             ("FREEZEFRAME_NAMESPACE", "ops"),
             ("FREEZEFRAME_POLICY_CONFIGMAP", "team/pols"),
         ]);
-        let from_env = Settings::resolve(&e, &PolicySourceArgs::default(), Some("ignored")).unwrap();
+        let from_env = Settings::resolve(
+            &e,
+            &PolicySourceArgs::default(),
+            &ClientArgs::default(),
+            Some("ignored"),
+        )
+        .unwrap();
         assert_eq!(
             from_env.policy_source,
             PolicySource::ConfigMap {
@@ -195,7 +296,7 @@ mod tests {
             policies: Some("mine".into()),
             policy_file: None,
         };
-        let from_flag = Settings::resolve(&e, &flags, None).unwrap();
+        let from_flag = Settings::resolve(&e, &flags, &ClientArgs::default(), None).unwrap();
         assert_eq!(
             from_flag.policy_source,
             PolicySource::ConfigMap {
@@ -208,15 +309,61 @@ mod tests {
             policy_file: Some("p.yaml".into()),
         };
         assert_eq!(
-            Settings::resolve(&e, &file, None).unwrap().policy_source,
+            Settings::resolve(&e, &file, &ClientArgs::default(), None)
+                .unwrap()
+                .policy_source,
             PolicySource::File("p.yaml".into())
         );
     }
 
     #[test]
     fn given_no_namespace_anywhere_then_error_says_how_to_set_it() {
-        let err = Settings::resolve(&Env::default(), &PolicySourceArgs::default(), None).unwrap_err();
+        let err = Settings::resolve(
+            &Env::default(),
+            &PolicySourceArgs::default(),
+            &ClientArgs::default(),
+            None,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("FREEZEFRAME_NAMESPACE"), "{err}");
+    }
+
+    #[test]
+    fn given_no_limits_then_defaults_and_env_then_flag_wins() {
+        let none = Settings::resolve(
+            &Env::default(),
+            &PolicySourceArgs::default(),
+            &ClientArgs::default(),
+            Some("x"),
+        )
+        .unwrap();
+        assert_eq!(none.client, ClientLimits::default());
+        let e = env(&[("FREEZEFRAME_KUBE_QPS", "2.5"), ("FREEZEFRAME_KUBE_BURST", "7")]);
+        assert_eq!(
+            ClientLimits::resolve(&e, &ClientArgs::default()).unwrap(),
+            ClientLimits { qps: 2.5, burst: 7 }
+        );
+        let flags = ClientArgs {
+            kube_qps: Some(100.0),
+            kube_burst: None,
+        };
+        assert_eq!(
+            ClientLimits::resolve(&e, &flags).unwrap(),
+            ClientLimits { qps: 100.0, burst: 7 }
+        );
+    }
+
+    #[test]
+    fn given_zero_qps_or_burst_then_error_names_its_origin() {
+        let e = env(&[("FREEZEFRAME_KUBE_QPS", "0")]);
+        let err = ClientLimits::resolve(&e, &ClientArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("FREEZEFRAME_KUBE_QPS"), "{err}");
+        let flags = ClientArgs {
+            kube_qps: None,
+            kube_burst: Some(0),
+        };
+        let err = ClientLimits::resolve(&Env::default(), &flags).unwrap_err();
+        assert!(err.to_string().contains("--kube-burst"), "{err}");
     }
 
     #[test]
@@ -225,7 +372,7 @@ mod tests {
             policies: Some("a/b/c".into()),
             policy_file: None,
         };
-        let err = Settings::resolve(&Env::default(), &flags, Some("x")).unwrap_err();
+        let err = Settings::resolve(&Env::default(), &flags, &ClientArgs::default(), Some("x")).unwrap_err();
         assert!(err.to_string().contains("--policies"), "{err}");
     }
 }

@@ -976,11 +976,8 @@ async fn freezeframe(env: &TestEnv, args: &[&str]) -> anyhow::Result<(i32, Strin
     ))
 }
 
-#[tokio::test]
-async fn given_policy_file_when_backup_command_runs_then_list_shows_a_complete_backup_and_a_broken_store_exits_1()
--> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
-    shop_env(&env).await?;
+/// A policy file with policy `shop` (namespace shop) storing into `<test dir>/backups`; returns (file, store dir).
+fn shop_policy_file(env: &TestEnv) -> anyhow::Result<(String, std::path::PathBuf)> {
     let store_dir = env.dir().join("backups");
     let policy_file = env.dir().join("policies.yaml");
     std::fs::write(
@@ -999,7 +996,15 @@ async fn given_policy_file_when_backup_command_runs_then_list_shows_a_complete_b
             store_dir.display()
         ),
     )?;
-    let policy_file = policy_file.display().to_string();
+    Ok((policy_file.display().to_string(), store_dir))
+}
+
+#[tokio::test]
+async fn given_policy_file_when_backup_command_runs_then_list_shows_a_complete_backup_and_a_broken_store_exits_1()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let (policy_file, store_dir) = shop_policy_file(&env)?;
     let not_a_dir = env.dir().join("plain-file");
     std::fs::write(&not_a_dir, "x")?;
 
@@ -1041,5 +1046,87 @@ async fn given_policy_file_when_backup_command_runs_then_list_shows_a_complete_b
     )
     .await?;
     assert_eq!(code, 2, "unknown policy is invalid input: {missing}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_complete_and_incomplete_backups_when_described_then_manifest_details_or_stored_artifacts_are_shown()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let (policy_file, store_dir) = shop_policy_file(&env)?;
+    let (code, out, err) = freezeframe(
+        &env,
+        &["backup", "--policy", "shop", "--policy-file", &policy_file],
+    )
+    .await?;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let url = format!("file://{}", store_dir.display());
+    let listed = backup::list(&FsStore::new(&store_dir), &Layout::new(""), None).await?;
+    let id = listed[0].id.to_string();
+    let manifest = listed[0].manifest.clone().expect("complete");
+
+    // Text, the store found through the policy.
+    let (code, text, err) = freezeframe(
+        &env,
+        &["describe", &id, "--policy", "shop", "--policy-file", &policy_file],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(text.starts_with(&format!("Backup:      shop/{id}\n")), "{text}");
+    assert!(text.contains("Status:      Completed"), "{text}");
+    assert!(text.contains("Namespaces:  shop"), "{text}");
+    let archive = &manifest.artifacts["resources.tar.zst"];
+    assert!(
+        text.contains(&format!(
+            "resources.tar.zst\t{} bytes\tsha256 {}",
+            archive.size, archive.sha256
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  configmaps\t{}", manifest.objects["configmaps"].count)),
+        "{text}"
+    );
+    assert!(
+        text.contains("(skipped on restore)"),
+        "endpoints are marked: {text}"
+    );
+
+    // JSON through --storage carries the whole manifest; YAML the same document.
+    let (code, json, err) = freezeframe(&env, &["describe", &id, "--storage", &url, "-o", "json"]).await?;
+    assert_eq!(code, 0, "{err}");
+    let json: Value = serde_json::from_str(&json)?;
+    assert_eq!(json["status"], "Completed");
+    assert_eq!(json["complete"], true);
+    assert_eq!(
+        serde_json::from_value::<Manifest>(json["manifest"].clone())?,
+        manifest
+    );
+    let (code, yaml, err) = freezeframe(&env, &["describe", &id, "--storage", &url, "-o", "yaml"]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_yaml::from_str::<Value>(&yaml)?, json);
+
+    // A backup that never got its manifest: shown as incomplete, with what it stored.
+    let incomplete = "20200101T000000Z";
+    let dir = store_dir.join("backups/shop").join(incomplete);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("resources.tar.zst"), b"partial")?;
+    let (code, text, err) = freezeframe(&env, &["describe", incomplete, "--storage", &url]).await?;
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("Status:      Incomplete"), "{text}");
+    assert!(text.contains("resources.tar.zst\t7 bytes"), "{text}");
+    assert!(!text.contains("sha256"), "{text}");
+    let (_, json, _) = freezeframe(&env, &["describe", incomplete, "--storage", &url, "-o", "json"]).await?;
+    let json: Value = serde_json::from_str(&json)?;
+    assert_eq!(json["complete"], false);
+    assert_eq!(json["stored"]["resources.tar.zst"], 7);
+
+    // Unknown id: exit 1 and say where it looked; no store given: invalid input.
+    let (code, _, err) = freezeframe(&env, &["describe", "20190101T000000Z", "--storage", &url]).await?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no backup 20190101T000000Z"), "{err}");
+    let (code, _, err) = freezeframe(&env, &["describe", &id]).await?;
+    assert_eq!(code, 2, "{err}");
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! `freezeframe backup` (one backup of a policy now: freeze, dumps, export, manifest; exit 0 Completed, 3
-//! PartiallyFailed, 1 Failed or cancelled by SIGTERM/SIGINT) and `freezeframe list` (what is stored).
+//! PartiallyFailed, 1 Failed or cancelled by SIGTERM/SIGINT), `freezeframe list` (what is stored) and
+//! `freezeframe describe` (one stored backup in full). `list` and `describe` find the store the same way
+//! ([`StoreArgs`]: `--storage`, else the policy's storage) and print JSON/YAML the same way.
 
 use std::fmt::Write as _;
 
@@ -10,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Context, DumpStatus, Freeze, Manifest, Request, StoredBackup};
 use crate::clock::SystemClock;
-use crate::config::{PolicySourceArgs, Settings};
+use crate::config::{ClientArgs, PolicySourceArgs, Settings};
 use crate::exit::Outcome;
-use crate::export::{ExportOptions, Selection};
+use crate::export::{ExportOptions, RestoreAction, Selection};
 use crate::hooks::{Engine, KubeExecutor};
 use crate::policy::{Backend, Policy};
-use crate::store::{self, s3::StaticCredentials};
+use crate::store::{self, BackupId, Layout, ObjectStore, layout, s3::StaticCredentials};
 
 /// Arguments of `freezeframe backup`.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,6 +30,8 @@ pub struct BackupArgs {
     /// Write to this store instead of the policy's: file:///path or s3://bucket[/prefix][?region=..&endpoint=..&forcePathStyle=true].
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Output format of `freezeframe list`.
@@ -37,20 +41,112 @@ pub enum Format {
     Table,
     /// JSON array.
     Json,
+    /// YAML sequence.
+    Yaml,
+}
+
+/// Output format of `freezeframe describe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DescribeFormat {
+    /// Sections for people.
+    Text,
+    /// One JSON object.
+    Json,
+    /// One YAML document.
+    Yaml,
+}
+
+/// Which store `list` and `describe` read: `--storage`, else the storage of `--policy`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Only this policy's backups; without --storage, its storage is the one read.
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    #[command(flatten)]
+    pub source: PolicySourceArgs,
+    /// Read this store instead of the policy's: file:///path or s3://bucket[/prefix][?region=..&endpoint=..&forcePathStyle=true].
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
 }
 
 /// Arguments of `freezeframe list`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
-    /// Only this policy's backups.
-    #[arg(long, value_name = "NAME")]
-    pub policy: Option<String>,
-    /// The store to list.
-    #[arg(long, value_name = "URL")]
-    pub storage: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Format,
+}
+
+/// Arguments of `freezeframe describe`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DescribeArgs {
+    /// The backup id (`20261123T120000Z`).
+    #[arg(value_name = "BACKUP-ID", value_parser = parse_backup_id)]
+    pub backup: BackupId,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: DescribeFormat,
+}
+
+fn parse_backup_id(text: &str) -> Result<BackupId, String> {
+    BackupId::parse(text).ok_or_else(|| format!("{text:?} is not a backup id like 20261123T120000Z"))
+}
+
+/// Open the store `args` name. With `--storage`, S3 credentials come from the default AWS chain; with
+/// the policy's storage, from its `credentialsSecret` when it has one (read from the cluster).
+/// `Err(outcome)` = invalid input, already reported on stderr.
+async fn open_store(
+    args: &StoreArgs,
+) -> anyhow::Result<Result<(std::sync::Arc<dyn ObjectStore>, Layout), Outcome>> {
+    if let Some(url) = &args.storage {
+        return Ok(Ok(store::open(&store::backend_from_url(url)?, None).await));
+    }
+    let Some(name) = &args.policy else {
+        eprintln!("error: give --storage URL, or --policy NAME to read the policy's storage");
+        return Ok(Err(Outcome::InvalidInput));
+    };
+    let settings = Settings::from_process(&args.source)?;
+    let set = crate::policy::command::load(&settings).await?;
+    let Some(policy): Option<&Policy> = set.policy(name) else {
+        eprintln!(
+            "error: no valid policy named {name:?}; valid policies: {:?}",
+            set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
+        );
+        return Ok(Err(Outcome::InvalidInput));
+    };
+    let backend = &policy.storage.backend;
+    let creds = match backend {
+        Backend::S3(s3) if s3.credentials_secret.is_some() => {
+            let client = kube::Client::try_default().await?;
+            credentials(&client, &settings, backend).await?
+        }
+        _ => None,
+    };
+    Ok(Ok(store::open(backend, creds.as_ref()).await))
+}
+
+/// Print `value` as pretty JSON or as YAML.
+fn print_structured(value: &impl serde::Serialize, yaml: bool) -> anyhow::Result<()> {
+    if yaml {
+        print!("{}", serde_yaml::to_string(value)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    }
+    Ok(())
+}
+
+/// A stored backup as `list -o json|yaml` and `describe -o json|yaml` show it.
+fn stored_value(b: &StoredBackup) -> serde_json::Value {
+    serde_json::json!({
+        "policy": b.policy, "backupId": b.id.as_str(), "size": b.size,
+        "complete": b.manifest.is_some(),
+        "status": b.manifest.as_ref().map_or_else(|| "Incomplete".to_string(), |m| format!("{:?}", m.status)),
+        "stored": b.stored, "manifest": b.manifest,
+    })
 }
 
 /// Read S3 credentials from the policy storage's Secret (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
@@ -86,7 +182,7 @@ async fn credentials(
 
 /// Run `freezeframe backup`.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
+    let settings = Settings::from_process_with_client(&args.source, &args.client)?;
     let set = crate::policy::command::load(&settings).await?;
     let Some(policy): Option<&Policy> = set.policy(&args.policy) else {
         if !set.is_valid() {
@@ -133,7 +229,10 @@ pub async fn back_up_policy(
     let request = Request {
         policy: &policy.name,
         selection: &selection,
-        options: &ExportOptions::default(),
+        options: &ExportOptions {
+            limits: settings.client,
+            ..ExportOptions::default()
+        },
         freeze: &freeze,
     };
     let engine = Engine::new(KubeExecutor::new(client.clone()));
@@ -223,23 +322,177 @@ pub fn table(backups: &[StoredBackup]) -> String {
 
 /// Run `freezeframe list`.
 pub async fn list(args: ListArgs) -> anyhow::Result<Outcome> {
-    let backend = store::backend_from_url(&args.storage)?;
-    let (store, layout) = store::open(&backend, None).await;
-    let backups = super::list(store.as_ref(), &layout, args.policy.as_deref()).await?;
+    let (store, layout) = match open_store(&args.store).await? {
+        Ok(opened) => opened,
+        Err(outcome) => return Ok(outcome),
+    };
+    let backups = super::list(store.as_ref(), &layout, args.store.policy.as_deref()).await?;
     match args.output {
         Format::Table => print!("{}", table(&backups)),
-        Format::Json => {
-            let rows: Vec<serde_json::Value> = backups
-                .iter()
-                .map(|b| {
-                    serde_json::json!({
-                        "policy": b.policy, "backupId": b.id.as_str(), "size": b.size,
-                        "complete": b.manifest.is_some(), "manifest": b.manifest,
-                    })
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+        Format::Json | Format::Yaml => {
+            let rows: Vec<serde_json::Value> = backups.iter().map(stored_value).collect();
+            print_structured(&rows, args.output == Format::Yaml)?;
         }
     }
     Ok(Outcome::Success)
+}
+
+/// Run `freezeframe describe`: exit 0 when the backup was found (whatever its status), 1 when not, 2
+/// when the id is ambiguous (stored for several policies: pass `--policy`).
+pub async fn describe(args: DescribeArgs) -> anyhow::Result<Outcome> {
+    let (store, layout) = match open_store(&args.store).await? {
+        Ok(opened) => opened,
+        Err(outcome) => return Ok(outcome),
+    };
+    let found = super::find(
+        store.as_ref(),
+        &layout,
+        args.store.policy.as_deref(),
+        &args.backup,
+    )
+    .await?;
+    let backup = match found.as_slice() {
+        [one] => one,
+        [] => {
+            eprintln!("error: no backup {} in {}", args.backup, store.location());
+            return Ok(Outcome::Failed);
+        }
+        many => {
+            eprintln!(
+                "error: backup {} is stored for several policies ({}): pass --policy",
+                args.backup,
+                many.iter()
+                    .map(|b| b.policy.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Ok(Outcome::InvalidInput);
+        }
+    };
+    match args.output {
+        DescribeFormat::Text => print!("{}", describe_text(backup)),
+        DescribeFormat::Json | DescribeFormat::Yaml => {
+            print_structured(&stored_value(backup), args.output == DescribeFormat::Yaml)?;
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Render one stored backup for people: status, scope, times, counts, artifacts, hooks, dumps, volumes,
+/// problems; an incomplete one as such with what it has stored so far. Pure.
+pub fn describe_text(b: &StoredBackup) -> String {
+    let mut out = format!("Backup:      {}/{}\n", b.policy, b.id);
+    let Some(m) = &b.manifest else {
+        writeln!(
+            out,
+            "Status:      Incomplete (no {}: still running, or it crashed before committing)",
+            layout::MANIFEST
+        )
+        .ok();
+        writeln!(out, "Started:     {} (from the id)", b.id.time().to_rfc3339()).ok();
+        writeln!(out, "Artifacts stored so far:").ok();
+        for (path, size) in &b.stored {
+            writeln!(out, "  {path}\t{size} bytes").ok();
+        }
+        if b.stored.is_empty() {
+            writeln!(out, "  (none)").ok();
+        }
+        return out;
+    };
+    writeln!(out, "Status:      {:?}", m.status).ok();
+    writeln!(out, "Policy:      {}", m.policy).ok();
+    writeln!(out, "Namespaces:  {}", m.namespaces.join(", ")).ok();
+    if let Some(selector) = &m.selector {
+        let selector = serde_json::to_string(selector).unwrap_or_default();
+        writeln!(out, "Selector:    {selector}").ok();
+    }
+    writeln!(out, "Cluster:     kube-system uid {}", m.cluster.kube_system_uid).ok();
+    writeln!(out, "Started:     {}", m.started_at.to_rfc3339()).ok();
+    let took = (m.finished_at - m.started_at).num_milliseconds();
+    writeln!(out, "Finished:    {} ({took} ms)", m.finished_at.to_rfc3339()).ok();
+    writeln!(
+        out,
+        "Written by:  freezeframe {} (manifest format {})",
+        m.freezeframe_version, m.format_version
+    )
+    .ok();
+    for (title, kinds) in [("Objects", &m.objects), ("Cluster objects", &m.cluster_objects)] {
+        let total: u64 = kinds.values().map(|k| k.count).sum();
+        writeln!(out, "{title}: {total} in {} kinds", kinds.len()).ok();
+        for (id, k) in kinds {
+            let skip = match k.restore {
+                RestoreAction::Apply => "",
+                RestoreAction::Skip => "\t(skipped on restore)",
+            };
+            writeln!(out, "  {id}\t{}{skip}", k.count).ok();
+        }
+    }
+    writeln!(out, "Artifacts:").ok();
+    for (path, a) in &m.artifacts {
+        writeln!(out, "  {path}\t{} bytes\tsha256 {}", a.size, a.sha256).ok();
+    }
+    if let Some(h) = &m.hooks {
+        let window = h.freeze_window_millis.map_or_else(
+            || "nothing frozen".to_string(),
+            |ms| format!("frozen for {ms} ms"),
+        );
+        writeln!(
+            out,
+            "Hooks:       {:?}, {window}, {} steps",
+            h.status,
+            h.steps.len()
+        )
+        .ok();
+        for f in &h.failures {
+            let i = &f.invocation;
+            writeln!(
+                out,
+                "  failed {} {} on {}/{} [{}]: {} ({})",
+                f.stage, f.step, i.namespace, i.pod, i.container, i.result, f.command
+            )
+            .ok();
+            if let Some(line) = f.stderr_tail.lines().last() {
+                writeln!(out, "    stderr: {line}").ok();
+            }
+        }
+        for s in &h.skipped {
+            writeln!(out, "  skipped {s}").ok();
+        }
+    }
+    if !m.dumps.is_empty() {
+        writeln!(out, "Dumps:").ok();
+    }
+    for d in &m.dumps {
+        let frozen = if d.while_frozen { ", while frozen" } else { "" };
+        match d.status {
+            DumpStatus::Succeeded => writeln!(
+                out,
+                "  {}: Succeeded{frozen}, {} bytes sha256 {} -> {}",
+                d.describe(),
+                d.size.unwrap_or(0),
+                d.sha256.as_deref().unwrap_or("-"),
+                d.artifact
+            ),
+            DumpStatus::Failed => writeln!(
+                out,
+                "  {}: Failed{frozen}: {}",
+                d.describe(),
+                d.error.as_deref().unwrap_or("-")
+            ),
+        }
+        .ok();
+    }
+    if let Some(v) = &m.volumes {
+        writeln!(out, "Volumes:     {} snapshots", v.snapshots.len()).ok();
+        for s in &v.snapshots {
+            writeln!(out, "  {s}").ok();
+        }
+        if let Some(note) = &v.note {
+            writeln!(out, "  note: {note}").ok();
+        }
+    }
+    for p in &m.problems {
+        writeln!(out, "Problem:     {p}").ok();
+    }
+    out
 }

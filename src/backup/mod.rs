@@ -443,6 +443,8 @@ pub struct StoredBackup {
     pub id: BackupId,
     /// Bytes stored under the backup (all artifacts).
     pub size: u64,
+    /// Every object stored under the backup: path inside it (`resources.tar.zst`, `dumps/...`) → bytes.
+    pub stored: BTreeMap<String, u64>,
     /// The manifest; `None` = incomplete (failed or still running).
     pub manifest: Option<Manifest>,
 }
@@ -453,22 +455,46 @@ pub async fn list(
     layout: &Layout,
     policy: Option<&str>,
 ) -> Result<Vec<StoredBackup>> {
+    scan(store, layout, policy, None).await
+}
+
+/// The backups with id `id`: one per policy that has it (of `policy` only, when given).
+pub async fn find(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    policy: Option<&str>,
+    id: &BackupId,
+) -> Result<Vec<StoredBackup>> {
+    scan(store, layout, policy, Some(id)).await
+}
+
+/// List the keys under the backups (of `policy`), group them per backup (only `id`, when given) and
+/// read the manifests of those that have one.
+async fn scan(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    policy: Option<&str>,
+    id: Option<&BackupId>,
+) -> Result<Vec<StoredBackup>> {
     let prefix = policy.map_or_else(|| layout.backups(), |p| layout.policy(p));
     let objects = store
         .list(&prefix)
         .await
         .map_err(store_error(format!("listing {prefix}")))?;
-    let mut found: BTreeMap<(String, BackupId), (u64, bool)> = BTreeMap::new();
+    let mut found: BTreeMap<(String, BackupId), BTreeMap<String, u64>> = BTreeMap::new();
     for object in &objects {
-        if let Some((policy, id, artifact)) = layout.parse(&object.key) {
-            let entry = found.entry((policy.to_string(), id)).or_default();
-            entry.0 += object.size;
-            entry.1 |= artifact == layout::MANIFEST;
+        if let Some((policy, found_id, artifact)) = layout.parse(&object.key)
+            && id.is_none_or(|wanted| *wanted == found_id)
+        {
+            found
+                .entry((policy.to_string(), found_id))
+                .or_default()
+                .insert(artifact.to_string(), object.size);
         }
     }
     let mut out = Vec::new();
-    for ((policy, id), (size, has_manifest)) in found {
-        let manifest = if has_manifest {
+    for ((policy, id), stored) in found {
+        let manifest = if stored.contains_key(layout::MANIFEST) {
             let key = layout.backup(&policy, &id).manifest();
             let bytes = store::get_bytes(store, &key)
                 .await
@@ -480,7 +506,8 @@ pub async fn list(
         out.push(StoredBackup {
             policy,
             id,
-            size,
+            size: stored.values().sum(),
+            stored,
             manifest,
         });
     }

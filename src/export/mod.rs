@@ -16,7 +16,8 @@
 //! Memory does not grow with the number of objects: lists are paged (`limit`), each page is turned
 //! into archive entries that pass through a small bounded channel into the single tar+zstd writer,
 //! whose output is piped straight into the object store's streaming upload. At most `concurrency`
-//! kinds are listed at once.
+//! kinds are listed at once, and every list page and get first takes a token of the client rate limit
+//! ([`limit`]: `qps`/`burst`, settings `FREEZEFRAME_KUBE_QPS`/`FREEZEFRAME_KUBE_BURST`).
 //!
 //! RBAC: `get`, `list` on every exported kind in the policy's namespaces; `get` on namespaces,
 //! persistentvolumes, storageclasses, customresourcedefinitions, clusterroles.
@@ -25,9 +26,11 @@ pub mod archive;
 pub mod closure;
 pub mod filter;
 pub mod labels;
+pub mod limit;
 pub mod sanitize;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
@@ -42,6 +45,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use crate::config::ClientLimits;
 use crate::policy::{Namespaces, Policy};
 use crate::store::{self, ObjectStore, Written};
 pub use filter::ResourceFilter;
@@ -92,8 +96,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Tuning of an export.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExportOptions {
+    /// Client-side rate limit of the export's API calls.
+    pub limits: ClientLimits,
     /// `limit` of each list call.
     pub page_size: u32,
     /// Kinds listed at once.
@@ -107,6 +113,7 @@ pub struct ExportOptions {
 impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
+            limits: ClientLimits::default(),
             page_size: 500,
             concurrency: 4,
             drop_last_applied: false,
@@ -286,17 +293,36 @@ fn entry(resource: &ApiResource, mut obj: Value, drop_last_applied: bool) -> Res
     })
 }
 
-/// Thin, paging access to the API for the export (one place for error context).
+/// Thin, paging, optionally rate-limited access to the API for the export (one place for error context).
 #[derive(Clone)]
 pub struct Kube {
     client: kube::Client,
     page_size: u32,
+    limiter: Option<Arc<limit::RateLimiter>>,
 }
 
 impl Kube {
-    /// Access through `client`, listing `page_size` objects per call.
+    /// Access through `client`, listing `page_size` objects per call, not rate-limited.
     pub fn new(client: kube::Client, page_size: u32) -> Kube {
-        Kube { client, page_size }
+        Kube {
+            client,
+            page_size,
+            limiter: None,
+        }
+    }
+
+    /// The same access, every call first taking a token of a bucket shared by the clones of the result.
+    pub fn limited(self, limits: ClientLimits) -> Kube {
+        Kube {
+            limiter: Some(Arc::new(limit::RateLimiter::new(limits))),
+            ..self
+        }
+    }
+
+    async fn throttle(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire().await;
+        }
     }
 
     fn api(&self, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -319,6 +345,7 @@ impl Kube {
             if let Some(t) = &token {
                 params = params.continue_token(t);
             }
+            self.throttle().await;
             let page = api.list(&params).await.map_err(|source| Error::Kube {
                 verb: "list",
                 resource: filter::kind_id(resource),
@@ -342,6 +369,7 @@ impl Kube {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<Value>> {
+        self.throttle().await;
         self.api(resource, namespace)
             .get_opt(name)
             .await
@@ -413,7 +441,7 @@ pub async fn export(
     store: &dyn ObjectStore,
     key: &str,
 ) -> Result<ExportReport> {
-    let kube = Kube::new(client.clone(), options.page_size);
+    let kube = Kube::new(client.clone(), options.page_size).limited(options.limits);
     let discovery = Discovery::new(client.clone())
         .run()
         .await
