@@ -174,10 +174,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             force,
         );
         let decision = decide(&policy.schedule, &input);
-        if let Some(at) = decision.record(&input) {
-            store::record_last_scheduled(&cms, namespace, name, &policy.name, at)
-                .await
-                .with_context(|| format!("recording when {} was scheduled", policy.name))?;
+        // Recorded before the run starts, so a crash cannot make the next tick serve this fire time again;
+        // a policy whose time cannot be recorded is not run (and the Lease is still released below).
+        if let Some(at) = decision.record(&input)
+            && let Err(e) = store::record_last_scheduled(&cms, namespace, name, &policy.name, at).await
+        {
+            eprintln!(
+                "{}: not run: cannot record its scheduled time: {:#}",
+                policy.name,
+                anyhow::Error::from(e)
+            );
+            outcomes.push(Outcome::Failed);
+            continue;
         }
         if !matches!(decision, Decision::Run { .. }) {
             println!("{}", describe_wait(&policy.name, &decision));
