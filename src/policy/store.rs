@@ -200,19 +200,7 @@ pub async fn record_last_scheduled(
     policy: &str,
     at: DateTime<Utc>,
 ) -> Result<(), Error> {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(last_scheduled_patch(policy, at)),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: "patch",
-        namespace: namespace.into(),
-        name: name.into(),
-        source,
-    })?;
-    Ok(())
+    merge_annotations(api, namespace, name, last_scheduled_patch(policy, at)).await
 }
 
 /// Store `policy`'s last result on the ConfigMap (a merge patch on one annotation).
@@ -223,18 +211,24 @@ pub async fn record_last_result(
     policy: &str,
     result: &LastResult,
 ) -> Result<(), Error> {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(last_result_patch(policy, result)),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: "patch",
-        namespace: namespace.into(),
-        name: name.into(),
-        source,
-    })?;
+    merge_annotations(api, namespace, name, last_result_patch(policy, result)).await
+}
+
+/// Apply one of this module's annotation merge patches to the policy ConfigMap.
+async fn merge_annotations(
+    api: &Api<ConfigMap>,
+    namespace: &str,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<(), Error> {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(|source| Error::Kube {
+            action: "patch",
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })?;
     Ok(())
 }
 
