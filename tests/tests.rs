@@ -8,6 +8,7 @@ mod demo;
 mod export;
 mod harness;
 mod hooks;
+mod packaging;
 mod policy_store;
 mod restore;
 mod s3;
