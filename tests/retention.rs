@@ -247,9 +247,15 @@ async fn given_all_recent_backups_failed_when_prune_then_last_good_backup_is_kep
         layout: &layout,
     };
 
-    let report = retention::prune(target, "app", &good.retention, Utc::now(), Mode::Delete(&snapshots))
-        .await
-        .unwrap();
+    let report = retention::prune(
+        target,
+        "app",
+        &good.retention,
+        Utc::now(),
+        Mode::Delete(&snapshots),
+    )
+    .await
+    .unwrap();
 
     let pruned: Vec<&str> = report.pruned.iter().map(|p| p.backup_id.as_str()).collect();
     assert_eq!(pruned, [older.backup_id.as_str()], "{report:#?}");
@@ -271,21 +277,27 @@ async fn given_all_recent_backups_failed_when_prune_then_last_good_backup_is_kep
 
     // A good backup again: now the failures and the previous good backup go.
     let newest = back_up_at(&env, &good, &store, &layout, hours_ago(1)).await;
-    let report = retention::prune(target, "app", &good.retention, Utc::now(), Mode::Delete(&snapshots))
-        .await
-        .unwrap();
+    let report = retention::prune(
+        target,
+        "app",
+        &good.retention,
+        Utc::now(),
+        Mode::Delete(&snapshots),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.pruned.len(), 4, "{report:#?}");
     assert!(
         report.pruned[1..]
             .iter()
             .all(|p| p.reason == "failed, and a newer good backup exists")
     );
-    assert_eq!(stored_ids(&store, &layout).await, [newest.backup_id.clone()]);
+    assert_eq!(stored_ids(&store, &layout).await, [newest.backup_id.as_str()]);
     let objects = store.list("").await.unwrap();
     assert!(
-        objects
-            .iter()
-            .all(|o| o.key.starts_with(&format!("clusters/a/backups/app/{}/", newest.backup_id))),
+        objects.iter().all(|o| o
+            .key
+            .starts_with(&format!("clusters/a/backups/app/{}/", newest.backup_id))),
         "nothing else is left in the bucket: {objects:?}"
     );
 }
@@ -295,7 +307,11 @@ async fn given_prune_dry_run_when_run_then_nothing_is_deleted_and_each_backup_sa
     let env = TestEnv::new().await.unwrap();
     env.apply(&app(false)).unwrap();
     let dir = env.dir().join("backups");
-    let text = policy_text(&dir, "{keepLast: 1, keepDaily: 2}", "    volumes: {snapshot: none}\n");
+    let text = policy_text(
+        &dir,
+        "{keepLast: 1, keepDaily: 2}",
+        "    volumes: {snapshot: none}\n",
+    );
     let p = policy(&text);
     let (store, layout) = (FsStore::new(&dir), Layout::new(""));
     // Fixed hours of whole UTC days, so the daily buckets do not depend on when the test runs.
@@ -333,8 +349,14 @@ async fn given_prune_dry_run_when_run_then_nothing_is_deleted_and_each_backup_sa
             .join(" ")
     };
     assert!(stdout.starts_with("POLICY"), "{stdout}");
-    assert!(line(&ids[0]).contains("Completed would prune kept by no rule"), "{stdout}");
-    assert!(line(&ids[1]).contains("Completed would prune kept by no rule"), "{stdout}");
+    assert!(
+        line(&ids[0]).contains("Completed would prune kept by no rule"),
+        "{stdout}"
+    );
+    assert!(
+        line(&ids[1]).contains("Completed would prune kept by no rule"),
+        "{stdout}"
+    );
     assert!(line(&ids[2]).contains("Completed keep daily"), "{stdout}");
     let newest = line(&ids[3]);
     assert!(
@@ -433,7 +455,10 @@ async fn given_a_due_policy_when_ticked_twice_then_run_prunes_after_each_backup(
 
     assert_eq!(second.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&second.stdout);
-    assert!(stdout.contains("retention: kept 1, pruned 1, failed 0"), "{stdout}");
+    assert!(
+        stdout.contains("retention: kept 1, pruned 1, failed 0"),
+        "{stdout}"
+    );
     assert!(stdout.contains(&format!("pruned {}", before[0])), "{stdout}");
     let after = stored_ids(&store, &layout).await;
     assert_eq!(after.len(), 1);
@@ -463,7 +488,10 @@ async fn given_an_unreadable_old_manifest_when_backup_runs_then_backup_is_commit
         stderr.contains("error: app: retention was not applied: cannot list the backups of policy app"),
         "{stderr}"
     );
-    assert!(stderr.contains(&old.manifest()), "names the unreadable manifest: {stderr}");
+    assert!(
+        stderr.contains(&old.manifest()),
+        "names the unreadable manifest: {stderr}"
+    );
     let new_manifests: Vec<_> = store
         .list("backups/app/")
         .await
@@ -473,6 +501,13 @@ async fn given_an_unreadable_old_manifest_when_backup_runs_then_backup_is_commit
         .collect();
     assert_eq!(new_manifests.len(), 1);
     let m = Manifest::from_json(&store::get_bytes(&store, &new_manifests[0].key).await.unwrap()).unwrap();
-    assert_eq!(m.status, Status::Completed, "the backup's manifest is not changed by the prune");
-    assert!(store.head(&old.manifest()).await.unwrap().is_some(), "nothing was pruned");
+    assert_eq!(
+        m.status,
+        Status::Completed,
+        "the backup's manifest is not changed by the prune"
+    );
+    assert!(
+        store.head(&old.manifest()).await.unwrap().is_some(),
+        "nothing was pruned"
+    );
 }

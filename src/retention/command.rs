@@ -53,22 +53,22 @@ pub struct PruneArgs {
 
 /// `--help` text after the options.
 pub const PRUNE_HELP: &str = "\
-A backup is kept if any rule of the policy's `retention` keeps it (restic/k8up semantics):
-  keepLast N                 the N newest good backups                          reason: last N
-  keepHourly/Daily/Weekly/Monthly/Yearly N
-                             the newest good backup of each of the last N hours/days/ISO weeks/months/
-                             years that have one (UTC calendar periods)          reason: daily 2026-11-20
-  keepWithin D               good backups started less than D before the newest good one
-                                                                                 reason: within 7d
+A backup is kept if any rule of the policy's `retention` keeps it (restic/k8up semantics);
+the reason printed for it is on the right:
+  keepLast: N        the N newest good backups                                  last N
+  keepHourly|Daily|Weekly|Monthly|Yearly: N
+                     the newest good backup of each of the last N UTC hours,    daily 2026-11-20
+                     days, ISO weeks, months, years that have one
+  keepWithin: D      good backups started less than D before the newest one    within 7d
 Good = Completed or PartiallyFailed. Whatever the rules say:
-  - the newest Completed backup is kept (else the newest PartiallyFailed one)   reason: newest good backup
-  - Failed backups count toward no rule; they are kept while no good backup is newer, then pruned
+  - the newest Completed backup is kept (else the newest PartiallyFailed one):  newest good backup
+  - Failed backups count toward no rule; kept while no good backup is newer, then pruned
   - a backup without manifest.json is kept for 1d after it started (a run in progress), then pruned
 
-A pruned backup is deleted in this order: manifest.json first (it disappears from list and restore at
+A pruned backup is deleted in this order: manifest.json first (it leaves `list` and `restore` at
 once, so a crash leaves an incomplete backup, never a half one), then its VolumeGroupSnapshots and
-VolumeSnapshots (from volumes.json and by label), then every other object, volumes.json last.
-`freezeframe run` and `freezeframe backup` (unless --no-prune) prune the policy after every backup.
+VolumeSnapshots (from volumes.json and by label), then its other objects, volumes.json last.
+`freezeframe run` and `freezeframe backup` (unless --no-prune) prune the policy after each backup.
 
 Exit status: 0 done (or nothing to prune), 3 some backup could not be pruned (the others were),
 1 a policy's backups could not be listed (nothing of it was pruned), 2 unknown or invalid policy.
