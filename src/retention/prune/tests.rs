@@ -15,7 +15,7 @@ use crate::store::{ByteReader, Layout, ObjectInfo, ObjectStore, Written};
 type Log = Arc<Mutex<Vec<String>>>;
 
 /// A directory store that logs every delete (`delete <key>`) and fails deletes of keys containing one
-/// of `fail` (and every read when `fail_reads`).
+/// of `fail` (and reads of `volumes.json` when `fail` holds `GET`).
 #[derive(Debug)]
 struct Store {
     inner: FsStore,
