@@ -26,8 +26,11 @@ pub enum Command {
     /// One CronJob tick: back up every policy that is due (or forced with --now), one run at a time.
     #[command(after_help = RUN_HELP)]
     Run(crate::run::RunArgs),
-    /// Back up one policy now: freeze hooks, dumps, resources export, manifest (exit 0/3/1).
+    /// Back up one policy now: freeze hooks, dumps, resources export, manifest, then prune (exit 0/3/1).
     Backup(crate::backup::command::BackupArgs),
+    /// Apply a policy's retention now: keep or prune each stored backup, saying why (--dry-run: only say).
+    #[command(after_help = crate::retention::command::PRUNE_HELP)]
+    Prune(crate::retention::command::PruneArgs),
     /// List the backups in a store, flagging incomplete ones.
     List(crate::backup::command::ListArgs),
     /// Show one stored backup: status, counts, artifacts, hooks, dumps, snapshots (incomplete ones too).
@@ -71,12 +74,15 @@ What a tick does, in order:
      coalesce into one run; one later than startingDeadline is skipped with a warning; a new policy
      waits for its first fire time (runOnCreate: true runs it at once); suspend: true skips it
   5. record the fire time (last-scheduled.freezeframe.dev/<policy>), back the policy up (freeze hooks,
-     dumps, snapshots, export, manifest), record last-result.freezeframe.dev/<policy>
+     dumps, snapshots, export, manifest), prune its old backups by its retention (see `freezeframe prune
+     --help`), record last-result.freezeframe.dev/<policy> (the backup's result; a prune failure does
+     not change it)
   6. release the Lease
 
 Exit status: 0 everything that ran succeeded (or nothing was due, or another run holds the Lease),
-3 some backup partially failed, 1 some backup failed (or SIGTERM stopped the run), 2 some policy is
-invalid or --now names no valid policy (checked after the valid ones ran).
+3 some backup partially failed or some old backup could not be pruned, 1 some backup failed (or
+SIGTERM stopped the run), 2 some policy is invalid or --now names no valid policy (checked after the
+valid ones ran).
 
 Examples:
   # What the CronJob runs every tick
@@ -104,6 +110,7 @@ pub fn run() -> anyhow::Result<Outcome> {
             Command::Policies(args) => crate::policy::list::run(args).await,
             Command::Run(args) => crate::run::run(args).await,
             Command::Backup(args) => crate::backup::command::backup(args).await,
+            Command::Prune(args) => crate::retention::command::run(args).await,
             Command::List(args) => crate::backup::command::list(args).await,
             Command::Describe(args) => crate::backup::command::describe(args).await,
             Command::Restore(args) => crate::restore::command::run(args).await,

@@ -13,6 +13,7 @@ pub mod export;
 pub mod hooks;
 pub mod policy;
 pub mod restore;
+pub mod retention;
 pub mod run;
 pub mod sandbox;
 pub mod snapshot;

@@ -11,6 +11,7 @@ mod hooks;
 mod packaging;
 mod policy_store;
 mod restore;
+mod retention;
 mod s3;
 mod sandbox_api;
 mod sandbox_cli;

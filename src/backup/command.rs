@@ -1,5 +1,6 @@
-//! `freezeframe backup` (one backup of a policy now: freeze, dumps, export, manifest; exit 0 Completed, 3
-//! PartiallyFailed, 1 Failed or cancelled by SIGTERM/SIGINT), `freezeframe list` (what is stored) and
+//! `freezeframe backup` (one backup of a policy now: freeze, dumps, export, manifest, then the policy's
+//! retention unless `--no-prune`; exit 0 Completed, 3 PartiallyFailed or some old backup could not be
+//! pruned, 1 Failed or cancelled by SIGTERM/SIGINT), `freezeframe list` (what is stored) and
 //! `freezeframe describe` (one stored backup in full). `list` and `describe` find the store the same way
 //! ([`StoreArgs`]: `--storage`, else the policy's storage) and print JSON/YAML the same way.
 
@@ -30,6 +31,10 @@ pub struct BackupArgs {
     /// Write to this store instead of the policy's: file:///path or s3://bucket[/prefix][?region=..&endpoint=..&forcePathStyle=true].
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
+    /// Do not apply the policy's retention after the backup (by default the policy's old backups are
+    /// pruned right after the manifest is written, as `freezeframe run` does; see `freezeframe prune`).
+    #[arg(long)]
+    pub no_prune: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -201,29 +206,51 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
     };
     let client = kube::Client::try_default().await?;
     let cancel = cancel_on_signals()?;
-    let manifest = back_up_policy(&client, &settings, policy, &backend, &cancel).await?;
+    let (store, layout) = open_backend(&client, &settings, &backend).await?;
+    let manifest = back_up_policy(&client, &settings, policy, store.as_ref(), &layout, &cancel).await?;
     print!("{}", summary(&manifest));
-    Ok(manifest.status.outcome())
+    let mut outcome = manifest.status.outcome();
+    // Commit manifest → prune: the manifest is final; a prune failure only worsens the exit code.
+    if !args.no_prune && !cancel.is_cancelled() {
+        let target = crate::retention::Target {
+            store: store.as_ref(),
+            layout: &layout,
+        };
+        let pruned = crate::retention::command::after_backup(&client, policy, target).await;
+        let prune_outcome = crate::retention::command::report_after_backup(&policy.name, &pruned);
+        outcome = crate::run::worst([outcome, prune_outcome]);
+    }
+    Ok(outcome)
 }
 
-/// One backup of `policy` into `backend` with the real cluster and wall clock: the store (with the
-/// storage's credentials), selection, freeze plan and hook engine, then [`super::backup`]. Shared by
-/// `freezeframe backup` and `freezeframe run`; `cancel` is the process's [`cancel_on_signals`] token.
+/// Open the store `backend` describes, with the storage's S3 credentials read from its
+/// `credentialsSecret` when it names one.
+pub async fn open_backend(
+    client: &kube::Client,
+    settings: &Settings,
+    backend: &Backend,
+) -> anyhow::Result<(std::sync::Arc<dyn ObjectStore>, Layout)> {
+    let creds = credentials(client, settings, backend).await?;
+    Ok(store::open(backend, creds.as_ref()).await)
+}
+
+/// One backup of `policy` into `store` with the real cluster and wall clock: selection, freeze plan and
+/// hook engine, then [`super::backup`]. Shared by `freezeframe backup` and `freezeframe run`; `cancel`
+/// is the process's [`cancel_on_signals`] token.
 pub async fn back_up_policy(
     client: &kube::Client,
     settings: &Settings,
     policy: &Policy,
-    backend: &Backend,
+    store: &dyn ObjectStore,
+    layout: &Layout,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Manifest> {
-    let creds = credentials(client, settings, backend).await?;
-    let (store, layout) = store::open(backend, creds.as_ref()).await;
     let selection = Selection::for_policy(client, policy).await?;
     let freeze = Freeze::for_policy(client, policy).await?;
     let ctx = Context {
         client: client.clone(),
-        store: store.as_ref(),
-        layout: &layout,
+        store,
+        layout,
         clock: &SystemClock,
     };
     let request = Request {

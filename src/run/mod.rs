@@ -1,11 +1,15 @@
 //! `freezeframe run`: what the CronJob executes every tick, as one sequence of named steps:
 //!
 //! load policies → report invalid ones → take the run Lease → for each valid policy: due? → record the
-//! scheduled time → back up → record the result → release the Lease → exit code.
+//! scheduled time → back up (commit manifest) → prune by its retention → record the result → release
+//! the Lease → exit code.
 //!
 //! This module only sequences the steps and adds context to their errors; each step lives in its own
 //! module ([`crate::policy::store`], [`crate::policy::status`], [`lease`], [`crate::policy::decide`],
-//! [`crate::backup::command::back_up_policy`]).
+//! [`crate::backup::command::back_up_policy`], [`crate::retention`]).
+//!
+//! A prune failure never changes the committed manifest or the last-result annotation (they describe
+//! the backup); it prints the failure and makes the tick's exit code at least PartiallyFailed (3).
 
 pub mod lease;
 
@@ -20,6 +24,7 @@ use crate::config::{PolicySource, PolicySourceArgs, Settings};
 use crate::exit::Outcome;
 use crate::policy::store::{self, LastResult, ResultPhase};
 use crate::policy::{Decision, DueInput, Policy, decide};
+use crate::retention::{self, PruneReport};
 
 /// Arguments of `freezeframe run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -191,18 +196,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             println!("{}", describe_wait(&policy.name, &decision));
             continue;
         }
-        outcomes.push(
-            back_up(
-                &client,
-                &settings,
-                &cms,
-                (namespace, name),
-                policy,
-                &decision,
-                &cancel,
-            )
-            .await,
-        );
+        let ran = back_up(
+            &client,
+            &settings,
+            &cms,
+            (namespace, name),
+            policy,
+            &decision,
+            &cancel,
+        )
+        .await;
+        outcomes.push(ran.outcome);
     }
 
     // Release the Lease, then exit.
@@ -213,7 +217,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     Ok(if invalid { Outcome::InvalidInput } else { outcome })
 }
 
-/// Back up one due policy and record its result; a backup that produced no manifest counts as Failed.
+/// What one policy's turn in a tick came to (what the report step needs: the backup, the prune).
+#[derive(Debug)]
+pub struct PolicyRun {
+    /// The committed manifest; `None` = the backup failed before writing one.
+    pub manifest: Option<Manifest>,
+    /// The prune after the backup; `None` = not attempted (no manifest, or the run was stopped).
+    pub prune: Option<Result<PruneReport, retention::Error>>,
+    /// The exit code this policy contributes: the backup's, made at least PartiallyFailed by a prune
+    /// failure.
+    pub outcome: Outcome,
+}
+
+/// Back up one due policy, prune it, and record its result; a backup that produced no manifest counts as
+/// Failed (and nothing is pruned).
 async fn back_up(
     client: &kube::Client,
     settings: &Settings,
@@ -222,32 +239,65 @@ async fn back_up(
     policy: &Policy,
     decision: &Decision,
     cancel: &CancellationToken,
-) -> Outcome {
+) -> PolicyRun {
     tracing::info!(policy = %policy.name, ?decision, "running backup");
     let backend = &policy.storage.backend;
-    let (outcome, result) =
-        match backup_command::back_up_policy(client, settings, policy, backend, cancel).await {
-            Ok(m) => {
-                print!("{}", backup_command::summary(&m));
-                (m.status.outcome(), last_result(&m))
-            }
-            Err(e) => {
-                eprintln!(
-                    "{}: backup failed before a manifest was written: {e:#}",
-                    policy.name
-                );
-                let result = LastResult {
-                    phase: ResultPhase::Failed,
-                    finished_at: Utc::now(),
-                    backup_id: "-".to_string(),
+    let attempt = async {
+        let (store, layout) = backup_command::open_backend(client, settings, backend).await?;
+        let m =
+            backup_command::back_up_policy(client, settings, policy, store.as_ref(), &layout, cancel).await?;
+        anyhow::Ok((m, store, layout))
+    }
+    .await;
+    let (ran, result) = match attempt {
+        Ok((m, store, layout)) => {
+            print!("{}", backup_command::summary(&m));
+            let mut outcome = m.status.outcome();
+            // Commit manifest → prune (not after SIGTERM: stop as soon as possible).
+            let prune = if cancel.is_cancelled() {
+                None
+            } else {
+                let target = retention::Target {
+                    store: store.as_ref(),
+                    layout: &layout,
                 };
-                (Outcome::Failed, result)
-            }
-        };
+                let pruned = retention::command::after_backup(client, policy, target).await;
+                outcome = worst([
+                    outcome,
+                    retention::command::report_after_backup(&policy.name, &pruned),
+                ]);
+                Some(pruned)
+            };
+            let result = last_result(&m);
+            let ran = PolicyRun {
+                manifest: Some(m),
+                prune,
+                outcome,
+            };
+            (ran, result)
+        }
+        Err(e) => {
+            eprintln!(
+                "{}: backup failed before a manifest was written: {e:#}",
+                policy.name
+            );
+            let result = LastResult {
+                phase: ResultPhase::Failed,
+                finished_at: Utc::now(),
+                backup_id: "-".to_string(),
+            };
+            let ran = PolicyRun {
+                manifest: None,
+                prune: None,
+                outcome: Outcome::Failed,
+            };
+            (ran, result)
+        }
+    };
     if let Err(e) = store::record_last_result(cms, namespace, name, &policy.name, &result).await {
         tracing::warn!(policy = %policy.name, error = %format!("{e:#}"), "could not record the last result");
     }
-    outcome
+    ran
 }
 
 #[cfg(test)]

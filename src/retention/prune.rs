@@ -1,0 +1,433 @@
+//! The prune executor: delete the backups [`super::decide`] prunes, in an order a crash cannot turn into
+//! a backup that looks valid but is not, and report per backup what was deleted or why it failed.
+//!
+//! Per pruned backup:
+//! 1. read `volumes.json` (the record of its snapshots) before anything is deleted; if the store cannot
+//!    be read, nothing of this backup is deleted and the next prune retries;
+//! 2. delete `manifest.json` FIRST: the backup disappears from `list`/`restore` at once, so a crash from
+//!    here on leaves an *incomplete* backup that the grace rule prunes later, never a half backup that
+//!    looks restorable;
+//! 3. delete its VolumeGroupSnapshots, then its VolumeSnapshots: those recorded in `volumes.json` plus
+//!    any still labelled with the policy and backup id (a run that crashed before writing `volumes.json`).
+//!    Group members go with their group. An object already gone is fine; an object of the same name
+//!    without this backup's labels is left alone (it is not ours);
+//! 4. delete every other object under the backup's prefix, and `volumes.json` last, only once every
+//!    snapshot is gone, so a failed snapshot deletion is retried by the next prune.
+//!
+//! A failure is recorded with the backup and the executor goes on with the next step where that is
+//! safe and with the next backup in any case.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::rules::{Decision, Verdict};
+use super::{Mode, Target};
+use crate::backup::StoredBackup;
+use crate::exit::Outcome;
+use crate::snapshot::{BACKUP_ID_LABEL, POLICY_LABEL};
+use crate::store::{self, BackupId, layout};
+
+/// Which snapshot kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum SnapshotKind {
+    /// `groupsnapshot.storage.k8s.io` VolumeGroupSnapshot (deleted first: its members go with it).
+    VolumeGroupSnapshot,
+    /// `snapshot.storage.k8s.io` VolumeSnapshot.
+    VolumeSnapshot,
+}
+
+/// A snapshot object of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotRef {
+    /// Kind.
+    pub kind: SnapshotKind,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// What deleting a snapshot did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Deleted (its content follows the class's `deletionPolicy`).
+    Deleted,
+    /// It did not exist (already deleted, or its API is not served).
+    Gone,
+    /// An object of that name exists but is not labelled as this backup's: left alone.
+    NotOurs,
+}
+
+/// Errors of the cluster side of pruning.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// API discovery failed.
+    #[error("discovering the snapshot APIs")]
+    Discovery(#[source] Box<kube::Error>),
+    /// An API call failed.
+    #[error("cannot {verb} {what}")]
+    Kube {
+        /// The verb.
+        verb: &'static str,
+        /// What.
+        what: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// Any other failure (fakes in tests).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The cluster side of pruning: find and delete a backup's snapshot objects.
+#[async_trait::async_trait]
+pub trait Snapshots: Send + Sync {
+    /// Every VolumeSnapshot and VolumeGroupSnapshot, in any namespace, labelled with
+    /// `freezeframe.dev/policy=<policy>` and `freezeframe.dev/backup-id=<backup>`.
+    async fn labelled(&self, policy: &str, backup: &BackupId) -> Result<Vec<SnapshotRef>, SnapshotError>;
+
+    /// Delete `snapshot` if it carries those labels.
+    async fn delete(
+        &self,
+        snapshot: &SnapshotRef,
+        policy: &str,
+        backup: &BackupId,
+    ) -> Result<Deletion, SnapshotError>;
+}
+
+/// Why one step of pruning a backup failed.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("reading {key} failed, so nothing of this backup was deleted; the next prune retries")]
+    ReadVolumes {
+        key: String,
+        #[source]
+        source: store::Error,
+    },
+    #[error("deleting {key} failed, so nothing else of this backup was deleted; the next prune retries")]
+    DeleteManifest {
+        key: String,
+        #[source]
+        source: store::Error,
+    },
+    #[error("finding the snapshots labelled {POLICY_LABEL}={policy},{BACKUP_ID_LABEL}={backup}")]
+    Labelled {
+        policy: String,
+        backup: String,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error("deleting {snapshot} (check RBAC: delete on volumesnapshots/volumegroupsnapshots)")]
+    Snapshot {
+        snapshot: SnapshotRef,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error("listing the objects under {prefix}")]
+    List {
+        prefix: String,
+        #[source]
+        source: store::Error,
+    },
+    #[error("deleting the objects under {prefix}")]
+    Delete {
+        prefix: String,
+        #[source]
+        source: store::Error,
+    },
+}
+
+/// An error and its causes on one line (`a: b: c`).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// A kept backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptBackup {
+    /// Id.
+    pub backup_id: String,
+    /// `Completed`, `PartiallyFailed`, `Failed` or `Incomplete`.
+    pub status: String,
+    /// Every reason it is kept (`last 3`, `daily 2026-11-20`, `newest good backup`, ...).
+    pub reasons: Vec<String>,
+}
+
+/// A pruned backup (or one that would be, in a dry run, or whose pruning failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrunedBackup {
+    /// Id.
+    pub backup_id: String,
+    /// What it was.
+    pub status: String,
+    /// Why it is pruned.
+    pub reason: String,
+    /// Snapshot objects deleted (`VolumeSnapshot ns/name`).
+    pub snapshots: Vec<String>,
+    /// Store objects deleted (in a dry run: that would be).
+    pub objects: usize,
+    /// What else there is to know (a snapshot left alone, `volumes.json` kept for a retry, ...).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Why pruning it failed, one line per failed step; empty when it succeeded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// The outcome of pruning one policy: for the summary, `-o json`, and the `prune.completed` /
+/// `prune.failed` webhooks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneReport {
+    /// Policy.
+    pub policy: String,
+    /// Nothing was deleted; `pruned` says what would be.
+    pub dry_run: bool,
+    /// Kept backups, oldest first, with their reasons.
+    pub kept: Vec<KeptBackup>,
+    /// Backups pruned completely (in a dry run: that would be), oldest first.
+    pub pruned: Vec<PrunedBackup>,
+    /// Backups whose pruning failed (possibly half way: see `errors`), oldest first.
+    pub failed: Vec<PrunedBackup>,
+}
+
+impl PruneReport {
+    /// Success, or PartiallyFailed when some backup could not be pruned.
+    pub fn outcome(&self) -> Outcome {
+        if self.failed.is_empty() {
+            Outcome::Success
+        } else {
+            Outcome::PartiallyFailed
+        }
+    }
+}
+
+/// The snapshots `volumes.json` records: its groups and the volumes that are not group members (those go
+/// with their group). Only the names are read, so later additions to the format do not matter.
+fn recorded(bytes: &[u8]) -> Result<Vec<SnapshotRef>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Object {
+        namespace: String,
+        name: String,
+        #[serde(default)]
+        group: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        volumes: Vec<Object>,
+        #[serde(default)]
+        groups: Vec<Object>,
+    }
+    let file: File = serde_json::from_slice(bytes)?;
+    let groups = file.groups.into_iter().map(|g| SnapshotRef {
+        kind: SnapshotKind::VolumeGroupSnapshot,
+        namespace: g.namespace,
+        name: g.name,
+    });
+    let volumes = file
+        .volumes
+        .into_iter()
+        .filter(|v| v.group.is_none())
+        .map(|v| SnapshotRef {
+            kind: SnapshotKind::VolumeSnapshot,
+            namespace: v.namespace,
+            name: v.name,
+        });
+    Ok(groups.chain(volumes).collect())
+}
+
+/// Carry out `decisions` over `stored` (module docs).
+pub(super) async fn execute(
+    target: Target<'_>,
+    policy: &str,
+    stored: &[StoredBackup],
+    decisions: Vec<Decision>,
+    mode: Mode<'_>,
+) -> PruneReport {
+    let mut report = PruneReport {
+        policy: policy.to_string(),
+        dry_run: matches!(mode, Mode::DryRun),
+        kept: Vec::new(),
+        pruned: Vec::new(),
+        failed: Vec::new(),
+    };
+    for decision in decisions {
+        let reason = match &decision.verdict {
+            Verdict::Keep(reasons) => {
+                report.kept.push(KeptBackup {
+                    backup_id: decision.id.to_string(),
+                    status: decision.state.to_string(),
+                    reasons: reasons.iter().map(ToString::to_string).collect(),
+                });
+                continue;
+            }
+            Verdict::Prune(reason) => reason,
+        };
+        let Some(backup) = stored.iter().find(|b| b.id == decision.id) else {
+            continue;
+        };
+        let mut pruned = PrunedBackup {
+            backup_id: decision.id.to_string(),
+            status: decision.state.to_string(),
+            reason: reason.to_string(),
+            snapshots: Vec::new(),
+            objects: backup.stored.len(),
+            notes: Vec::new(),
+            errors: Vec::new(),
+        };
+        if let Mode::Delete(snapshots) = mode {
+            pruned.objects = 0;
+            prune_backup(target, snapshots, policy, backup, &mut pruned).await;
+        }
+        tracing::info!(
+            policy, backup = %decision.id, reason = %pruned.reason, dry_run = report.dry_run,
+            snapshots = pruned.snapshots.len(), objects = pruned.objects, errors = ?pruned.errors,
+            "pruned"
+        );
+        if pruned.errors.is_empty() {
+            report.pruned.push(pruned);
+        } else {
+            report.failed.push(pruned);
+        }
+    }
+    report
+}
+
+/// Delete one backup in the safe order (module docs), recording into `out`.
+async fn prune_backup(
+    target: Target<'_>,
+    snapshots: &dyn Snapshots,
+    policy: &str,
+    backup: &StoredBackup,
+    out: &mut PrunedBackup,
+) {
+    let store = target.store;
+    let keys = target.layout.backup(policy, &backup.id);
+
+    // 1. The snapshot record, before anything is deleted.
+    let mut found: BTreeSet<SnapshotRef> = BTreeSet::new();
+    if backup.stored.contains_key(layout::VOLUMES) {
+        let key = keys.volumes();
+        match store::get_bytes(store, &key).await {
+            Ok(bytes) => match recorded(&bytes) {
+                Ok(refs) => found.extend(refs),
+                Err(e) => out.notes.push(format!(
+                    "{key} is not valid JSON ({e}); its snapshots were looked up by their labels only"
+                )),
+            },
+            Err(source) => {
+                return out_error(&mut out.errors, &StepError::ReadVolumes { key, source });
+            }
+        }
+    }
+
+    // 2. The manifest first: from here on the backup is incomplete, never half valid.
+    let manifest = keys.manifest();
+    if let Err(source) = store.delete(std::slice::from_ref(&manifest)).await {
+        return out_error(
+            &mut out.errors,
+            &StepError::DeleteManifest {
+                key: manifest,
+                source,
+            },
+        );
+    }
+    if backup.stored.contains_key(layout::MANIFEST) {
+        out.objects += 1;
+    }
+
+    // 3. Its snapshots: groups first (their members go with them), then volumes.
+    let mut snapshots_gone = true;
+    match snapshots.labelled(policy, &backup.id).await {
+        Ok(labelled) => found.extend(labelled),
+        Err(source) => {
+            snapshots_gone = false;
+            out_error(
+                &mut out.errors,
+                &StepError::Labelled {
+                    policy: policy.to_string(),
+                    backup: backup.id.to_string(),
+                    source,
+                },
+            );
+        }
+    }
+    for snapshot in found {
+        match snapshots.delete(&snapshot, policy, &backup.id).await {
+            Ok(Deletion::Deleted) => out.snapshots.push(snapshot.to_string()),
+            Ok(Deletion::Gone) => {}
+            Ok(Deletion::NotOurs) => out.notes.push(format!(
+                "{snapshot} was left alone: it is not labelled {POLICY_LABEL}={policy}, \
+                 {BACKUP_ID_LABEL}={} (an object of another cluster or run with the same name)",
+                backup.id
+            )),
+            Err(source) => {
+                snapshots_gone = false;
+                out_error(&mut out.errors, &StepError::Snapshot { snapshot, source });
+            }
+        }
+    }
+
+    // 4. Everything else under the prefix; volumes.json last, once its snapshots are gone.
+    let prefix = keys.root().to_string();
+    let objects = match store.list(&prefix).await {
+        Ok(objects) => objects,
+        Err(source) => {
+            return out_error(&mut out.errors, &StepError::List { prefix, source });
+        }
+    };
+    let volumes = keys.volumes();
+    let (record, rest): (Vec<String>, Vec<String>) =
+        objects.into_iter().map(|o| o.key).partition(|k| *k == volumes);
+    if !rest.is_empty() {
+        match store.delete(&rest).await {
+            Ok(()) => out.objects += rest.len(),
+            Err(source) => out_error(
+                &mut out.errors,
+                &StepError::Delete {
+                    prefix: prefix.clone(),
+                    source,
+                },
+            ),
+        }
+    }
+    if record.is_empty() {
+        return;
+    }
+    if !snapshots_gone {
+        out.notes.push(format!(
+            "{volumes} was kept so the next prune retries deleting its snapshots"
+        ));
+        return;
+    }
+    match store.delete(&record).await {
+        Ok(()) => out.objects += 1,
+        Err(source) => out_error(&mut out.errors, &StepError::Delete { prefix, source }),
+    }
+}
+
+fn out_error(errors: &mut Vec<String>, e: &StepError) {
+    errors.push(chain(e));
+}
+
+#[cfg(test)]
+mod tests;
