@@ -1,5 +1,6 @@
-//! `freezeframe backup` (one backup of a policy now: freeze, dumps, export, manifest; exit 0 Completed, 3
-//! PartiallyFailed, 1 Failed or cancelled by SIGTERM/SIGINT), `freezeframe list` (what is stored) and
+//! `freezeframe backup` (one backup of a policy now: freeze, dumps, export, manifest, then the report —
+//! Events, annotations, webhooks, see [`crate::report`]; exit 0 Completed, 3 PartiallyFailed, 1 Failed
+//! or cancelled by SIGTERM/SIGINT, whatever the webhooks answered), `freezeframe list` (what is stored) and
 //! `freezeframe describe` (one stored backup in full). `list` and `describe` find the store the same way
 //! ([`StoreArgs`]: `--storage`, else the policy's storage) and print JSON/YAML the same way.
 
@@ -17,6 +18,7 @@ use crate::exit::Outcome;
 use crate::export::{ExportOptions, RestoreAction, Selection};
 use crate::hooks::{Engine, KubeExecutor};
 use crate::policy::{Backend, Policy};
+use crate::report::Reporter;
 use crate::store::{self, BackupId, Layout, ObjectStore, layout, s3::StaticCredentials};
 
 /// Arguments of `freezeframe backup`.
@@ -201,9 +203,21 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
     };
     let client = kube::Client::try_default().await?;
     let cancel = cancel_on_signals()?;
-    let manifest = back_up_policy(&client, &settings, policy, &backend, &cancel).await?;
-    print!("{}", summary(&manifest));
-    Ok(manifest.status.outcome())
+    let reporter = Reporter::for_settings(client.clone(), &settings);
+    let started_at = reporter.backup_started(policy).await;
+    match back_up_policy(&client, &settings, policy, &backend, &cancel).await {
+        Ok(manifest) => {
+            print!("{}", summary(&manifest));
+            reporter.backup_finished(policy, &manifest).await;
+            Ok(manifest.status.outcome())
+        }
+        Err(e) => {
+            reporter
+                .backup_error(policy, started_at, &format!("{e:#}"))
+                .await;
+            Err(e)
+        }
+    }
 }
 
 /// One backup of `policy` into `backend` with the real cluster and wall clock: the store (with the

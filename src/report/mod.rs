@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use crate::backup::{ClusterIdentity, Manifest, Status};
 use crate::clock::{Clock, SystemClock};
+use crate::config::{PolicySource, Settings};
 use crate::policy::{Namespaces, Policy, PolicySet, Webhook};
 pub use cluster::{Cluster, KubeCluster};
 pub use events::Involved;
@@ -165,6 +166,16 @@ impl Reporter {
             Arc::new(SystemClock),
             namespace,
         )
+    }
+
+    /// The real reporter for a process with `settings`: Secrets are read from freezeframe's namespace,
+    /// and backup Events also go on the policy ConfigMap when policies come from one.
+    pub fn for_settings(client: kube::Client, settings: &Settings) -> Reporter {
+        let reporter = Reporter::new(client, settings.namespace.clone());
+        match &settings.policy_source {
+            PolicySource::ConfigMap { namespace, name } => reporter.with_policy_configmap(namespace, name),
+            PolicySource::File(_) => reporter,
+        }
     }
 
     /// A reporter over the given side effects.

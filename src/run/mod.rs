@@ -1,11 +1,12 @@
 //! `freezeframe run`: what the CronJob executes every tick, as one sequence of named steps:
 //!
-//! load policies → report invalid ones → take the run Lease → for each valid policy: due? → record the
-//! scheduled time → back up → record the result → release the Lease → exit code.
+//! load policies → report invalid ones (annotation, Event, `policy.invalid` webhooks) → take the run
+//! Lease → for each valid policy: due? → record the scheduled time → `backup.started` → back up →
+//! report (Events, annotations, webhooks) → record the result → release the Lease → exit code.
 //!
 //! This module only sequences the steps and adds context to their errors; each step lives in its own
 //! module ([`crate::policy::store`], [`crate::policy::status`], [`lease`], [`crate::policy::decide`],
-//! [`crate::backup::command::back_up_policy`]).
+//! [`crate::backup::command::back_up_policy`], [`crate::report`]). Reporting never changes the exit code.
 
 pub mod lease;
 
@@ -20,6 +21,7 @@ use crate::config::{PolicySource, PolicySourceArgs, Settings};
 use crate::exit::Outcome;
 use crate::policy::store::{self, LastResult, ResultPhase};
 use crate::policy::{Decision, DueInput, Policy, decide};
+use crate::report::Reporter;
 
 /// Arguments of `freezeframe run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -133,6 +135,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if let Err(e) = crate::policy::status::report(&client, &cm, set, now).await {
         tracing::warn!(error = %format!("{e:#}"), "could not record policy status");
     }
+    let reporter = Reporter::for_settings(client.clone(), &settings);
+    reporter.policies_invalid(set).await;
     let unknown: Vec<&String> = args.now.iter().filter(|n| set.policy(n).is_none()).collect();
     for n in &unknown {
         eprintln!("error: --now {n}: no valid policy of that name");
@@ -159,6 +163,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     };
 
     // Each valid policy: due? → record scheduled time → back up → record result.
+    let tick = Tick {
+        client: &client,
+        settings: &settings,
+        cms: &cms,
+        configmap: (namespace, name),
+        cancel: &cancel,
+        reporter: &reporter,
+    };
     let mut outcomes = Vec::new();
     for policy in &set.policies {
         if cancel.is_cancelled() {
@@ -191,18 +203,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             println!("{}", describe_wait(&policy.name, &decision));
             continue;
         }
-        outcomes.push(
-            back_up(
-                &client,
-                &settings,
-                &cms,
-                (namespace, name),
-                policy,
-                &decision,
-                &cancel,
-            )
-            .await,
-        );
+        outcomes.push(back_up(&tick, policy, &decision).await);
     }
 
     // Release the Lease, then exit.
@@ -213,38 +214,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     Ok(if invalid { Outcome::InvalidInput } else { outcome })
 }
 
-/// Back up one due policy and record its result; a backup that produced no manifest counts as Failed.
-async fn back_up(
-    client: &kube::Client,
-    settings: &Settings,
-    cms: &Api<ConfigMap>,
-    (namespace, name): (&str, &str),
-    policy: &Policy,
-    decision: &Decision,
-    cancel: &CancellationToken,
-) -> Outcome {
+/// What every backup of one tick shares.
+struct Tick<'a> {
+    client: &'a kube::Client,
+    settings: &'a Settings,
+    /// The policy ConfigMaps' API and the policy ConfigMap `(namespace, name)`.
+    cms: &'a Api<ConfigMap>,
+    configmap: (&'a str, &'a str),
+    cancel: &'a CancellationToken,
+    reporter: &'a Reporter,
+}
+
+/// Back up one due policy, report it and record its result; a backup that produced no manifest counts
+/// as Failed.
+async fn back_up(tick: &Tick<'_>, policy: &Policy, decision: &Decision) -> Outcome {
     tracing::info!(policy = %policy.name, ?decision, "running backup");
+    let started_at = tick.reporter.backup_started(policy).await;
     let backend = &policy.storage.backend;
-    let (outcome, result) =
-        match backup_command::back_up_policy(client, settings, policy, backend, cancel).await {
-            Ok(m) => {
-                print!("{}", backup_command::summary(&m));
-                (m.status.outcome(), last_result(&m))
-            }
-            Err(e) => {
-                eprintln!(
-                    "{}: backup failed before a manifest was written: {e:#}",
-                    policy.name
-                );
-                let result = LastResult {
-                    phase: ResultPhase::Failed,
-                    finished_at: Utc::now(),
-                    backup_id: "-".to_string(),
-                };
-                (Outcome::Failed, result)
-            }
-        };
-    if let Err(e) = store::record_last_result(cms, namespace, name, &policy.name, &result).await {
+    let backed_up =
+        backup_command::back_up_policy(tick.client, tick.settings, policy, backend, tick.cancel).await;
+    let (outcome, result) = match backed_up {
+        Ok(m) => {
+            print!("{}", backup_command::summary(&m));
+            tick.reporter.backup_finished(policy, &m).await;
+            (m.status.outcome(), last_result(&m))
+        }
+        Err(e) => {
+            eprintln!(
+                "{}: backup failed before a manifest was written: {e:#}",
+                policy.name
+            );
+            tick.reporter
+                .backup_error(policy, started_at, &format!("{e:#}"))
+                .await;
+            let result = LastResult {
+                phase: ResultPhase::Failed,
+                finished_at: Utc::now(),
+                backup_id: "-".to_string(),
+            };
+            (Outcome::Failed, result)
+        }
+    };
+    let (namespace, name) = tick.configmap;
+    if let Err(e) = store::record_last_result(tick.cms, namespace, name, &policy.name, &result).await {
         tracing::warn!(policy = %policy.name, error = %format!("{e:#}"), "could not record the last result");
     }
     outcome
