@@ -9,6 +9,7 @@ mod export;
 mod harness;
 mod hooks;
 mod policy_store;
+mod report;
 mod restore;
 mod s3;
 mod sandbox_api;

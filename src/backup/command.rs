@@ -212,9 +212,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
             Ok(manifest.status.outcome())
         }
         Err(e) => {
-            reporter
-                .backup_error(policy, started_at, &format!("{e:#}"))
-                .await;
+            reporter.backup_error(policy, started_at, &format!("{e:#}")).await;
             Err(e)
         }
     }

@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn given_statuses_then_succeeded_is_normal_and_the_rest_are_warnings() {
-        assert_eq!(backup_reason(Some(Status::Completed)), ("Normal", "BackupSucceeded"));
+        assert_eq!(
+            backup_reason(Some(Status::Completed)),
+            ("Normal", "BackupSucceeded")
+        );
         assert_eq!(
             backup_reason(Some(Status::PartiallyFailed)),
             ("Warning", "BackupPartiallyFailed")
@@ -142,7 +145,10 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "freezeframe",
                    "name": "freezeframe-policies", "uid": "u-1"})
         );
-        assert_eq!((&e["type"], &e["reason"]), (&json!("Warning"), &json!("BackupPartiallyFailed")));
+        assert_eq!(
+            (&e["type"], &e["reason"]),
+            (&json!("Warning"), &json!("BackupPartiallyFailed"))
+        );
         assert!(e["message"].as_str().unwrap().len() <= MESSAGE_BYTES);
         assert_eq!(e["firstTimestamp"], "2026-11-23T12:00:00Z");
     }

@@ -218,7 +218,9 @@ impl Reporter {
                 self.cluster
                     .identity()
                     .await
-                    .inspect_err(|e| tracing::warn!(error = %chain(e), "cannot read the cluster identity for reports"))
+                    .inspect_err(
+                        |e| tracing::warn!(error = %chain(e), "cannot read the cluster identity for reports"),
+                    )
                     .ok()
             })
             .await
@@ -240,7 +242,9 @@ impl Reporter {
         .await;
         for s in &sent {
             match &s.result {
-                Ok(d) => tracing::info!(webhook = %s.webhook, %event, attempts = d.attempts, "webhook delivered"),
+                Ok(d) => {
+                    tracing::info!(webhook = %s.webhook, %event, attempts = d.attempts, "webhook delivered")
+                }
                 Err(e) => {
                     tracing::warn!(webhook = %s.webhook, %event, error = %chain(e), "webhook not delivered");
                     eprintln!("warning: {}", chain(e));
@@ -251,7 +255,12 @@ impl Reporter {
     }
 
     /// One delivery: the key, the body, the POST with retries.
-    async fn deliver(&self, webhook: &Webhook, event: WebhookEvent, payload: &Payload) -> Result<Delivery, Error> {
+    async fn deliver(
+        &self,
+        webhook: &Webhook,
+        event: WebhookEvent,
+        payload: &Payload,
+    ) -> Result<Delivery, Error> {
         if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
             return Err(Error::Scheme {
                 webhook: webhook.name.clone(),
@@ -339,8 +348,7 @@ impl Reporter {
     /// ConfigMap, the last-backup annotation on each Namespace, then the webhook of its status.
     pub async fn backup_finished(&self, policy: &Policy, m: &Manifest) {
         let message = summary::backup(m);
-        self.backup_events(&m.namespaces, Some(m.status), &message)
-            .await;
+        self.backup_events(&m.namespaces, Some(m.status), &message).await;
         let patch = annotations::last_backup_patch(m);
         for ns in &m.namespaces {
             if let Err(source) = self.cluster.patch_namespace(ns, &patch).await {

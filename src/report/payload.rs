@@ -399,9 +399,14 @@ mod tests {
             &m,
             vec!["db-copy".into()],
             "2026-11-24T08:00:00Z".parse().unwrap(),
-            Some(ClusterIdentity { kube_system_uid: "dr".into() }),
+            Some(ClusterIdentity {
+                kube_system_uid: "dr".into(),
+            }),
         );
-        assert_eq!(started.message, "restore of app/20261123T120000Z into db-copy started");
+        assert_eq!(
+            started.message,
+            "restore of app/20261123T120000Z into db-copy started"
+        );
         assert_eq!(started.source_cluster.as_ref().unwrap().kube_system_uid, "ks-uid");
         let report = Report {
             policy: "app".into(),
@@ -410,7 +415,11 @@ mod tests {
             dry_run: false,
             kinds: [(
                 "configmaps".to_string(),
-                crate::restore::KindSummary { created: 2, failed: 1, ..Default::default() },
+                crate::restore::KindSummary {
+                    created: 2,
+                    failed: 1,
+                    ..Default::default()
+                },
             )]
             .into(),
             failures: vec![crate::restore::apply::Failure {
@@ -432,21 +441,31 @@ mod tests {
         let value = serde_json::to_value(&done).unwrap();
         assert_eq!(value["sourceCluster"]["kubeSystemUid"], "ks-uid");
         assert_eq!(value["cluster"]["kubeSystemUid"], "dr");
-        let failed = Payload::restore_error(&started, "backup artifact x is missing", started.started_at.unwrap());
-        assert_eq!(failed.message, "restore of app/20261123T120000Z failed: backup artifact x is missing");
+        let failed = Payload::restore_error(
+            &started,
+            "backup artifact x is missing",
+            started.started_at.unwrap(),
+        );
+        assert_eq!(
+            failed.message,
+            "restore of app/20261123T120000Z failed: backup artifact x is missing"
+        );
         assert_eq!(failed.phase, Phase::Failed);
     }
 
     #[test]
     fn given_invalid_policy_then_payload_lists_its_problems_and_no_backup() {
-        let text = include_str!("../../policies/redis.yaml")
-            .replace("schedule: \"*/30 * * * *\"", "schedule: 30");
+        let text =
+            include_str!("../../policies/redis.yaml").replace("schedule: \"*/30 * * * *\"", "schedule: 30");
         let set = crate::policy::parse_str("redis.yaml", &text);
         let p = Payload::policy_invalid(&set, "redis-cache", None);
         assert_eq!(p.phase, Phase::Invalid);
         assert_eq!(p.backup_id, None);
         assert_eq!(p.problems.len(), 1);
         assert!(p.problems[0].contains("policies[0].schedule"), "{:?}", p.problems);
-        assert!(p.message.starts_with("policy redis-cache is invalid (1 problem(s))"));
+        assert!(
+            p.message
+                .starts_with("policy redis-cache is invalid (1 problem(s))")
+        );
     }
 }

@@ -24,7 +24,11 @@ fn set(fields: &str) -> PolicySet {
          \x20   retention: {{keepLast: 3}}\n{fields}"
     );
     let set = parse_str("test", &text);
-    assert!(set.is_valid() || !set.invalid_policies.is_empty(), "{:#?}", set.problems);
+    assert!(
+        set.is_valid() || !set.invalid_policies.is_empty(),
+        "{:#?}",
+        set.problems
+    );
     set
 }
 
@@ -75,7 +79,10 @@ async fn given_completed_backup_then_only_webhooks_listing_the_event_receive_it(
         .await;
     assert_eq!(
         w.transport.events(),
-        [("http://ops.example/hook".to_string(), "backup.succeeded".to_string())],
+        [(
+            "http://ops.example/hook".to_string(),
+            "backup.succeeded".to_string()
+        )],
         "`failures` lists only backup.failed"
     );
 
@@ -89,7 +96,10 @@ async fn given_completed_backup_then_only_webhooks_listing_the_event_receive_it(
         got,
         [
             ("http://ops.example/hook".to_string(), "backup.failed".to_string()),
-            ("https://pager.example/hook".to_string(), "backup.failed".to_string()),
+            (
+                "https://pager.example/hook".to_string(),
+                "backup.failed".to_string()
+            ),
         ]
     );
 }
@@ -97,18 +107,23 @@ async fn given_completed_backup_then_only_webhooks_listing_the_event_receive_it(
 #[tokio::test]
 async fn given_policy_naming_one_webhook_when_started_then_only_that_one_receives() {
     let w = world(keyed(), vec![]);
-    w.reporter
-        .backup_started(&policy("    webhooks: [ops]\n"))
-        .await;
+    w.reporter.backup_started(&policy("    webhooks: [ops]\n")).await;
     assert_eq!(
         w.transport.events(),
-        [("http://ops.example/hook".to_string(), "backup.started".to_string())]
+        [(
+            "http://ops.example/hook".to_string(),
+            "backup.started".to_string()
+        )]
     );
     let w = world(keyed(), vec![]);
     w.reporter
         .backup_started(&policy("    webhooks: [failures]\n"))
         .await;
-    assert_eq!(w.transport.events(), [], "`failures` does not list backup.started");
+    assert_eq!(
+        w.transport.events(),
+        [],
+        "`failures` does not list backup.started"
+    );
 }
 
 #[tokio::test]
@@ -137,23 +152,45 @@ async fn given_missing_secret_or_key_then_that_webhook_is_not_delivered_and_the_
     let w = world(FakeCluster::default(), vec![]);
     let sent = w
         .reporter
-        .send(&policy("").webhooks, WebhookEvent::BackupFailed, &Payload::new("app", Phase::Failed, "x"))
+        .send(
+            &policy("").webhooks,
+            WebhookEvent::BackupFailed,
+            &Payload::new("app", Phase::Failed, "x"),
+        )
         .await;
-    assert_eq!(w.transport.events(), [("https://pager.example/hook".to_string(), "backup.failed".to_string())]);
+    assert_eq!(
+        w.transport.events(),
+        [(
+            "https://pager.example/hook".to_string(),
+            "backup.failed".to_string()
+        )]
+    );
     let ops = sent.iter().find(|s| s.webhook == "ops").unwrap();
     let text = chain(ops.result.as_ref().unwrap_err());
     assert!(
-        text.contains("webhook ops") && text.contains("Secret freezeframe/hmac does not exist") && text.contains("\"key\""),
+        text.contains("webhook ops")
+            && text.contains("Secret freezeframe/hmac does not exist")
+            && text.contains("\"key\""),
         "{text}"
     );
 
-    let w = world(FakeCluster::with_secret("freezeframe", "hmac", "other", b"k"), vec![]);
+    let w = world(
+        FakeCluster::with_secret("freezeframe", "hmac", "other", b"k"),
+        vec![],
+    );
     let sent = w
         .reporter
-        .send(&policy("").webhooks, WebhookEvent::BackupStarted, &Payload::new("app", Phase::Running, "x"))
+        .send(
+            &policy("").webhooks,
+            WebhookEvent::BackupStarted,
+            &Payload::new("app", Phase::Running, "x"),
+        )
         .await;
     let text = chain(sent[0].result.as_ref().unwrap_err());
-    assert!(text.contains("Secret freezeframe/hmac has no key \"key\""), "{text}");
+    assert!(
+        text.contains("Secret freezeframe/hmac has no key \"key\""),
+        "{text}"
+    );
     assert!(w.transport.requests().is_empty());
 }
 
@@ -162,7 +199,11 @@ async fn given_receiver_failing_then_failure_is_returned_with_reason_after_three
     let w = world(keyed(), vec![Ok(503), Ok(503), Ok(503)]);
     let sent = w
         .reporter
-        .send(&policy("    webhooks: [ops]\n").webhooks, WebhookEvent::BackupStarted, &Payload::new("app", Phase::Running, "x"))
+        .send(
+            &policy("    webhooks: [ops]\n").webhooks,
+            WebhookEvent::BackupStarted,
+            &Payload::new("app", Phase::Running, "x"),
+        )
         .await;
     assert_eq!(w.transport.requests().len(), 3);
     let text = chain(sent[0].result.as_ref().unwrap_err());
@@ -173,9 +214,12 @@ async fn given_receiver_failing_then_failure_is_returned_with_reason_after_three
 }
 
 #[tokio::test]
-async fn given_finished_backup_then_events_on_each_namespace_and_the_configmap_and_annotation_on_the_namespace() {
+async fn given_finished_backup_then_events_on_each_namespace_and_the_configmap_and_annotation_on_the_namespace()
+ {
     let mut w = world(keyed(), vec![]);
-    w.reporter = w.reporter.with_policy_configmap("freezeframe", "freezeframe-policies");
+    w.reporter = w
+        .reporter
+        .with_policy_configmap("freezeframe", "freezeframe-policies");
     let m = manifest(Status::PartiallyFailed);
     w.reporter.backup_finished(&policy(""), &m).await;
 
@@ -210,7 +254,11 @@ async fn given_backup_failing_before_its_manifest_then_backup_failed_event_and_w
     let w = world(keyed(), vec![]);
     let p = policy("");
     w.reporter
-        .backup_error(&p, "2026-11-23T12:00:00Z".parse().unwrap(), "exporting resources: store full")
+        .backup_error(
+            &p,
+            "2026-11-23T12:00:00Z".parse().unwrap(),
+            "exporting resources: store full",
+        )
         .await;
     let events = w.cluster.events();
     assert_eq!(events.len(), 1);
@@ -229,23 +277,33 @@ async fn given_backup_failing_before_its_manifest_then_backup_failed_event_and_w
     assert_eq!(bodies.len(), 2, "ops and failures");
     assert_eq!(bodies[0]["phase"], "Failed");
     assert_eq!(bodies[0]["backupId"], Value::Null);
-    assert_eq!(bodies[0]["problems"], serde_json::json!(["exporting resources: store full"]));
+    assert_eq!(
+        bodies[0]["problems"],
+        serde_json::json!(["exporting resources: store full"])
+    );
     assert_eq!(bodies[0]["startedAt"], "2026-11-23T12:00:00Z");
 }
 
 #[tokio::test]
 async fn given_invalid_policy_then_policy_invalid_goes_to_every_valid_webhook_listing_it() {
     let w = world(keyed(), vec![]);
-    let set = set("  - {name: broken, schedule: \"61 * * * *\", namespaces: [db], retention: {keepLast: 3}}\n");
+    let set =
+        set("  - {name: broken, schedule: \"61 * * * *\", namespaces: [db], retention: {keepLast: 3}}\n");
     assert_eq!(set.invalid_policies, ["broken"]);
     w.reporter.policies_invalid(&set).await;
     assert_eq!(
         w.transport.events(),
-        [("http://ops.example/hook".to_string(), "policy.invalid".to_string())],
+        [(
+            "http://ops.example/hook".to_string(),
+            "policy.invalid".to_string()
+        )],
         "`failures` does not list policy.invalid"
     );
     let body: Value = serde_json::from_slice(&w.transport.requests()[0].body).unwrap();
     assert_eq!(body["policy"], "broken");
     assert_eq!(body["phase"], "Invalid");
-    assert!(body["problems"][0].as_str().unwrap().contains("schedule"), "{body}");
+    assert!(
+        body["problems"][0].as_str().unwrap().contains("schedule"),
+        "{body}"
+    );
 }

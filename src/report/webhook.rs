@@ -279,7 +279,11 @@ mod tests {
         );
         assert_eq!(signature, format!("sha256={KNOWN_SIGNATURE}"));
         assert_ne!(
-            sign(b"whsec-test-key", 1_700_000_001, br#"{"event":"backup.succeeded"}"#),
+            sign(
+                b"whsec-test-key",
+                1_700_000_001,
+                br#"{"event":"backup.succeeded"}"#
+            ),
             signature,
             "the timestamp is part of the signed text"
         );
@@ -309,13 +313,24 @@ mod tests {
             ]
         );
         let header = |n: &str| req.headers.iter().find(|(h, _)| *h == n).unwrap().1.clone();
-        assert_eq!(header("User-Agent"), format!("freezeframe/{}", env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            header("User-Agent"),
+            format!("freezeframe/{}", env!("CARGO_PKG_VERSION"))
+        );
         assert_eq!(header("X-Freezeframe-Event"), "backup.started");
         assert_eq!(header("X-Freezeframe-Timestamp"), "1700000000");
-        assert_eq!(header("X-Freezeframe-Signature"), sign(b"k", 1_700_000_000, b"{}"));
+        assert_eq!(
+            header("X-Freezeframe-Signature"),
+            sign(b"k", 1_700_000_000, b"{}")
+        );
         assert_eq!(req.timeout, Duration::from_secs(2));
         let unsigned = Outgoing { key: None, ..out }.request(1);
-        assert!(!unsigned.headers.iter().any(|(n, _)| *n == "X-Freezeframe-Signature"));
+        assert!(
+            !unsigned
+                .headers
+                .iter()
+                .any(|(n, _)| *n == "X-Freezeframe-Signature")
+        );
     }
 
     #[test]
@@ -356,9 +371,19 @@ mod tests {
         let ids: Vec<String> = transport
             .requests()
             .iter()
-            .map(|r| r.headers.iter().find(|(n, _)| *n == "X-Freezeframe-Delivery").unwrap().1.clone())
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .find(|(n, _)| *n == "X-Freezeframe-Delivery")
+                    .unwrap()
+                    .1
+                    .clone()
+            })
             .collect();
-        assert!(ids.iter().all(|i| *i == ids[0]), "one delivery id for all attempts");
+        assert!(
+            ids.iter().all(|i| *i == ids[0]),
+            "one delivery id for all attempts"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -170,14 +170,10 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
     let announced = if args.dry_run {
         None
     } else {
-        let located = super::source::locate(
-            ctx.store,
-            ctx.layout,
-            options.policy.as_deref(),
-            &options.backup,
-        )
-        .await
-        .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
+        let located =
+            super::source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup)
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
         options.backup = BackupRef::Id(located.id.clone());
         options.policy = Some(located.policy.clone());
         Some(Announced::start(&args, policy.as_ref(), &located, &options, client).await)

@@ -133,9 +133,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use serde_json::json;
     use crate::restore::KindSummary;
     use crate::restore::apply::Failure;
+    use serde_json::json;
 
     fn report(created: u64, failures: usize) -> Report {
         Report {
