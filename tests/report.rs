@@ -135,6 +135,11 @@ fn events_of(requests: &[RecordedRequest]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The `X-Freezeframe-Event` of each request, in order.
+fn event_names(requests: &[RecordedRequest]) -> Vec<String> {
+    events_of(requests).into_iter().map(|(_, e)| e).collect()
+}
+
 async fn stored_ids(env: &TestEnv) -> Vec<String> {
     let store = FsStore::new(env.dir().join("backups"));
     backup::list(&store, &Layout::new(""), Some("app"))
@@ -239,7 +244,7 @@ async fn given_receiver_answering_503_when_backup_succeeds_then_each_event_is_tr
         "webhook failures never change the exit code"
     );
     let requests = env.webhook().requests();
-    let events: Vec<String> = events_of(&requests).into_iter().map(|(_, e)| e).collect();
+    let events = event_names(&requests);
     assert_eq!(
         events,
         ["backup.started"; 3]
@@ -308,6 +313,38 @@ async fn given_event_filters_and_policy_webhook_list_when_backup_succeeds_then_o
 }
 
 #[tokio::test]
+async fn given_secret_ref_naming_a_missing_key_when_backup_succeeds_then_that_webhook_gets_nothing_and_stderr_names_webhook_secret_and_key()
+ {
+    let env = TestEnv::new().await.unwrap();
+    cluster(&env);
+    let webhooks = format!(
+        "  - {{name: misconfigured, url: \"{}\", secretRef: {{name: webhook-hmac, key: nope}}}}\n\
+         \x20 - {{name: plain, url: \"{}\", events: [backup.succeeded]}}\n",
+        env.webhook().url_for("/misconfigured"),
+        env.webhook().url_for("/plain"),
+    );
+    let file = write_policies(&env, &policy_set(&env.dir().join("backups"), &webhooks, ""));
+
+    let out = back_up(&env, &file).await;
+
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        events_of(&env.webhook().requests()),
+        [("/plain".to_string(), "backup.succeeded".to_string())],
+        "never an unsigned request to a receiver that expects a signature"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for event in ["backup.started", "backup.succeeded"] {
+        assert!(
+            stderr.contains(&format!(
+                "webhook misconfigured: {event} not delivered: Secret freezeframe/webhook-hmac has no key \"nope\""
+            )),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn given_unwritable_store_when_backup_fails_before_its_manifest_then_backup_failed_is_delivered_with_the_error()
  {
     let env = TestEnv::new().await.unwrap();
@@ -320,13 +357,7 @@ async fn given_unwritable_store_when_backup_fails_before_its_manifest_then_backu
 
     assert_eq!(out.status.code(), Some(1));
     let requests = env.webhook().requests();
-    assert_eq!(
-        events_of(&requests)
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect::<Vec<_>>(),
-        ["backup.started", "backup.failed"]
-    );
+    assert_eq!(event_names(&requests), ["backup.started", "backup.failed"]);
     let failed = requests[1].json().unwrap();
     assert_eq!(
         (&failed["phase"], &failed["backupId"]),
@@ -445,13 +476,7 @@ async fn given_backup_when_restored_through_the_cli_then_restore_started_and_suc
         .await
         .unwrap();
     let restores = &requests[2..];
-    assert_eq!(
-        events_of(restores)
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect::<Vec<_>>(),
-        ["restore.started", "restore.succeeded"]
-    );
+    assert_eq!(event_names(restores), ["restore.started", "restore.succeeded"]);
     let id = &stored_ids(&env).await[0];
     for r in restores {
         assert!(signature_valid(r, KEY));
@@ -503,10 +528,7 @@ async fn given_invalid_policy_next_to_a_due_one_when_ticked_then_policy_invalid_
     assert_eq!(out.status.code(), Some(2), "the invalid policy");
     let requests = env.webhook().requests();
     assert_eq!(
-        events_of(&requests)
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect::<Vec<_>>(),
+        event_names(&requests),
         ["policy.invalid", "backup.started", "backup.succeeded"]
     );
     assert!(requests.iter().all(|r| signature_valid(r, KEY)));

@@ -37,7 +37,7 @@ use uuid::Uuid;
 use crate::backup::{ClusterIdentity, Manifest, Status};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{PolicySource, Settings};
-use crate::policy::{Namespaces, Policy, PolicySet, Webhook};
+use crate::policy::{Policy, PolicySet, Webhook};
 pub use cluster::{Cluster, KubeCluster};
 pub use events::Involved;
 pub use payload::{Payload, Phase, WebhookEvent};
@@ -48,22 +48,26 @@ pub use webhook::{Delivery, HttpTransport, Retry, Transport};
 pub enum Error {
     /// A webhook's `secretRef` cannot be read without knowing freezeframe's namespace.
     #[error(
-        "webhook {webhook}: not delivered: its secretRef (Secret {secret}, key {key}) is read from \
-         freezeframe's namespace, which is unknown; set FREEZEFRAME_NAMESPACE"
+        "webhook {webhook}: {event} not delivered: its secretRef (Secret {secret}, key {key}) is read \
+         from freezeframe's namespace, which is unknown; set FREEZEFRAME_NAMESPACE"
     )]
     NoNamespace {
         /// The webhook.
         webhook: String,
+        /// The event.
+        event: WebhookEvent,
         /// `secretRef.name`.
         secret: String,
         /// `secretRef.key`.
         key: String,
     },
     /// The Secret of a webhook's `secretRef` could not be read.
-    #[error("webhook {webhook}: not delivered: cannot read Secret {namespace}/{secret} (key {key})")]
+    #[error("webhook {webhook}: {event} not delivered: cannot read Secret {namespace}/{secret} (key {key})")]
     ReadSecret {
         /// The webhook.
         webhook: String,
+        /// The event.
+        event: WebhookEvent,
         /// freezeframe's namespace.
         namespace: String,
         /// `secretRef.name`.
@@ -76,12 +80,14 @@ pub enum Error {
     },
     /// The Secret or its key does not exist.
     #[error(
-        "webhook {webhook}: not delivered: Secret {namespace}/{secret} {missing}; create it with the \
-         HMAC key under {key:?}, or fix the webhook's secretRef"
+        "webhook {webhook}: {event} not delivered: Secret {namespace}/{secret} {missing}; create it \
+         with the HMAC key under {key:?}, or fix the webhook's secretRef"
     )]
     MissingKey {
         /// The webhook.
         webhook: String,
+        /// The event.
+        event: WebhookEvent,
         /// freezeframe's namespace.
         namespace: String,
         /// `secretRef.name`.
@@ -92,10 +98,12 @@ pub enum Error {
         missing: String,
     },
     /// The URL is not http(s) (validation refuses such policies; this guards the sender too).
-    #[error("webhook {webhook}: not delivered: url {url:?} is not http:// or https://")]
+    #[error("webhook {webhook}: {event} not delivered: url {url:?} is not http:// or https://")]
     Scheme {
         /// The webhook.
         webhook: String,
+        /// The event.
+        event: WebhookEvent,
         /// Its URL.
         url: String,
     },
@@ -264,10 +272,11 @@ impl Reporter {
         if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
             return Err(Error::Scheme {
                 webhook: webhook.name.clone(),
+                event,
                 url: webhook.url.clone(),
             });
         }
-        let key = self.key(webhook).await?;
+        let key = self.key(webhook, event).await?;
         let delivery_id = Uuid::new_v4();
         let body = webhook::Body {
             event: event.name(),
@@ -298,19 +307,22 @@ impl Reporter {
     }
 
     /// The HMAC key of `webhook`'s `secretRef`, read from freezeframe's namespace; `None` without one.
-    async fn key(&self, webhook: &Webhook) -> Result<Option<Vec<u8>>, Error> {
+    /// Read for each delivery (of `event`), so a fixed Secret takes effect at once.
+    async fn key(&self, webhook: &Webhook, event: WebhookEvent) -> Result<Option<Vec<u8>>, Error> {
         let Some(r) = &webhook.secret_ref else {
             return Ok(None);
         };
         let Some(namespace) = &self.namespace else {
             return Err(Error::NoNamespace {
                 webhook: webhook.name.clone(),
+                event,
                 secret: r.name.clone(),
                 key: r.key.clone(),
             });
         };
         let missing = |missing: String| Error::MissingKey {
             webhook: webhook.name.clone(),
+            event,
             namespace: namespace.clone(),
             secret: r.name.clone(),
             key: r.key.clone(),
@@ -322,6 +334,7 @@ impl Reporter {
             .await
             .map_err(|source| Error::ReadSecret {
                 webhook: webhook.name.clone(),
+                event,
                 namespace: namespace.clone(),
                 secret: r.name.clone(),
                 key: r.key.clone(),
@@ -370,10 +383,7 @@ impl Reporter {
     /// A backup that failed before a manifest was written (`error`: the whole chain): a `BackupFailed`
     /// Event on each namespace the policy lists and on the policy ConfigMap, then `backup.failed`.
     pub async fn backup_error(&self, policy: &Policy, started_at: DateTime<Utc>, error: &str) {
-        let listed = match &policy.namespaces {
-            Namespaces::Names(names) => names.clone(),
-            Namespaces::Selector(_) => Vec::new(),
-        };
+        let listed = payload::listed_namespaces(policy);
         self.backup_events(&listed, None, &summary::backup_error(&policy.name, error))
             .await;
         let payload = Payload::backup_error(

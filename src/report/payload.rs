@@ -342,7 +342,7 @@ impl Payload {
 }
 
 /// The namespaces a policy names (empty for a selector, resolved only by the backup).
-fn listed_namespaces(policy: &Policy) -> Vec<String> {
+pub fn listed_namespaces(policy: &Policy) -> Vec<String> {
     match &policy.namespaces {
         Namespaces::Names(names) => names.clone(),
         Namespaces::Selector(_) => Vec::new(),

@@ -218,8 +218,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 struct Tick<'a> {
     client: &'a kube::Client,
     settings: &'a Settings,
-    /// The policy ConfigMaps' API and the policy ConfigMap `(namespace, name)`.
+    /// ConfigMaps in the policy ConfigMap's namespace.
     cms: &'a Api<ConfigMap>,
+    /// The policy ConfigMap: `(namespace, name)`.
     configmap: (&'a str, &'a str),
     cancel: &'a CancellationToken,
     reporter: &'a Reporter,
