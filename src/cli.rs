@@ -26,7 +26,8 @@ pub enum Command {
     /// One CronJob tick: back up every policy that is due (or forced with --now), one run at a time.
     #[command(after_help = RUN_HELP)]
     Run(crate::run::RunArgs),
-    /// Back up one policy now: freeze hooks, dumps, resources export, manifest, then prune (exit 0/3/1).
+    /// Back up one policy now: freeze hooks, dumps, resources export, manifest, then prune, Events,
+    /// annotations and webhooks (exit 0/3/1; webhook failures never change it).
     Backup(crate::backup::command::BackupArgs),
     /// Apply a policy's retention now: keep or prune each stored backup, saying why (--dry-run: only say).
     #[command(after_help = crate::retention::command::PRUNE_HELP)]
@@ -66,23 +67,27 @@ Examples:
 const RUN_HELP: &str = "\
 What a tick does, in order:
   1. read the policy ConfigMap (freezeframe-policies in FREEZEFRAME_NAMESPACE or the pod's namespace)
-  2. mark invalid policies: annotation status.freezeframe.dev/<policy> and a Warning Event on the
-     ConfigMap; they never run, and the tick exits 2 after running the valid ones
+  2. mark invalid policies: annotation status.freezeframe.dev/<policy>, a Warning Event on the
+     ConfigMap and a policy.invalid webhook; they never run, and the tick exits 2 after running the
+     valid ones
   3. take the Lease freezeframe-run in freezeframe's namespace, so two runs never overlap; if another
      live run holds it, print \"another run holds the lease\" and exit 0 without doing anything
   4. for each valid policy: is a fire time of its schedule in (last scheduled, now]? Missed fire times
      coalesce into one run; one later than startingDeadline is skipped with a warning; a new policy
      waits for its first fire time (runOnCreate: true runs it at once); suspend: true skips it
-  5. record the fire time (last-scheduled.freezeframe.dev/<policy>), back the policy up (freeze hooks,
-     dumps, snapshots, export, manifest), prune its old backups by its retention (see `freezeframe prune
-     --help`), record last-result.freezeframe.dev/<policy> (the backup's result; a prune failure does
-     not change it)
+  5. record the fire time (last-scheduled.freezeframe.dev/<policy>), send backup.started, back the
+     policy up (freeze hooks, dumps, snapshots, export, manifest), prune its old backups by its
+     retention (see `freezeframe prune --help`), report it (an Event on each backed-up Namespace and on
+     the ConfigMap, the last-backup.freezeframe.dev/<policy> annotation on each Namespace,
+     backup.succeeded|partially_failed|failed and prune.* webhooks; see docs/webhooks.md), record
+     last-result.freezeframe.dev/<policy> (the backup's result; a prune failure does not change it)
   6. release the Lease
 
 Exit status: 0 everything that ran succeeded (or nothing was due, or another run holds the Lease),
 3 some backup partially failed or some old backup could not be pruned, 1 some backup failed (or
 SIGTERM stopped the run), 2 some policy is invalid or --now names no valid policy (checked after the
-valid ones ran).
+valid ones ran). Webhooks that cannot be delivered are reported on stderr and never change the exit
+status.
 
 Examples:
   # What the CronJob runs every tick

@@ -12,6 +12,7 @@ pub mod exit;
 pub mod export;
 pub mod hooks;
 pub mod policy;
+pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod run;

@@ -37,7 +37,7 @@ fn exec_form(rest: &str) -> Vec<String> {
 
 #[test]
 fn given_dockerfile_when_read_then_image_runs_the_binary_as_numeric_nonroot_user_with_a_valid_default_command()
-{
+ {
     let text = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
     let stage = final_stage(&text);
     let get = |name: &str| {
@@ -55,14 +55,23 @@ fn given_dockerfile_when_read_then_image_runs_the_binary_as_numeric_nonroot_user
         .iter()
         .filter(|(i, _)| i == "COPY")
         .any(|(_, r)| r.starts_with("--from=") && r.ends_with(&format!(" {}", entrypoint[0])));
-    assert!(copied, "the entrypoint {} is copied from the build stage", entrypoint[0]);
+    assert!(
+        copied,
+        "the entrypoint {} is copied from the build stage",
+        entrypoint[0]
+    );
 
     let cmd = exec_form(&get("CMD"));
     let argv = std::iter::once("freezeframe".to_string()).chain(cmd);
     Cli::try_parse_from(argv).expect("the image's default command parses");
 
     let user = get("USER");
-    let uid: u32 = user.split(':').next().unwrap().parse().expect("a numeric uid (runAsNonRoot checks it)");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("a numeric uid (runAsNonRoot checks it)");
     assert_ne!(uid, 0, "the image does not run as root");
 }
 
@@ -121,7 +130,10 @@ fn given_manifests_when_read_then_every_freezeframe_container_runs_a_command_lin
                         "{} {:?} {}: args {args:?} are rejected by the CLI:\n{e}",
                         path.display(),
                         doc.kind,
-                        doc.metadata.as_ref().map(|m| m["name"].to_string()).unwrap_or_default()
+                        doc.metadata
+                            .as_ref()
+                            .map(|m| m["name"].to_string())
+                            .unwrap_or_default()
                     );
                 }
                 if c["securityContext"]["readOnlyRootFilesystem"] == serde_json::json!(true) {
@@ -130,11 +142,18 @@ fn given_manifests_when_read_then_every_freezeframe_container_runs_a_command_lin
                         .into_iter()
                         .flatten()
                         .any(|m| m["mountPath"] == "/tmp");
-                    assert!(mounts_tmp, "{}: a read-only root needs a writable /tmp", path.display());
+                    assert!(
+                        mounts_tmp,
+                        "{}: a read-only root needs a writable /tmp",
+                        path.display()
+                    );
                 }
                 checked += 1;
             }
         }
     }
-    assert!(checked >= 2, "the CronJob and the restore Job run freezeframe ({checked} found)");
+    assert!(
+        checked >= 2,
+        "the CronJob and the restore Job run freezeframe ({checked} found)"
+    );
 }

@@ -10,6 +10,7 @@ mod harness;
 mod hooks;
 mod packaging;
 mod policy_store;
+mod report;
 mod restore;
 mod retention;
 mod s3;

@@ -1,6 +1,8 @@
 //! `freezeframe backup` (one backup of a policy now: freeze, dumps, export, manifest, then the policy's
-//! retention unless `--no-prune`; exit 0 Completed, 3 PartiallyFailed or some old backup could not be
-//! pruned, 1 Failed or cancelled by SIGTERM/SIGINT), `freezeframe list` (what is stored) and
+//! retention unless `--no-prune`, then the report — Events, annotations, webhooks, see
+//! [`crate::report`]; exit 0 Completed, 3 PartiallyFailed or some old backup could not be pruned,
+//! 1 Failed or cancelled by SIGTERM/SIGINT, whatever the webhooks answered), `freezeframe list` (what
+//! is stored) and
 //! `freezeframe describe` (one stored backup in full). `list` and `describe` find the store the same way
 //! ([`StoreArgs`]: `--storage`, else the policy's storage) and print JSON/YAML the same way.
 
@@ -18,6 +20,8 @@ use crate::exit::Outcome;
 use crate::export::{ExportOptions, RestoreAction, Selection};
 use crate::hooks::{Engine, KubeExecutor};
 use crate::policy::{Backend, Policy};
+use crate::report::Reporter;
+use crate::retention::PruneReport;
 use crate::store::{self, BackupId, Layout, ObjectStore, layout, s3::StaticCredentials};
 
 /// Arguments of `freezeframe backup`.
@@ -206,21 +210,94 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
     };
     let client = kube::Client::try_default().await?;
     let cancel = cancel_on_signals()?;
-    let (store, layout) = open_backend(&client, &settings, &backend).await?;
-    let manifest = back_up_policy(&client, &settings, policy, store.as_ref(), &layout, &cancel).await?;
-    print!("{}", summary(&manifest));
-    let mut outcome = manifest.status.outcome();
-    // Commit manifest → prune: the manifest is final; a prune failure only worsens the exit code.
-    if !args.no_prune && !cancel.is_cancelled() {
+    let reporter = Reporter::for_settings(client.clone(), &settings);
+    let ran = back_up_prune_report(
+        &client,
+        &settings,
+        policy,
+        &backend,
+        &cancel,
+        &reporter,
+        !args.no_prune,
+    )
+    .await;
+    Ok(ran.outcome)
+}
+
+/// What one policy's backup came to: the backup, the prune after it, the exit code they make.
+#[derive(Debug)]
+pub struct PolicyRun {
+    /// The committed manifest; `None` = the backup failed before writing one.
+    pub manifest: Option<Manifest>,
+    /// The prune after the backup; `None` = not attempted (no manifest, `--no-prune`, or the run was
+    /// stopped).
+    pub prune: Option<Result<PruneReport, crate::retention::Error>>,
+    /// The backup's exit code, made at least PartiallyFailed by a prune failure (never by reporting).
+    pub outcome: Outcome,
+}
+
+/// One policy's turn, shared by `freezeframe backup` and `freezeframe run`: `backup.started` → open the
+/// store → back up (manifest committed) → prune by the policy's retention (when `prune`, and not after
+/// SIGTERM) → report (Events, annotations, `backup.*` and `prune.*` webhooks). Prints the backup's
+/// summary, the prune's and every failure; never fails itself: a backup that wrote no manifest is
+/// `Failed`.
+pub async fn back_up_prune_report(
+    client: &kube::Client,
+    settings: &Settings,
+    policy: &Policy,
+    backend: &Backend,
+    cancel: &CancellationToken,
+    reporter: &Reporter,
+    prune: bool,
+) -> PolicyRun {
+    let started_at = reporter.backup_started(policy).await;
+    let backed_up = async {
+        let (store, layout) = open_backend(client, settings, backend).await?;
+        let m = back_up_policy(client, settings, policy, store.as_ref(), &layout, cancel).await?;
+        anyhow::Ok((m, store, layout))
+    }
+    .await;
+    let (m, store, layout) = match backed_up {
+        Ok(done) => done,
+        Err(e) => {
+            eprintln!(
+                "{}: backup failed before a manifest was written: {e:#}",
+                policy.name
+            );
+            reporter.backup_error(policy, started_at, &format!("{e:#}")).await;
+            return PolicyRun {
+                manifest: None,
+                prune: None,
+                outcome: Outcome::Failed,
+            };
+        }
+    };
+    print!("{}", summary(&m));
+    let mut outcome = m.status.outcome();
+    // Commit manifest → prune (not after SIGTERM: stop as soon as possible) → report.
+    let pruned = if prune && !cancel.is_cancelled() {
         let target = crate::retention::Target {
             store: store.as_ref(),
             layout: &layout,
         };
-        let pruned = crate::retention::command::after_backup(&client, policy, target).await;
-        let prune_outcome = crate::retention::command::report_after_backup(&policy.name, &pruned);
-        outcome = crate::run::worst([outcome, prune_outcome]);
+        let pruned = crate::retention::command::after_backup(client, policy, target).await;
+        outcome = crate::run::worst([
+            outcome,
+            crate::retention::command::report_after_backup(&policy.name, &pruned),
+        ]);
+        Some(pruned)
+    } else {
+        None
+    };
+    reporter.backup_finished(policy, &m).await;
+    if let Some(pruned) = &pruned {
+        reporter.prune_finished(policy, pruned).await;
     }
-    Ok(outcome)
+    PolicyRun {
+        manifest: Some(m),
+        prune: pruned,
+        outcome,
+    }
 }
 
 /// Open the store `backend` describes, with the storage's S3 credentials read from its

@@ -21,7 +21,7 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resources excluded unless `resources.exclude` is given.
 pub const DEFAULT_EXCLUDES: &[&str] = &["events", "events.events.k8s.io"];
-/// Webhook event names.
+/// Webhook event names (docs/webhooks.md says when each is sent; `crate::report::WebhookEvent` sends them).
 pub const WEBHOOK_EVENTS: &[&str] = &[
     "backup.started",
     "backup.succeeded",
@@ -30,6 +30,10 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "prune.completed",
     "prune.failed",
     "policy.invalid",
+    "restore.started",
+    "restore.succeeded",
+    "restore.partially_failed",
+    "restore.failed",
 ];
 /// The placeholder a held-lock (`background: true`) command must contain.
 pub const WAIT_CMD: &str = "${WAIT_CMD}";

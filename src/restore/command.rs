@@ -3,17 +3,24 @@
 //! Exit status: 0 everything restored (or the dry-run plan printed), 3 some objects failed (the
 //! summary names them), 1 the backup is unusable (missing, incomplete, corrupt, tampered) or nothing
 //! could be restored, 2 invalid flags or policies.
+//!
+//! Webhooks (not for `--dry-run`): once the backup is found, `restore.started`, then
+//! `restore.succeeded|partially_failed|failed`, to the webhooks of the backup's policy when the
+//! policies can be read (`--policy-file`, `--policies` or the default ConfigMap; see [`receivers`]).
+//! Their failures never change the exit status.
 
 use std::time::Duration;
 
 use crate::config::{PolicySourceArgs, Settings};
 use crate::exit::Outcome;
-use crate::policy::Policy;
+use crate::policy::{Policy, Webhook};
+use crate::report::{Payload, Reporter, WebhookEvent};
 use crate::store;
 
 use super::apply::KubeTarget;
 use super::dumps::Replayer;
-use super::{BackupRef, Context, Error, Existing, PlanOptions, RestoreOptions};
+use super::source::Located;
+use super::{BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions};
 use crate::hooks::KubeExecutor;
 
 /// Output format of `freezeframe restore`.
@@ -124,7 +131,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
             return Ok(Outcome::InvalidInput);
         }
     };
-    let options = RestoreOptions {
+    let mut options = RestoreOptions {
         backup: args.backup.clone(),
         policy: args.policy.clone(),
         plan: PlanOptions {
@@ -143,7 +150,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
     let replayer = match &policy {
         Some(p) if !args.skip_dumps => Some(Replayer::new(
             KubeExecutor::new(client.clone()),
-            client,
+            client.clone(),
             p.dumps.clone(),
         )),
         _ => None,
@@ -159,7 +166,23 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn super::dumps::Replay),
     };
-    let (plan, report) = match super::run(&ctx, &options).await {
+    // Find the backup once, so restore.started and the restore name the same one (`latest` moves).
+    let announced = if args.dry_run {
+        None
+    } else {
+        let located =
+            super::source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup)
+                .await
+                .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
+        options.backup = BackupRef::Id(located.id.clone());
+        options.policy = Some(located.policy.clone());
+        Some(Announced::start(&args, policy.as_ref(), &located, &options, client).await)
+    };
+    let restored = super::run(&ctx, &options).await;
+    if let Some(announced) = &announced {
+        announced.finish(&restored).await;
+    }
+    let (plan, report) = match restored {
         Ok(done) => done,
         Err(e @ Error::InvalidOption { .. }) => {
             eprintln!("error: {e}");
@@ -203,4 +226,95 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(report.outcome())
+}
+
+/// The webhooks of the backup's policy `name`: those of the policy already read, else of the
+/// configured policies (`--policy-file`, `--policies`, or the default ConfigMap, read like `backup`
+/// reads them); none, said at debug level, when no policies can be read or none has that name.
+async fn receivers(args: &RestoreArgs, read: Option<&Policy>, name: &str) -> Vec<Webhook> {
+    if let Some(p) = read.filter(|p| p.name == name) {
+        return p.webhooks.clone();
+    }
+    let loaded = match Settings::from_process(&args.source) {
+        Ok(settings) => crate::policy::command::load(&settings).await,
+        Err(e) => Err(e.into()),
+    };
+    match loaded {
+        Ok(set) => match set.policy(name) {
+            Some(p) => p.webhooks.clone(),
+            None => {
+                tracing::debug!(policy = name, "no valid policy of that name: no restore webhooks");
+                Vec::new()
+            }
+        },
+        Err(e) => {
+            tracing::debug!(policy = name, error = %format!("{e:#}"), "no policies to read: no restore webhooks");
+            Vec::new()
+        }
+    }
+}
+
+/// A restore whose start was announced: who was told, and what.
+struct Announced {
+    reporter: Reporter,
+    webhooks: Vec<Webhook>,
+    started: Payload,
+}
+
+impl Announced {
+    /// Send `restore.started` for `located`, restored with `options`.
+    async fn start(
+        args: &RestoreArgs,
+        read: Option<&Policy>,
+        located: &Located,
+        options: &RestoreOptions,
+        client: kube::Client,
+    ) -> Announced {
+        let webhooks = receivers(args, read, &located.policy).await;
+        let namespace = Settings::from_process(&args.source)
+            .ok()
+            .and_then(|s| s.namespace);
+        let reporter = Reporter::new(client, namespace);
+        let namespaces = located
+            .manifest
+            .namespaces
+            .iter()
+            .map(|ns| options.plan.namespace_map.get(ns).unwrap_or(ns).clone())
+            .collect();
+        let started = Payload::restore_started(
+            &located.manifest,
+            namespaces,
+            chrono::Utc::now(),
+            reporter.cluster_identity().await,
+        );
+        reporter
+            .send(&webhooks, WebhookEvent::RestoreStarted, &started)
+            .await;
+        Announced {
+            reporter,
+            webhooks,
+            started,
+        }
+    }
+
+    /// Send how the restore ended.
+    async fn finish(&self, restored: &super::Result<(Plan, Report)>) {
+        let now = chrono::Utc::now();
+        let (event, payload) = match restored {
+            Ok((plan, report)) => (
+                WebhookEvent::restore_finished(report.outcome()),
+                Payload::restore_finished(
+                    &self.started,
+                    report,
+                    super::events::target_namespaces(plan).into_iter().collect(),
+                    now,
+                ),
+            ),
+            Err(e) => (
+                WebhookEvent::RestoreFailed,
+                Payload::restore_error(&self.started, &crate::report::chain(e), now),
+            ),
+        };
+        self.reporter.send(&self.webhooks, event, &payload).await;
+    }
 }

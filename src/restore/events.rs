@@ -1,21 +1,21 @@
 //! Kubernetes Events for a finished restore: one per target namespace, on the Namespace, with the
 //! summary — `Normal RestoreCompleted`, `Warning RestorePartiallyFailed` or `Warning RestoreFailed`.
 //!
-//! Events are best effort: one that cannot be created is logged and never changes the outcome.
+//! Events are best effort: one that cannot be created is logged and never changes the outcome. The
+//! Event object is built by [`crate::report::events::event`], like a backup's.
 //! RBAC: `events` create, `namespaces` get in the target namespaces.
 
 use std::collections::BTreeSet;
 
 use kube::discovery::ApiResource;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::apply::{Report, Target};
 use super::dumps::ReplayStatus;
 use super::plan::Plan;
 use crate::exit::Outcome;
-
-/// Longest message sent (the API server truncates Event messages at 1 KiB).
-const MESSAGE_BYTES: usize = 1024;
+use crate::report::events::{EventSpec, Involved};
+use crate::report::summary::{MESSAGE_BYTES, bounded};
 
 /// Core v1 Events.
 fn events() -> ApiResource {
@@ -72,15 +72,7 @@ pub fn summary(report: &Report) -> String {
             f.kind, f.object, f.message
         ));
     }
-    if line.len() > MESSAGE_BYTES {
-        let mut end = MESSAGE_BYTES - 3;
-        while !line.is_char_boundary(end) {
-            end -= 1;
-        }
-        line.truncate(end);
-        line.push_str("...");
-    }
-    line
+    bounded(&line, MESSAGE_BYTES)
 }
 
 /// The namespaces the plan writes into, sorted.
@@ -104,21 +96,14 @@ pub fn event(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Value {
     let (type_, reason) = reason(report);
-    let time = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": "freezeframe-restore.", "namespace": namespace},
-        "involvedObject": {"apiVersion": "v1", "kind": "Namespace", "name": namespace, "uid": uid},
-        "reason": reason,
-        "type": type_,
-        "message": summary(report),
-        "source": {"component": "freezeframe"},
-        "reportingComponent": "freezeframe",
-        "reportingInstance": "freezeframe",
-        "action": "Restore",
-        "firstTimestamp": time, "lastTimestamp": time, "count": 1
-    })
+    let spec = EventSpec {
+        type_,
+        reason,
+        action: "Restore",
+        message: &summary(report),
+        generate_name: "freezeframe-restore.",
+    };
+    crate::report::events::event(&Involved::Namespace(namespace.to_string()), uid, &spec, now)
 }
 
 /// Create the restore's Event in every target namespace of `plan`.
@@ -150,6 +135,7 @@ mod tests {
     use super::*;
     use crate::restore::KindSummary;
     use crate::restore::apply::Failure;
+    use serde_json::json;
 
     fn report(created: u64, failures: usize) -> Report {
         Report {

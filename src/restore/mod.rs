@@ -16,8 +16,9 @@
 //! RBAC: `create`, `get`, `patch` on every restored kind in the target namespaces; `create`, `get` on
 //! namespaces, persistentvolumes, storageclasses, clusterroles, customresourcedefinitions,
 //! volumesnapshotcontents; `list`, `watch` to wait for CRDs (and workloads with `--wait`); `pods` list
-//! and `pods/exec` create, get to replay dumps; `events` create. Mirrored in
-//! `manifests/restore-job.yaml` (dumps and events: not yet).
+//! and `pods/exec` create, get to replay dumps; `events` create; for webhooks (in [`command`]),
+//! `configmaps` get (the policies) and `secrets` get (HMAC keys) in freezeframe's namespace. Mirrored in
+//! `manifests/restore-job.yaml` (its wildcard rule covers all of these).
 
 pub mod apply;
 pub mod command;

@@ -278,6 +278,12 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
         None => Mode::DryRun,
     };
 
+    // A real prune is reported like the one after a backup (prune.* webhooks); a dry run is not.
+    let reporter = match (&client, args.dry_run) {
+        (Some(c), false) => Some(crate::report::Reporter::for_settings(c.clone(), &settings)),
+        _ => None,
+    };
+
     let mut reports = Vec::new();
     let mut outcomes = Vec::new();
     for policy in policies {
@@ -291,7 +297,11 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
             layout: &layout,
         };
         let now = SystemClock.now();
-        match super::prune(target, &policy.name, &policy.retention, now, mode).await {
+        let result = super::prune(target, &policy.name, &policy.retention, now, mode).await;
+        if let Some(reporter) = &reporter {
+            reporter.prune_finished(policy, &result).await;
+        }
+        match result {
             Ok(report) => {
                 outcomes.push(report.outcome());
                 reports.push(report);

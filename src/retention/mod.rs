@@ -12,7 +12,7 @@ pub mod rules;
 
 use chrono::{DateTime, Utc};
 
-pub use prune::{Deletion, PruneReport, SnapshotError, SnapshotKind, SnapshotRef, Snapshots};
+pub use prune::{Deletion, PruneReport, PrunedBackup, SnapshotError, SnapshotKind, SnapshotRef, Snapshots};
 pub use rules::{Candidate, Decision, INCOMPLETE_GRACE, KeepReason, PruneReason, State, Verdict, decide};
 
 use crate::policy::Retention;

@@ -1,15 +1,18 @@
 //! `freezeframe run`: what the CronJob executes every tick, as one sequence of named steps:
 //!
-//! load policies → report invalid ones → take the run Lease → for each valid policy: due? → record the
-//! scheduled time → back up (commit manifest) → prune by its retention → record the result → release
-//! the Lease → exit code.
+//! load policies → report invalid ones (annotation, Event, `policy.invalid` webhooks) → take the run
+//! Lease → for each valid policy: due? → record the scheduled time → back up, prune and report it
+//! ([`crate::backup::command::back_up_prune_report`]: `backup.started` → backup → commit manifest →
+//! prune by its retention → Events, annotations, webhooks) → record the result → release the Lease →
+//! exit code.
 //!
 //! This module only sequences the steps and adds context to their errors; each step lives in its own
 //! module ([`crate::policy::store`], [`crate::policy::status`], [`lease`], [`crate::policy::decide`],
-//! [`crate::backup::command::back_up_policy`], [`crate::retention`]).
+//! [`crate::backup::command`], [`crate::retention`], [`crate::report`]).
 //!
-//! A prune failure never changes the committed manifest or the last-result annotation (they describe
-//! the backup); it prints the failure and makes the tick's exit code at least PartiallyFailed (3).
+//! Reporting never changes the exit code. A prune failure never changes the committed manifest or the
+//! last-result annotation (they describe the backup); it prints the failure and makes the tick's exit
+//! code at least PartiallyFailed (3).
 
 pub mod lease;
 
@@ -24,7 +27,7 @@ use crate::config::{PolicySource, PolicySourceArgs, Settings};
 use crate::exit::Outcome;
 use crate::policy::store::{self, LastResult, ResultPhase};
 use crate::policy::{Decision, DueInput, Policy, decide};
-use crate::retention::{self, PruneReport};
+use crate::report::Reporter;
 
 /// Arguments of `freezeframe run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -138,6 +141,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if let Err(e) = crate::policy::status::report(&client, &cm, set, now).await {
         tracing::warn!(error = %format!("{e:#}"), "could not record policy status");
     }
+    let reporter = Reporter::for_settings(client.clone(), &settings);
+    reporter.policies_invalid(set).await;
     let unknown: Vec<&String> = args.now.iter().filter(|n| set.policy(n).is_none()).collect();
     for n in &unknown {
         eprintln!("error: --now {n}: no valid policy of that name");
@@ -164,6 +169,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     };
 
     // Each valid policy: due? → record scheduled time → back up → record result.
+    let tick = Tick {
+        client: &client,
+        settings: &settings,
+        cms: &cms,
+        configmap: (namespace, name),
+        cancel: &cancel,
+        reporter: &reporter,
+    };
     let mut outcomes = Vec::new();
     for policy in &set.policies {
         if cancel.is_cancelled() {
@@ -196,17 +209,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             println!("{}", describe_wait(&policy.name, &decision));
             continue;
         }
-        let ran = back_up(
-            &client,
-            &settings,
-            &cms,
-            (namespace, name),
-            policy,
-            &decision,
-            &cancel,
-        )
-        .await;
-        outcomes.push(ran.outcome);
+        outcomes.push(back_up(&tick, policy, &decision).await);
     }
 
     // Release the Lease, then exit.
@@ -217,87 +220,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     Ok(if invalid { Outcome::InvalidInput } else { outcome })
 }
 
-/// What one policy's turn in a tick came to (what the report step needs: the backup, the prune).
-#[derive(Debug)]
-pub struct PolicyRun {
-    /// The committed manifest; `None` = the backup failed before writing one.
-    pub manifest: Option<Manifest>,
-    /// The prune after the backup; `None` = not attempted (no manifest, or the run was stopped).
-    pub prune: Option<Result<PruneReport, retention::Error>>,
-    /// The exit code this policy contributes: the backup's, made at least PartiallyFailed by a prune
-    /// failure.
-    pub outcome: Outcome,
+/// What every backup of one tick shares.
+struct Tick<'a> {
+    client: &'a kube::Client,
+    settings: &'a Settings,
+    /// ConfigMaps in the policy ConfigMap's namespace.
+    cms: &'a Api<ConfigMap>,
+    /// The policy ConfigMap: `(namespace, name)`.
+    configmap: (&'a str, &'a str),
+    cancel: &'a CancellationToken,
+    reporter: &'a Reporter,
 }
 
-/// Back up one due policy, prune it, and record its result; a backup that produced no manifest counts as
-/// Failed (and nothing is pruned).
-async fn back_up(
-    client: &kube::Client,
-    settings: &Settings,
-    cms: &Api<ConfigMap>,
-    (namespace, name): (&str, &str),
-    policy: &Policy,
-    decision: &Decision,
-    cancel: &CancellationToken,
-) -> PolicyRun {
+/// Back up one due policy, prune and report it, and record its result; a backup that produced no
+/// manifest counts as Failed (and nothing is pruned).
+async fn back_up(tick: &Tick<'_>, policy: &Policy, decision: &Decision) -> Outcome {
     tracing::info!(policy = %policy.name, ?decision, "running backup");
-    let backend = &policy.storage.backend;
-    let attempt = async {
-        let (store, layout) = backup_command::open_backend(client, settings, backend).await?;
-        let m =
-            backup_command::back_up_policy(client, settings, policy, store.as_ref(), &layout, cancel).await?;
-        anyhow::Ok((m, store, layout))
-    }
+    let ran = backup_command::back_up_prune_report(
+        tick.client,
+        tick.settings,
+        policy,
+        &policy.storage.backend,
+        tick.cancel,
+        tick.reporter,
+        true,
+    )
     .await;
-    let (ran, result) = match attempt {
-        Ok((m, store, layout)) => {
-            print!("{}", backup_command::summary(&m));
-            let mut outcome = m.status.outcome();
-            // Commit manifest → prune (not after SIGTERM: stop as soon as possible).
-            let prune = if cancel.is_cancelled() {
-                None
-            } else {
-                let target = retention::Target {
-                    store: store.as_ref(),
-                    layout: &layout,
-                };
-                let pruned = retention::command::after_backup(client, policy, target).await;
-                outcome = worst([
-                    outcome,
-                    retention::command::report_after_backup(&policy.name, &pruned),
-                ]);
-                Some(pruned)
-            };
-            let result = last_result(&m);
-            let ran = PolicyRun {
-                manifest: Some(m),
-                prune,
-                outcome,
-            };
-            (ran, result)
-        }
-        Err(e) => {
-            eprintln!(
-                "{}: backup failed before a manifest was written: {e:#}",
-                policy.name
-            );
-            let result = LastResult {
-                phase: ResultPhase::Failed,
-                finished_at: Utc::now(),
-                backup_id: "-".to_string(),
-            };
-            let ran = PolicyRun {
-                manifest: None,
-                prune: None,
-                outcome: Outcome::Failed,
-            };
-            (ran, result)
-        }
+    let result = match &ran.manifest {
+        Some(m) => last_result(m),
+        None => LastResult {
+            phase: ResultPhase::Failed,
+            finished_at: Utc::now(),
+            backup_id: "-".to_string(),
+        },
     };
-    if let Err(e) = store::record_last_result(cms, namespace, name, &policy.name, &result).await {
+    let (namespace, name) = tick.configmap;
+    if let Err(e) = store::record_last_result(tick.cms, namespace, name, &policy.name, &result).await {
         tracing::warn!(policy = %policy.name, error = %format!("{e:#}"), "could not record the last result");
     }
-    ran
+    ran.outcome
 }
 
 #[cfg(test)]
