@@ -120,6 +120,7 @@ fn subresource_kind(t: &ResourceType, sub: &str) -> (String, String, String, Vec
             vec!["create", "get"],
         ),
         "log" => ("".into(), "v1".into(), "Pod".into(), vec!["get"]),
+        "finalize" => (t.group.clone(), t.version.clone(), t.kind.clone(), vec!["update"]),
         _ => (t.group.clone(), t.version.clone(), t.kind.clone(), vec!["get"]),
     }
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod controllers;
 pub mod discovery;
 pub mod exec;
+pub mod lifecycle;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
@@ -142,6 +143,7 @@ impl Sandbox {
             limits: options.limits.unwrap_or_default(),
         }));
         snapshots::spawn_readiness(&cluster);
+        lifecycle::spawn(&cluster);
         bootstrap(&cluster, options.snapshot_ready_delay);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
             .await
