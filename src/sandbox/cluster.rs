@@ -310,9 +310,9 @@ impl Cluster {
     fn namespace_check(&self, rt: &ResourceType, name: &str, ns: &str) -> Result<(), ApiError> {
         match self.store.get(&ResourceId::new("", "namespaces"), "", ns) {
             None => Err(ApiError::not_found("", "namespaces", ns)),
-            Some(n) if n["status"]["phase"] == "Terminating" => Err(ApiError::namespace_terminating(
-                &rt.group, &rt.plural, name, ns,
-            )),
+            Some(n) if n["status"]["phase"] == "Terminating" => {
+                Err(ApiError::namespace_terminating(&rt.group, &rt.plural, name, ns))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -1189,9 +1189,16 @@ impl Cluster {
             .unwrap_or_default();
         for (kind, reason, message) in [
             ("NamesAccepted", "NoConflicts", "no conflicts found"),
-            ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+            (
+                "Established",
+                "InitialNamesAccepted",
+                "the initial names have been accepted",
+            ),
         ] {
-            if !conditions.iter().any(|c| c["type"] == kind && c["status"] == "True") {
+            if !conditions
+                .iter()
+                .any(|c| c["type"] == kind && c["status"] == "True")
+            {
                 conditions.retain(|c| c["type"] != kind);
                 conditions.push(json!({"type": kind, "status": "True", "reason": reason,
                     "message": message, "lastTransitionTime": t}));

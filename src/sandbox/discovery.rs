@@ -442,6 +442,22 @@ pub fn table(list: &Value) -> Value {
                 ]
             }),
         ),
+        "Namespace" => (
+            vec![
+                col("Name", "string", "name"),
+                col("Status", "string", ""),
+                col("Age", "string", ""),
+            ],
+            Box::new(|o: &Value| {
+                vec![
+                    o["metadata"]["name"].clone(),
+                    o["status"]["phase"].clone(),
+                    json!(age(o["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or_default())),
+                ]
+            }),
+        ),
         "PersistentVolumeClaim" => (
             vec![
                 col("Name", "string", "name"),

@@ -14,13 +14,19 @@
 //!
 //! [`spawn`] runs both controllers on the store's change stream, as the snapshot readiness task does: a
 //! change to a terminating namespace or CRD, or to anything inside one, queues a pass. A pass runs on the
-//! blocking pool, so a deleted namespace is usually gone a few milliseconds after the DELETE returned.
+//! blocking pool, so a deleted namespace is usually gone a few milliseconds after the DELETE returned
+//! (unless [`SandboxOptions::namespace_deletion_delay`] holds its first pass back, as a real controller
+//! does for 5 s).
+//!
+//! [`SandboxOptions::namespace_deletion_delay`]: super::SandboxOptions::namespace_deletion_delay
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::TryRecvError;
+use tokio::time::Instant;
 
 use super::cluster::{Cluster, DeleteOptions, Part, Work, WriteOptions, crd_id, now};
 use super::controllers::{is_deleting, name, ns};
@@ -60,13 +66,19 @@ fn crd_type(cluster: &Cluster) -> Arc<ResourceType> {
 }
 
 fn has_finalizer(list: &Value, finalizer: &str) -> bool {
-    list.as_array()
-        .is_some_and(|f| f.iter().any(|x| x == finalizer))
+    list.as_array().is_some_and(|f| f.iter().any(|x| x == finalizer))
 }
 
 /// Set one condition as apimachinery's condition helpers do: a new one is appended; an existing one takes
 /// the new status, reason and message, and a new `lastTransitionTime` only when its status changed.
-fn set_condition(conditions: &mut Vec<Value>, kind: &str, status: &str, reason: &str, message: &str, at: &str) {
+fn set_condition(
+    conditions: &mut Vec<Value>,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    at: &str,
+) {
     match conditions.iter_mut().find(|c| c["type"] == kind) {
         Some(c) => {
             if c["status"] != status {
@@ -82,7 +94,10 @@ fn set_condition(conditions: &mut Vec<Value>, kind: &str, status: &str, reason: 
 }
 
 fn conditions_of(obj: &Value) -> Vec<Value> {
-    obj["status"]["conditions"].as_array().cloned().unwrap_or_default()
+    obj["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -109,7 +124,9 @@ pub fn sync_namespace(cluster: &Cluster, namespace: &str) -> Progress {
 fn delete_namespace_content(cluster: &Cluster, work: &mut Work, namespace: &str) {
     let registry = cluster.registry();
     for id in cluster.store.resources() {
-        let Some(rt) = registry.preferred(&id) else { continue };
+        let Some(rt) = registry.preferred(&id) else {
+            continue;
+        };
         if !rt.namespaced {
             continue;
         }
@@ -128,7 +145,10 @@ fn delete_namespace_content(cluster: &Cluster, work: &mut Work, namespace: &str)
 }
 
 /// What is left in a namespace: `<plural>.<group>` → count, and finalizer → count.
-fn namespace_remains(cluster: &Cluster, namespace: &str) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+fn namespace_remains(
+    cluster: &Cluster,
+    namespace: &str,
+) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
     let registry = cluster.registry();
     let mut resources = BTreeMap::new();
     let mut finalizers = BTreeMap::new();
@@ -274,9 +294,10 @@ fn conclude_namespace(cluster: &Cluster, work: &mut Work, nsrt: &ResourceType, n
 
 /// Whether a CRD's `Terminating` condition is True (its custom resources cannot be created).
 pub fn crd_is_terminating(crd: &Value) -> bool {
-    crd["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Terminating" && c["status"] == "True"))
+    crd["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Terminating" && c["status"] == "True")
+    })
 }
 
 /// What the CRD storage does on the first DELETE: the cleanup finalizer and condition `Terminating`
@@ -399,9 +420,20 @@ struct Tracker {
     crds: HashMap<ResourceId, String>,
     dirty_namespaces: BTreeSet<String>,
     dirty_crds: BTreeSet<String>,
+    /// How long a newly Terminating namespace waits before its first pass.
+    delay: Duration,
+    /// Namespaces still within that wait.
+    held: HashMap<String, Instant>,
 }
 
 impl Tracker {
+    fn new(delay: Duration) -> Self {
+        Tracker {
+            delay,
+            ..Default::default()
+        }
+    }
+
     fn observe(&mut self, change: &Change) {
         let obj = &change.object;
         let gone = change.kind == ChangeKind::Deleted;
@@ -410,8 +442,11 @@ impl Tracker {
             if gone {
                 self.namespaces.remove(&n);
                 self.dirty_namespaces.remove(&n);
+                self.held.remove(&n);
             } else if is_deleting(obj) {
-                self.namespaces.insert(n.clone());
+                if self.namespaces.insert(n.clone()) && !self.delay.is_zero() {
+                    self.held.insert(n.clone(), Instant::now() + self.delay);
+                }
                 self.dirty_namespaces.insert(n);
             }
             return;
@@ -451,32 +486,67 @@ impl Tracker {
         }
     }
 
-    fn is_idle(&self) -> bool {
-        self.dirty_namespaces.is_empty() && self.dirty_crds.is_empty()
+    /// Whether a pass is due now.
+    fn has_work(&self, now: Instant) -> bool {
+        !self.dirty_crds.is_empty()
+            || self
+                .dirty_namespaces
+                .iter()
+                .any(|n| self.held.get(n).is_none_or(|until| *until <= now))
+    }
+
+    /// When the earliest held namespace is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.held.values().min().copied()
+    }
+
+    /// The namespaces and CRDs due for a pass (held namespaces stay queued).
+    fn take_due(&mut self, now: Instant) -> (Vec<String>, Vec<String>) {
+        self.held.retain(|_, until| *until > now);
+        let held = &self.held;
+        let (due, waiting): (BTreeSet<String>, BTreeSet<String>) = std::mem::take(&mut self.dirty_namespaces)
+            .into_iter()
+            .partition(|n| !held.contains_key(n));
+        self.dirty_namespaces = waiting;
+        (
+            due.into_iter().collect(),
+            std::mem::take(&mut self.dirty_crds).into_iter().collect(),
+        )
     }
 }
 
 /// Start the namespace and CRD finalizers. They follow the store's change stream (subscribed before this
-/// returns) and end with the cluster.
-pub fn spawn(cluster: &Arc<Cluster>) {
+/// returns) and end with the cluster. A namespace's first pass waits `namespace_delay` after it was
+/// marked (a real namespace controller waits 5 s, its `namespaceDeletionGracePeriod`).
+pub fn spawn(cluster: &Arc<Cluster>, namespace_delay: Duration) {
     let Ok(start) = cluster.store.watch(None) else {
         return;
     };
     let mut live = start.live;
-    let mut tracker = Tracker::default();
+    let mut tracker = Tracker::new(namespace_delay);
     tracker.rescan(cluster);
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
-            if tracker.is_idle() {
-                match live.recv().await {
-                    Ok(change) => tracker.observe(&change),
-                    Err(RecvError::Lagged(_)) => {
-                        let Some(cluster) = weak.upgrade() else { return };
-                        tracker.rescan(&cluster);
+            if !tracker.has_work(Instant::now()) {
+                let due = tracker.next_due();
+                let wake = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
                     }
-                    Err(RecvError::Closed) => return,
+                };
+                tokio::select! {
+                    received = live.recv() => match received {
+                        Ok(change) => tracker.observe(&change),
+                        Err(RecvError::Lagged(_)) => {
+                            let Some(cluster) = weak.upgrade() else { return };
+                            tracker.rescan(&cluster);
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                    _ = wake => {}
                 }
             }
             // Take in everything already queued, so one pass covers a burst of changes.
@@ -491,11 +561,10 @@ pub fn spawn(cluster: &Arc<Cluster>) {
                     Err(TryRecvError::Closed) => return,
                 }
             }
-            if tracker.is_idle() {
+            let (namespaces, crds) = tracker.take_due(Instant::now());
+            if namespaces.is_empty() && crds.is_empty() {
                 continue;
             }
-            let namespaces = std::mem::take(&mut tracker.dirty_namespaces);
-            let crds = std::mem::take(&mut tracker.dirty_crds);
             let Some(cluster) = weak.upgrade() else { return };
             let pass = tokio::task::spawn_blocking(move || {
                 for n in &namespaces {

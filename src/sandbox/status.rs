@@ -158,9 +158,8 @@ impl ApiError {
 
     /// 405 from the apiextensions server: a custom resource created while its CRD is terminating.
     pub fn crd_terminating(group: &str, plural: &str) -> Self {
-        let mut e = Self::method_not_allowed(
-            "create not allowed while custom resource definition is terminating",
-        );
+        let mut e =
+            Self::method_not_allowed("create not allowed while custom resource definition is terminating");
         e.details = Some(Box::new(json!({"group": group, "kind": plural})));
         e
     }
@@ -268,7 +267,10 @@ mod tests {
         let crd = ApiError::crd_terminating("shop.example.com", "carts").to_status();
         assert_eq!(crd["code"], 405);
         assert_eq!(crd["reason"], "MethodNotAllowed");
-        assert_eq!(crd["details"], json!({"group": "shop.example.com", "kind": "carts"}));
+        assert_eq!(
+            crd["details"],
+            json!({"group": "shop.example.com", "kind": "carts"})
+        );
     }
 
     #[test]

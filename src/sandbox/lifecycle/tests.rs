@@ -34,7 +34,10 @@ impl Fixture {
 
     fn create(&self, obj: Value) -> Result<Value, crate::sandbox::ApiError> {
         let rt = self.rt(obj["apiVersion"].as_str().unwrap(), obj["kind"].as_str().unwrap());
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         self.cluster.create(&rt, &ns, obj, &opts())
     }
 
@@ -51,13 +54,15 @@ impl Fixture {
         self.get("v1", "Namespace", "", name)
     }
 
-    fn delete(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Result<Value, crate::sandbox::ApiError> {
-        self.cluster.delete(
-            &self.rt(api_version, kind),
-            ns,
-            name,
-            &DeleteOptions::default(),
-        )
+    fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Value, crate::sandbox::ApiError> {
+        self.cluster
+            .delete(&self.rt(api_version, kind), ns, name, &DeleteOptions::default())
     }
 
     /// Drop every metadata finalizer of an object (as its controller would when done).
@@ -65,7 +70,9 @@ impl Fixture {
         let rt = self.rt(api_version, kind);
         let mut obj = self.cluster.get(&rt, ns, name).unwrap();
         obj["metadata"]["finalizers"] = json!([]);
-        self.cluster.update(&rt, ns, name, obj, Part::Main, &opts()).unwrap();
+        self.cluster
+            .update(&rt, ns, name, obj, Part::Main, &opts())
+            .unwrap();
     }
 
     fn widgets_crd(&self) {
@@ -104,7 +111,10 @@ fn given_new_namespace_then_it_is_active_with_the_kubernetes_finalizer_whatever_
             "metadata": {"name": "custom"}, "spec": {"finalizers": ["example.com/x"]},
             "status": {"phase": "Terminating"}}))
         .unwrap();
-    assert_eq!(custom["spec"]["finalizers"], json!(["example.com/x", "kubernetes"]));
+    assert_eq!(
+        custom["spec"]["finalizers"],
+        json!(["example.com/x", "kubernetes"])
+    );
     assert_eq!(custom["status"]["phase"], "Active");
 }
 
@@ -112,8 +122,10 @@ fn given_new_namespace_then_it_is_active_with_the_kubernetes_finalizer_whatever_
 fn given_namespace_with_content_when_deleted_then_terminating_until_the_controller_finalizes_it() {
     let f = fixture();
     f.namespace("shop");
-    f.create(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "shop"}}))
-        .unwrap();
+    f.create(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "shop"}}),
+    )
+    .unwrap();
 
     let marked = f.delete("v1", "Namespace", "", "shop").unwrap();
 
@@ -165,14 +177,18 @@ fn given_content_held_by_a_finalizer_when_namespace_syncs_then_conditions_say_so
         finalizers["message"],
         "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances"
     );
-    assert_eq!(condition(&ns, "NamespaceDeletionContentFailure")["reason"], "ContentDeleted");
+    assert_eq!(
+        condition(&ns, "NamespaceDeletionContentFailure")["reason"],
+        "ContentDeleted"
+    );
     let rv = ns["metadata"]["resourceVersion"].clone();
     assert_eq!(
         sync_namespace(&f.cluster, "shop"),
         Progress::Waiting { remaining: 1 }
     );
     assert_eq!(
-        f.get_ns("shop").unwrap()["metadata"]["resourceVersion"], rv,
+        f.get_ns("shop").unwrap()["metadata"]["resourceVersion"],
+        rv,
         "a pass that finds nothing new writes nothing"
     );
 
@@ -216,7 +232,11 @@ fn given_terminating_namespace_when_creating_then_forbidden_naming_the_object_or
         Part::Main,
         &opts(),
     );
-    assert_eq!(apply.unwrap_err().code, 403, "server-side apply of a new object is a create");
+    assert_eq!(
+        apply.unwrap_err().code,
+        403,
+        "server-side apply of a new object is a create"
+    );
 }
 
 #[test]
@@ -249,8 +269,14 @@ fn given_spec_finalizers_then_only_the_finalize_subresource_changes_them() {
         .cluster
         .update(&rt, "", "shop", body, Part::Finalize, &opts())
         .unwrap();
-    assert_eq!(last["status"]["phase"], "Terminating", "finalize keeps the status");
-    assert!(f.get_ns("shop").is_none(), "no finalizer left: the update is the deletion");
+    assert_eq!(
+        last["status"]["phase"], "Terminating",
+        "finalize keeps the status"
+    );
+    assert!(
+        f.get_ns("shop").is_none(),
+        "no finalizer left: the update is the deletion"
+    );
 }
 
 #[test]
@@ -269,7 +295,7 @@ fn given_namespace_with_metadata_finalizer_when_finalized_then_it_stays_until_th
 
 #[test]
 fn given_deletion_when_update_removes_the_last_finalizer_then_watchers_see_only_deleted_with_the_last_stored_state()
-{
+ {
     let f = fixture();
     f.namespace("shop");
     f.create(json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -309,7 +335,12 @@ fn given_crd_with_custom_resources_when_deleted_then_served_until_they_are_gone_
     f.widget("shop", "held", &["example.com/hold"]).unwrap();
 
     let marked = f
-        .delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", "widgets.example.com")
+        .delete(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+            "widgets.example.com",
+        )
         .unwrap();
 
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
@@ -333,17 +364,30 @@ fn given_crd_with_custom_resources_when_deleted_then_served_until_they_are_gone_
     assert!(f.get("example.com/v1", "Widget", "shop", "plain").is_none());
     assert!(f.get("example.com/v1", "Widget", "shop", "held").is_some());
     let crd = f
-        .get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", "widgets.example.com")
+        .get(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+            "widgets.example.com",
+        )
         .unwrap();
-    assert_eq!(condition(&crd, "Terminating")["reason"], "InstanceDeletionInProgress");
+    assert_eq!(
+        condition(&crd, "Terminating")["reason"],
+        "InstanceDeletionInProgress"
+    );
     assert!(f.cluster.find_type("example.com", "v1", "widgets").is_some());
 
     f.release("example.com/v1", "Widget", "shop", "held");
     assert_eq!(sync_crd(&f.cluster, "widgets.example.com"), Progress::Finalized);
 
     assert!(
-        f.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", "widgets.example.com")
-            .is_none()
+        f.get(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+            "widgets.example.com"
+        )
+        .is_none()
     );
     assert!(f.cluster.find_type("example.com", "v1", "widgets").is_none());
 }
@@ -354,8 +398,13 @@ fn given_terminating_crd_when_its_spec_is_updated_then_the_terminating_condition
     f.widgets_crd();
     f.namespace("shop");
     f.widget("shop", "held", &["example.com/hold"]).unwrap();
-    f.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", "widgets.example.com")
-        .unwrap();
+    f.delete(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "",
+        "widgets.example.com",
+    )
+    .unwrap();
     let rt = f.rt("apiextensions.k8s.io/v1", "CustomResourceDefinition");
     let mut crd = f.cluster.get(&rt, "", "widgets.example.com").unwrap();
     crd["metadata"]["labels"] = json!({"touched": "yes"});
@@ -372,21 +421,43 @@ fn given_changes_then_the_tracker_queues_only_terminating_namespaces_and_crds() 
     let f = fixture();
     f.namespace("live");
     f.namespace("doomed");
-    let mut tracker = Tracker::default();
+    let mut tracker = Tracker::new(Duration::ZERO);
     let from = f.cluster.store.revision();
-    f.create(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "live"}}))
-        .unwrap();
+    f.create(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "live"}}),
+    )
+    .unwrap();
     f.delete("v1", "Namespace", "", "doomed").unwrap();
     for change in f.cluster.store.watch(Some(from)).unwrap().backlog {
         tracker.observe(&change);
     }
-    assert_eq!(
-        tracker.dirty_namespaces.iter().collect::<Vec<_>>(),
-        ["doomed"]
-    );
+    assert_eq!(tracker.dirty_namespaces.iter().collect::<Vec<_>>(), ["doomed"]);
     assert!(tracker.dirty_crds.is_empty());
-    tracker.dirty_namespaces.clear();
+    assert_eq!(
+        tracker.take_due(Instant::now()),
+        (vec!["doomed".to_string()], vec![])
+    );
     let mut fresh = Tracker::default();
     fresh.rescan(&f.cluster);
     assert!(fresh.namespaces.contains("doomed") && !fresh.namespaces.contains("live"));
+}
+
+#[test]
+fn given_namespace_delay_then_a_newly_terminating_namespace_is_held_back_until_due() {
+    let f = fixture();
+    f.namespace("doomed");
+    let from = f.cluster.store.revision();
+    f.delete("v1", "Namespace", "", "doomed").unwrap();
+    let mut tracker = Tracker::new(Duration::from_secs(5));
+    for change in f.cluster.store.watch(Some(from)).unwrap().backlog {
+        tracker.observe(&change);
+    }
+    let now = Instant::now();
+    assert!(!tracker.has_work(now));
+    assert_eq!(tracker.take_due(now), (vec![], vec![]));
+    let due = tracker.next_due().expect("held");
+    assert!(due > now + Duration::from_secs(4));
+    assert!(tracker.has_work(due));
+    assert_eq!(tracker.take_due(due), (vec!["doomed".to_string()], vec![]));
+    assert_eq!(tracker.next_due(), None);
 }
