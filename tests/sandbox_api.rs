@@ -689,12 +689,22 @@ async fn given_terminating_namespace_when_creating_then_refused_with_the_namespa
         json!({"name": "late-", "kind": "configmaps", "causes": [{"reason": "NamespaceTerminating",
             "message": "namespace ending is being terminated", "field": "metadata.namespace"}]})
     );
-    let ns = nss.get("ending").await.unwrap();
-    let conditions = ns.status.unwrap().conditions.unwrap_or_default();
-    let remaining = conditions
-        .iter()
-        .find(|c| c.type_ == "NamespaceFinalizersRemaining")
-        .expect("the controller reports what holds the namespace");
+    let reported = |ns: Option<&Namespace>| {
+        ns.and_then(|n| n.status.as_ref()?.conditions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "NamespaceFinalizersRemaining")
+    };
+    let ns = tokio::time::timeout(
+        TIMEOUT,
+        kube::runtime::wait::await_condition(nss.clone(), "ending", move |n: Option<&Namespace>| {
+            reported(n).is_some()
+        }),
+    )
+    .await
+    .expect("the controller reports what holds the namespace")
+    .unwrap();
+    let remaining = reported(ns.as_ref()).unwrap();
     assert_eq!(remaining.status, "True");
     assert_eq!(
         remaining.message.as_deref(),

@@ -469,6 +469,13 @@ async fn given_held_namespace_when_kubectl_deletes_without_waiting_then_it_is_te
         "{}",
         stderr(&refused)
     );
+    k.ok(&[
+        "wait",
+        "--for=condition=NamespaceContentRemaining",
+        "namespace/hold",
+        "--timeout=30s",
+    ])
+    .await;
     let conditions = k
         .ok(&[
             "get",
