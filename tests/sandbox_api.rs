@@ -5,7 +5,10 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod};
-use kube::api::{Api, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{Discovery, Scope};
 use kube::runtime::watcher;
@@ -13,6 +16,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use freezeframe::sandbox::{Fault, Sandbox, SandboxOptions};
+
+use crate::harness::{DELETION_TIMEOUT, crd_api, wait_until_gone};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,14 +50,6 @@ fn crd(group: &str, kind: &str, plural: &str, scope: &str) -> serde_json::Value 
                  "versions": [{"name": "v1", "served": true, "storage": true,
                                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
     })
-}
-
-fn crd_api(client: &Client) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-        "customresourcedefinitions",
-    );
-    Api::all_with(client.clone(), &ar)
 }
 
 #[tokio::test]
@@ -106,6 +103,9 @@ async fn given_sandbox_when_discovery_runs_then_builtins_and_crd_kinds_are_found
 
     crd_api(&client)
         .delete("widgets.example.com", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until_gone(&crd_api(&client), "widgets.example.com", DELETION_TIMEOUT)
         .await
         .unwrap();
     let after = Discovery::new(client.clone()).run().await.unwrap();
@@ -599,7 +599,7 @@ async fn given_statefulset_with_claim_templates_then_ordinal_pods_get_bound_clai
 }
 
 #[tokio::test]
-async fn given_namespace_when_deleted_then_contents_go_and_namespace_is_gone() {
+async fn given_namespace_with_pods_when_deleted_then_it_is_terminating_then_gone_with_its_content() {
     let (_sb, client) = sandbox().await;
     namespace(&client, "doomed").await;
     let deploys: Api<Deployment> = Api::namespaced(client.clone(), "doomed");
@@ -612,16 +612,253 @@ async fn given_namespace_when_deleted_then_contents_go_and_namespace_is_gone() {
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
     .unwrap();
     claims.create(&PostParams::default(), &pvc).await.unwrap();
-    let nss: Api<Namespace> = Api::all(client.clone());
-    nss.delete("doomed", &DeleteParams::default()).await.unwrap();
-    let gone = nss.get("doomed").await.unwrap_err();
-    assert!(matches!(gone, kube::Error::Api(s) if s.code == 404));
     let pods: Api<Pod> = Api::namespaced(client.clone(), "doomed");
-    assert!(pods.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 2);
+    let nss: Api<Namespace> = Api::all(client.clone());
+    assert_eq!(
+        nss.get("doomed").await.unwrap().spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+
+    let started = std::time::Instant::now();
+    let answer = nss.delete("doomed", &DeleteParams::default()).await.unwrap();
+
+    let marked = answer
+        .left()
+        .expect("the DELETE answers with the namespace itself");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert_eq!(
+        marked.spec.unwrap().finalizers,
+        Some(vec!["kubernetes".to_string()])
+    );
+    wait_until_gone(&nss, "doomed", DELETION_TIMEOUT).await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        pods.list(&ListParams::default()).await.unwrap().items.is_empty(),
+        "the namespace controller deleted its pods"
+    );
+    assert!(
+        claims
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
     assert!(
         pvs.list(&ListParams::default()).await.unwrap().items.is_empty(),
         "reclaim policy Delete"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the namespace controller acts promptly (took {took:?})"
+    );
+}
+
+#[tokio::test]
+async fn given_terminating_namespace_when_creating_then_refused_with_the_namespace_lifecycle_status() {
+    let (sb, client) = sandbox().await;
+    namespace(&client, "ending").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "ending");
+    let held: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.delete("ending", &DeleteParams::default()).await.unwrap();
+
+    let refused = reqwest::Client::new()
+        .post(format!("{}/api/v1/namespaces/ending/configmaps", sb.url()))
+        .json(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "late-"}}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(refused.status(), 403);
+    let status: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["reason"], "Forbidden");
+    assert_eq!(
+        status["message"],
+        "configmaps \"late-\" is forbidden: unable to create new content in namespace ending because it is being terminated"
+    );
+    assert_eq!(
+        status["details"],
+        json!({"name": "late-", "kind": "configmaps", "causes": [{"reason": "NamespaceTerminating",
+            "message": "namespace ending is being terminated", "field": "metadata.namespace"}]})
+    );
+    let reported = |ns: Option<&Namespace>| {
+        ns.and_then(|n| n.status.as_ref()?.conditions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "NamespaceFinalizersRemaining")
+    };
+    let ns = tokio::time::timeout(
+        TIMEOUT,
+        kube::runtime::wait::await_condition(nss.clone(), "ending", move |n: Option<&Namespace>| {
+            reported(n).is_some()
+        }),
+    )
+    .await
+    .expect("the controller reports what holds the namespace")
+    .unwrap();
+    let remaining = reported(ns.as_ref()).unwrap();
+    assert_eq!(remaining.status, "True");
+    assert_eq!(
+        remaining.message.as_deref(),
+        Some(
+            "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances"
+        )
+    );
+    let again = nss.delete("ending", &DeleteParams::default()).await.unwrap();
+    assert!(
+        again
+            .left()
+            .is_some_and(|n| n.metadata.deletion_timestamp.is_some()),
+        "deleting a Terminating namespace again is answered with it"
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    wait_until_gone(&nss, "ending", DELETION_TIMEOUT).await.unwrap();
+}
+
+#[tokio::test]
+async fn given_namespace_watch_when_namespace_is_deleted_then_modified_terminating_then_deleted() {
+    let (_sb, client) = sandbox().await;
+    namespace(&client, "watched").await;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let rv = nss
+        .get("watched")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut events = nss
+        .watch(&WatchParams::default().fields("metadata.name=watched"), &rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    nss.delete("watched", &DeleteParams::default()).await.unwrap();
+
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(TIMEOUT, events.next())
+            .await
+            .expect("the namespace goes")
+            .expect("stream open")
+            .unwrap();
+        match event {
+            WatchEvent::Modified(n) => {
+                seen.push(("MODIFIED", n.status.and_then(|s| s.phase).unwrap_or_default()))
+            }
+            WatchEvent::Deleted(n) => {
+                seen.push(("DELETED", n.status.and_then(|s| s.phase).unwrap_or_default()));
+                break;
+            }
+            WatchEvent::Bookmark(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen.first(), Some(&("MODIFIED", "Terminating".to_string())));
+    assert_eq!(seen.last(), Some(&("DELETED", "Terminating".to_string())));
+    assert!(seen.iter().all(|(_, phase)| phase == "Terminating"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn given_crd_with_custom_resources_when_deleted_then_they_go_then_the_crd_then_its_discovery_entry() {
+    let (_sb, client) = sandbox().await;
+    let obj: DynamicObject =
+        serde_json::from_value(crd("example.com", "Widget", "widgets", "Namespaced")).unwrap();
+    crd_api(&client)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap();
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Widget"), "widgets");
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let widget = |name: &str, finalizers: &[&str]| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Widget",
+            "metadata": {"name": name, "finalizers": finalizers}}))
+        .unwrap()
+    };
+    widgets
+        .create(&PostParams::default(), &widget("plain", &[]))
+        .await
+        .unwrap();
+    widgets
+        .create(&PostParams::default(), &widget("held", &["example.com/hold"]))
+        .await
+        .unwrap();
+
+    crd_api(&client)
+        .delete("widgets.example.com", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    wait_until_gone(&widgets, "plain", DELETION_TIMEOUT)
+        .await
+        .unwrap();
+    let held = widgets.get("held").await.unwrap();
+    assert!(
+        held.metadata.deletion_timestamp.is_some(),
+        "the finalizer deleted it"
+    );
+    let crd = crd_api(&client).get("widgets.example.com").await.unwrap();
+    assert_eq!(
+        crd.metadata.finalizers,
+        Some(vec!["customresourcecleanup.apiextensions.k8s.io".to_string()])
+    );
+    let terminating = crd.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Terminating")
+        .cloned()
+        .unwrap();
+    assert_eq!(terminating["status"], "True");
+    let served = Discovery::new(client.clone()).run().await.unwrap();
+    assert!(
+        served
+            .resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget"))
+            .is_some(),
+        "served while the CRD is terminating"
+    );
+    let refused = widgets
+        .create(&PostParams::default(), &widget("late", &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 405 && s.reason == "MethodNotAllowed"
+            && s.message == "create not allowed while custom resource definition is terminating"),
+        "{refused:?}"
+    );
+
+    widgets
+        .patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    wait_until_gone(&crd_api(&client), "widgets.example.com", DELETION_TIMEOUT)
+        .await
+        .unwrap();
+    let after = Discovery::new(client.clone()).run().await.unwrap();
+    assert!(
+        after
+            .resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget"))
+            .is_none(),
+        "a removed CRD's kind is no longer served"
     );
 }
 
@@ -823,10 +1060,7 @@ async fn given_terminating_namespace_or_wrong_method_then_forbidden_and_method_n
     )
     .await
     .unwrap();
-    assert!(
-        matches!(nss.get("ending").await.unwrap_err(), kube::Error::Api(s) if s.code == 404),
-        "namespace finished"
-    );
+    wait_until_gone(&nss, "ending", DELETION_TIMEOUT).await.unwrap();
 
     let http = reqwest::Client::new();
     let put_collection = http

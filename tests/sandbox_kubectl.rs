@@ -21,9 +21,11 @@ struct Kubectl {
 
 impl Kubectl {
     async fn start() -> Self {
-        let sb = Sandbox::start(SandboxOptions::default())
-            .await
-            .expect("sandbox starts");
+        Self::start_with(SandboxOptions::default()).await
+    }
+
+    async fn start_with(options: SandboxOptions) -> Self {
+        let sb = Sandbox::start(options).await.expect("sandbox starts");
         Kubectl {
             sb,
             home: tempfile::tempdir().unwrap(),
@@ -408,4 +410,222 @@ async fn given_sandbox_when_kubectl_auth_checks_then_everything_is_allowed_and_i
         .ok(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
         .await;
     assert_eq!(whoami, "sandbox-admin");
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn given_namespace_with_workloads_when_kubectl_deletes_it_then_kubectl_waits_until_it_is_gone() {
+    let k = Kubectl::start().await;
+    k.apply_shop().await;
+
+    let out = k.ok(&["delete", "namespace", "shop"]).await;
+
+    assert_eq!(out.trim(), r#"namespace "shop" deleted"#);
+    let gone = k.run(&["get", "namespace", "shop"]).await;
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        stderr(&gone).contains(r#"Error from server (NotFound): namespaces "shop" not found"#),
+        "kubectl returned only once the namespace was gone: {}",
+        stderr(&gone)
+    );
+    let pods = k.run(&["get", "pods", "-n", "shop", "-o", "name"]).await;
+    assert!(
+        pods.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&pods.stdout)
+    );
+}
+
+#[tokio::test]
+async fn given_held_namespace_when_kubectl_deletes_without_waiting_then_it_is_terminating_and_refuses_new_content()
+ {
+    let k = Kubectl::start().await;
+    let manifest = k.home.path().join("hold.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: hold}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, namespace: hold, finalizers: [example.com/hold]}\n",
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", &text(&manifest)]).await;
+
+    let out = k.ok(&["delete", "namespace", "hold", "--wait=false"]).await;
+
+    assert_eq!(out.trim(), r#"namespace "hold" deleted"#);
+    let table = k.ok(&["get", "namespace", "hold"]).await;
+    assert!(
+        table.starts_with("NAME") && table.contains("Terminating"),
+        "{table}"
+    );
+    let refused = k.run(&["create", "configmap", "late", "-n", "hold"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains(
+            r#"configmaps "late" is forbidden: unable to create new content in namespace hold because it is being terminated"#
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    k.ok(&[
+        "wait",
+        "--for=condition=NamespaceContentRemaining",
+        "namespace/hold",
+        "--timeout=30s",
+    ])
+    .await;
+    let conditions = k
+        .ok(&[
+            "get",
+            "namespace",
+            "hold",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="NamespaceContentRemaining")].message}"#,
+        ])
+        .await;
+    assert_eq!(
+        conditions,
+        "Some resources are remaining: configmaps. has 1 resource instances"
+    );
+    let again = k.ok(&["delete", "namespace", "hold", "--wait=false"]).await;
+    assert_eq!(
+        again.trim(),
+        r#"namespace "hold" deleted"#,
+        "a second delete is no error"
+    );
+
+    k.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "hold",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])
+    .await;
+    k.ok(&["wait", "--for=delete", "namespace/hold", "--timeout=30s"])
+        .await;
+}
+
+#[tokio::test]
+async fn given_crd_with_custom_resources_when_kubectl_deletes_it_then_they_go_first_and_new_ones_are_refused()
+{
+    let k = Kubectl::start().await;
+    let crd = k.home.path().join("crd.yaml");
+    std::fs::write(
+        &crd,
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+         metadata: {name: widgets.example.com}\n\
+         spec:\n  group: example.com\n  scope: Namespaced\n  names: {kind: Widget, plural: widgets, singular: widget}\n\
+         \x20 versions:\n  - name: v1\n    served: true\n    storage: true\n\
+         \x20   schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
+    )
+    .unwrap();
+    let widgets = k.home.path().join("widgets.yaml");
+    std::fs::write(
+        &widgets,
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: plain, namespace: default}\n---\n\
+         apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: held, namespace: default, finalizers: [example.com/hold]}\n",
+    )
+    .unwrap();
+    let late = k.home.path().join("late.yaml");
+    std::fs::write(
+        &late,
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: late, namespace: default}\n",
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", &text(&crd)]).await;
+    k.ok(&["apply", "-f", &text(&widgets)]).await;
+
+    k.ok(&["delete", "crd", "widgets.example.com", "--wait=false"])
+        .await;
+
+    k.ok(&[
+        "wait",
+        "--for=delete",
+        "widget/plain",
+        "-n",
+        "default",
+        "--timeout=30s",
+    ])
+    .await;
+    let left = k.ok(&["get", "widgets", "-n", "default", "-o", "name"]).await;
+    assert_eq!(left.trim(), "widget.example.com/held");
+    let refused = k.run(&["create", "-f", &text(&late)]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("create not allowed while custom resource definition is terminating"),
+        "{}",
+        stderr(&refused)
+    );
+    let reason = k
+        .ok(&[
+            "get",
+            "crd",
+            "widgets.example.com",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Terminating")].reason}"#,
+        ])
+        .await;
+    assert_eq!(reason, "InstanceDeletionInProgress");
+
+    k.ok(&[
+        "patch",
+        "widget",
+        "held",
+        "-n",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])
+    .await;
+    k.ok(&["wait", "--for=delete", "crd/widgets.example.com", "--timeout=30s"])
+        .await;
+    let resources = k.ok(&["api-resources", "--api-group", "example.com"]).await;
+    assert!(!resources.contains("widgets"), "{resources}");
+}
+
+#[tokio::test]
+async fn given_real_namespace_deletion_grace_when_kubectl_deletes_a_file_with_a_namespace_and_its_contents_then_each_is_reported_deleted()
+ {
+    // A real namespace controller waits 5 s before emptying a namespace, so kubectl, deleting the file's
+    // objects one by one, finds every one of them.
+    let k = Kubectl::start_with(SandboxOptions {
+        namespace_deletion_delay: Some(Duration::from_secs(2)),
+        ..Default::default()
+    })
+    .await;
+    let manifest = k.home.path().join("app.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: app}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: token, namespace: app}\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: app}\n\
+         spec: {replicas: 2, selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, \
+         spec: {containers: [{name: web, image: nginx}]}}}\n",
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", &text(&manifest)]).await;
+
+    let out = k.run(&["delete", "-f", &text(&manifest)]).await;
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            r#"namespace "app" deleted"#,
+            r#"configmap "settings" deleted"#,
+            r#"secret "token" deleted"#,
+            r#"deployment.apps "web" deleted"#,
+        ]
+    );
+    let gone = k.run(&["get", "namespace", "app"]).await;
+    assert!(stderr(&gone).contains("NotFound"), "{}", stderr(&gone));
 }

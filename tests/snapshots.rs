@@ -12,7 +12,7 @@ use freezeframe::sandbox::snapshots::{ERROR_ANNOTATION, READY_AFTER_ANNOTATION, 
 use freezeframe::snapshot::{self, BACKUP_ID_LABEL, GROUP_LABEL, Outcome, POLICY_LABEL, Request, Verdict};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -290,17 +290,7 @@ async fn given_group_true_when_snapshotted_then_one_group_snapshot_covers_every_
 #[tokio::test]
 async fn given_group_true_and_no_group_snapshot_api_when_snapshotted_then_one_snapshot_per_claim() {
     let env = app_env().await;
-    let crds = resource(
-        "apiextensions.k8s.io",
-        "v1",
-        "CustomResourceDefinition",
-        "customresourcedefinitions",
-    );
-    Api::<DynamicObject>::all_with(env.client(), &crds)
-        .delete(
-            "volumegroupsnapshots.groupsnapshot.storage.k8s.io",
-            &DeleteParams::default(),
-        )
+    env.delete_crd_and_wait("volumegroupsnapshots.groupsnapshot.storage.k8s.io")
         .await
         .unwrap();
 

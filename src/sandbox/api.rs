@@ -1,5 +1,5 @@
 //! The HTTP surface of the sandbox: resource paths, verbs, lists with selectors and pagination, watch
-//! streams, subresources (status, scale, exec, log), discovery and OpenAPI.
+//! streams, subresources (status, scale, finalize, exec, log), discovery and OpenAPI.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,8 +266,14 @@ fn handle(
     let opts = q.write_options();
     let part = match t.sub.as_deref() {
         Some("status") => Part::Status,
+        Some("finalize") => Part::Finalize,
         _ => Part::Main,
     };
+    if part == Part::Finalize && *method != Method::PUT {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} namespaces/finalize)"
+        )));
+    }
     if t.sub.as_deref() == Some("scale") {
         let name = t.name.as_deref().unwrap_or_default();
         return scale(cluster, method, headers, rt, ns, name, body, &opts).map(|v| (StatusCode::OK, v));

@@ -56,6 +56,9 @@ pub struct WriteOptions {
 pub enum Part {
     Main,
     Status,
+    /// `namespaces/{name}/finalize`: like the main resource, but `spec.finalizers` may change (the main
+    /// resource keeps them as they are).
+    Finalize,
 }
 
 /// The patch formats the API server accepts.
@@ -302,15 +305,30 @@ impl Cluster {
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
     }
 
+    /// The NamespaceLifecycle admission plugin: creates need a namespace that exists and is not
+    /// Terminating. `name` is the object's name or, before one is generated, its `generateName`.
     fn namespace_check(&self, rt: &ResourceType, name: &str, ns: &str) -> Result<(), ApiError> {
         match self.store.get(&ResourceId::new("", "namespaces"), "", ns) {
             None => Err(ApiError::not_found("", "namespaces", ns)),
-            Some(n) if n["status"]["phase"] == "Terminating" => Err(ApiError::forbidden(format!(
-                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                super::status::group_resource(&rt.group, &rt.plural)
-            ))),
+            Some(n) if n["status"]["phase"] == "Terminating" => {
+                Err(ApiError::namespace_terminating(&rt.group, &rt.plural, name, ns))
+            }
             Some(_) => Ok(()),
         }
+    }
+
+    /// The apiextensions server refuses to create custom resources while their CRD is terminating
+    /// (only `create`: updates, patches and server-side apply still go through, as on a real server).
+    fn crd_accepts_creates(&self, rt: &ResourceType) -> Result<(), ApiError> {
+        let Some(crd_name) = &rt.crd else { return Ok(()) };
+        let terminating = self
+            .store
+            .get(&crd_id(), "", crd_name)
+            .is_some_and(|crd| super::lifecycle::crd_is_terminating(&crd));
+        if terminating {
+            return Err(ApiError::crd_terminating(&rt.group, &rt.plural));
+        }
+        Ok(())
     }
 
     /// Create an object (POST).
@@ -329,6 +347,19 @@ impl Cluster {
         work: &mut Work,
         rt: &ResourceType,
         ns: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        self.crd_accepts_creates(rt)?;
+        self.create_object(work, rt, ns, obj, opts)
+    }
+
+    /// Create, whether by POST or by a server-side apply of a missing object.
+    fn create_object(
+        &self,
+        work: &mut Work,
+        rt: &ResourceType,
+        ns: &str,
         mut obj: Value,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
@@ -343,6 +374,17 @@ impl Cluster {
         }
         if rt.review {
             return Ok(answer_review(rt, obj));
+        }
+        if rt.namespaced {
+            // Admission runs before a name is generated: it names the object by its generateName.
+            let meta = &obj["metadata"];
+            let admission_name = meta["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .or_else(|| meta["generateName"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            self.namespace_check(rt, &admission_name, ns)?;
         }
         let meta = obj["metadata"].as_object_mut().expect("metadata is an object");
         if rt.namespaced {
@@ -393,13 +435,13 @@ impl Cluster {
         } else {
             meta.remove("generation");
         }
-        if rt.namespaced {
-            self.namespace_check(rt, obj_name(&obj), ns)?;
-        }
         self.apply_defaults(rt, &mut obj);
+        if is_namespace(rt) {
+            prepare_namespace_create(&mut obj);
+        }
         validate(rt, &obj)?;
-        if rt.id() == ResourceId::new("apiextensions.k8s.io", "customresourcedefinitions") {
-            self.admit_crd(&mut obj)?;
+        if rt.id() == crd_id() {
+            self.admit_crd(&mut obj, None)?;
         }
         if let Some(m) = &opts.field_manager {
             patch::record_update(None, &mut obj, m, "Update", &now());
@@ -487,7 +529,7 @@ impl Cluster {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
         let mut next = match part {
-            Part::Main => {
+            Part::Main | Part::Finalize => {
                 if rt.status {
                     match current.get("status") {
                         Some(s) => obj["status"] = s.clone(),
@@ -513,6 +555,17 @@ impl Cluster {
                 n
             }
         };
+        if is_namespace(rt) && part == Part::Main {
+            // A namespace's spec.finalizers change only through its `finalize` subresource.
+            match current["spec"].get("finalizers") {
+                Some(f) => next["spec"]["finalizers"] = f.clone(),
+                None => {
+                    if let Some(spec) = next["spec"].as_object_mut() {
+                        spec.remove("finalizers");
+                    }
+                }
+            }
+        }
         // System-owned metadata is not the client's to change.
         for k in [
             "uid",
@@ -536,8 +589,8 @@ impl Cluster {
         }
         self.apply_defaults(rt, &mut next);
         validate(rt, &next)?;
-        if rt.id() == ResourceId::new("apiextensions.k8s.io", "customresourcedefinitions") {
-            self.admit_crd(&mut next)?;
+        if rt.id() == crd_id() && part != Part::Status {
+            self.admit_crd(&mut next, current.get("status"))?;
         }
         if let Some(m) = &opts.field_manager {
             patch::record_update(Some(&current), &mut next, m, "Update", &now());
@@ -552,9 +605,12 @@ impl Cluster {
         self.commit_update(work, rt, &current, next)
     }
 
-    /// Store `next` in place of `current` (whose revision is the precondition), or remove it when it was
-    /// being deleted and its last finalizer is gone.
-    fn commit_update(
+    /// Store `next` in place of `current` (whose revision is the precondition), or remove the object when
+    /// it was being deleted and `next` has no finalizers left (a namespace also needs empty
+    /// `spec.finalizers`). Such an update becomes the deletion, as `ShouldDeleteDuringUpdate` makes it on a
+    /// real server: watchers see one DELETED event carrying the object as it was last stored; the caller
+    /// gets `next`.
+    pub(super) fn commit_update(
         &self,
         work: &mut Work,
         rt: &ResourceType,
@@ -563,10 +619,11 @@ impl Cluster {
     ) -> Result<Value, ApiError> {
         let name = obj_name(current).to_string();
         let ns = obj_ns(current).to_string();
-        let deleting = next["metadata"].get("deletionTimestamp").is_some();
+        let deleting = current["metadata"].get("deletionTimestamp").is_some();
         let no_finalizers = next["metadata"]["finalizers"]
             .as_array()
-            .is_none_or(Vec::is_empty);
+            .is_none_or(Vec::is_empty)
+            && (!is_namespace(rt) || next["spec"]["finalizers"].as_array().is_none_or(Vec::is_empty));
         if **current == next {
             // A no-op write does not bump resourceVersion, as on a real server.
             return Ok(render(rt, current));
@@ -576,6 +633,27 @@ impl Cluster {
             StoreError::Conflict => ApiError::conflict(&rt.group, &rt.plural, &name),
             other => ApiError::internal(other.to_string()),
         };
+        if deleting && no_finalizers {
+            let gone = if rt.id() == crd_id() {
+                // Stop serving the kinds in the same step the CRD disappears: once a client sees the CRD
+                // gone, discovery no longer lists them (and never stops listing them before).
+                let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+                let gone = self
+                    .store
+                    .remove(&rt.id(), &ns, &name, object_rv(current))
+                    .map_err(map_err)?;
+                registry.remove_crd(&name);
+                gone
+            } else {
+                self.store
+                    .remove(&rt.id(), &ns, &name, object_rv(current))
+                    .map_err(map_err)?
+            };
+            self.after_remove(work, rt, gone.clone(), Propagation::Background);
+            let mut last = next;
+            last["metadata"]["resourceVersion"] = json!(self.store.revision().to_string());
+            return Ok(render(rt, &last));
+        }
         let stored = self
             .store
             .put(&rt.id(), next, Precondition::Present(object_rv(current)))
@@ -586,14 +664,6 @@ impl Cluster {
             object: stored.clone(),
             old: Some(current.clone()),
         });
-        if deleting && no_finalizers {
-            let gone = self
-                .store
-                .remove(&rt.id(), &ns, &name, object_rv(&stored))
-                .map_err(map_err)?;
-            self.after_remove(work, rt, gone.clone(), Propagation::Background);
-            return Ok(render(rt, &gone));
-        }
         Ok(render(rt, &stored))
     }
 
@@ -710,7 +780,7 @@ impl Cluster {
             .map_err(|c| ApiError::conflict_message(&rt.group, &rt.plural, name, c.message(), c.causes()))?;
         let mut create_opts = opts.clone();
         create_opts.field_manager = None;
-        self.create_in(work, rt, ns, obj, &create_opts)
+        self.create_object(work, rt, ns, obj, &create_opts)
     }
 
     /// Delete an object (DELETE). Returns the object as last seen (or being finalized).
@@ -732,6 +802,15 @@ impl Cluster {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        let is_namespace = is_namespace(rt);
+        if is_namespace && super::lifecycle::IMMORTAL_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden_object(
+                "",
+                "namespaces",
+                name,
+                "this namespace may not be deleted",
+            ));
+        }
         let current = self
             .store
             .get(&rt.id(), ns, name)
@@ -759,21 +838,43 @@ impl Cluster {
         if opts.dry_run {
             return Ok(render(rt, &current));
         }
-        let is_namespace = rt.id() == ResourceId::new("", "namespaces");
+        let is_crd = rt.id() == crd_id();
+        if is_namespace || is_crd {
+            // Both are finalized in the background (see `lifecycle`): DELETE only marks them. Their
+            // storage sets no deletionGracePeriodSeconds and ignores the propagation policy.
+            if current["metadata"].get("deletionTimestamp").is_some() {
+                return Ok(render(rt, &current));
+            }
+            let mut next = (*current).clone();
+            next["metadata"]["deletionTimestamp"] = json!(now());
+            if is_namespace {
+                next["status"]["phase"] = json!("Terminating");
+            } else {
+                super::lifecycle::mark_crd_terminating(&mut next);
+            }
+            let stored = self
+                .store
+                .put(&rt.id(), next, Precondition::Present(object_rv(&current)))
+                .map_err(|_| ApiError::conflict(&rt.group, &rt.plural, name))?;
+            work.push(Event {
+                resource: rt.id(),
+                kind: ChangeKind::Modified,
+                object: stored.clone(),
+                old: Some(current.clone()),
+            });
+            return Ok(render(rt, &stored));
+        }
         let has_finalizers = current["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-        if is_namespace || has_finalizers || opts.propagation == Propagation::Foreground {
+        if has_finalizers || opts.propagation == Propagation::Foreground {
             if current["metadata"].get("deletionTimestamp").is_some() {
                 return Ok(render(rt, &current));
             }
             let mut next = (*current).clone();
             next["metadata"]["deletionTimestamp"] = json!(now());
             next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            if is_namespace {
-                next["status"]["phase"] = json!("Terminating");
-            }
-            if opts.propagation == Propagation::Foreground && !is_namespace {
+            if opts.propagation == Propagation::Foreground {
                 // Dependents go first; the owner follows once they are gone.
                 self.delete_dependents(work, &current, Propagation::Foreground);
                 if !has_finalizers {
@@ -815,7 +916,7 @@ impl Cluster {
             Propagation::Orphan => self.orphan_dependents(work, &gone),
             _ => self.delete_dependents(work, &gone, Propagation::Background),
         }
-        if rt.id() == ResourceId::new("apiextensions.k8s.io", "customresourcedefinitions") {
+        if rt.id() == crd_id() {
             self.forget_crd(work, &gone);
         }
         work.push(Event {
@@ -880,63 +981,12 @@ impl Cluster {
         }
     }
 
-    /// Delete every namespaced object of a Terminating namespace, then the namespace once it is empty.
-    pub fn finalize_namespace(&self, work: &mut Work, ns: &str) {
-        let reg = self.registry();
-        let mut blocked = false;
-        for id in self.store.resources() {
-            let Some(rt) = reg.preferred(&id) else { continue };
-            if !rt.namespaced {
-                continue;
-            }
-            for o in self.store.list(&id, Some(ns)) {
-                if o["metadata"].get("deletionTimestamp").is_some() {
-                    blocked = true;
-                    continue;
-                }
-                let _ = self.delete_in(work, &rt, ns, obj_name(&o), &DeleteOptions::default());
-                if self.store.get(&id, ns, obj_name(&o)).is_some() {
-                    blocked = true;
-                }
-            }
-        }
-        if !blocked {
-            self.remove_namespace_if_empty(work, ns);
-        }
-    }
-
-    /// The last step of namespace deletion: once nothing is left in it, the namespace goes.
-    pub fn remove_namespace_if_empty(&self, work: &mut Work, ns: &str) {
-        if !self.store.namespace_is_empty(ns) {
-            return;
-        }
-        let nsid = ResourceId::new("", "namespaces");
-        if let Some(n) = self.store.get(&nsid, "", ns)
-            && n["metadata"].get("deletionTimestamp").is_some()
-            && n["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty)
-            && let Ok(gone) = self.store.remove(&nsid, "", ns, None)
-        {
-            work.push(Event {
-                resource: nsid,
-                kind: ChangeKind::Deleted,
-                object: gone,
-                old: None,
-            });
-        }
-    }
-
     /// Set the defaults a real API server (and its admission plugins) would.
     fn apply_defaults(&self, rt: &ResourceType, obj: &mut Value) {
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "namespaces") => {
                 let name = obj_name(obj).to_string();
                 obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-                if obj["spec"]["finalizers"].is_null() {
-                    obj["spec"]["finalizers"] = json!(["kubernetes"]);
-                }
-                if obj["status"]["phase"].is_null() {
-                    obj["status"]["phase"] = json!("Active");
-                }
             }
             ("", "pods") => self.default_pod(obj),
             ("", "secrets") if obj.get("type").is_none_or(|t| t.is_null() || t == "") => {
@@ -1073,7 +1123,9 @@ impl Cluster {
     }
 
     /// Validate a CRD and set its status as the apiextensions controllers would; serve its kinds.
-    fn admit_crd(&self, crd: &mut Value) -> Result<(), ApiError> {
+    /// `previous` is the stored status on update: its conditions (e.g. `Terminating`) and their
+    /// transition times are kept.
+    fn admit_crd(&self, crd: &mut Value, previous: Option<&Value>) -> Result<(), ApiError> {
         let spec = crd["spec"].clone();
         let group = spec["group"].as_str().unwrap_or_default();
         let plural = spec["names"]["plural"].as_str().unwrap_or_default();
@@ -1132,14 +1184,29 @@ impl Cluster {
                     .collect()
             })
             .unwrap_or_default();
+        let mut conditions = previous
+            .and_then(|p| p["conditions"].as_array().cloned())
+            .unwrap_or_default();
+        for (kind, reason, message) in [
+            ("NamesAccepted", "NoConflicts", "no conflicts found"),
+            (
+                "Established",
+                "InitialNamesAccepted",
+                "the initial names have been accepted",
+            ),
+        ] {
+            if !conditions
+                .iter()
+                .any(|c| c["type"] == kind && c["status"] == "True")
+            {
+                conditions.retain(|c| c["type"] != kind);
+                conditions.push(json!({"type": kind, "status": "True", "reason": reason,
+                    "message": message, "lastTransitionTime": t}));
+            }
+        }
         crd["status"] = json!({
             "acceptedNames": accepted,
-            "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": t},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": t},
-            ],
+            "conditions": conditions,
             "storedVersions": stored,
         });
         self.registry
@@ -1159,28 +1226,27 @@ impl Cluster {
             })
     }
 
-    /// Stop serving a deleted CRD's kinds and delete its objects.
+    /// Stop serving a removed CRD's kinds and drop what is left of its objects (nothing, unless someone
+    /// removed the cleanup finalizer by hand: a real server keeps such objects in etcd, unserved).
     fn forget_crd(&self, work: &mut Work, crd: &Value) {
         let name = obj_name(crd).to_string();
-        let group = crd["spec"]["group"].as_str().unwrap_or_default();
-        let plural = crd["spec"]["names"]["plural"].as_str().unwrap_or_default();
-        let id = ResourceId::new(group, plural);
-        if let Some(rt) = self.registry().preferred(&id) {
-            for o in self.store.list(&id, None) {
-                if let Ok(gone) = self.store.remove(&id, obj_ns(&o), obj_name(&o), None) {
-                    work.push(Event {
-                        resource: rt.id(),
-                        kind: ChangeKind::Deleted,
-                        object: gone,
-                        old: None,
-                    });
-                }
-            }
-        }
         self.registry
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove_crd(&name);
+        let group = crd["spec"]["group"].as_str().unwrap_or_default();
+        let plural = crd["spec"]["names"]["plural"].as_str().unwrap_or_default();
+        let id = ResourceId::new(group, plural);
+        for o in self.store.list(&id, None) {
+            if let Ok(gone) = self.store.remove(&id, obj_ns(&o), obj_name(&o), None) {
+                work.push(Event {
+                    resource: id.clone(),
+                    kind: ChangeKind::Deleted,
+                    object: gone,
+                    old: None,
+                });
+            }
+        }
     }
 }
 
@@ -1223,6 +1289,27 @@ fn default_field(target: &mut Value, key: &str, value: Value) {
     }
     if target.get(key).is_none_or(Value::is_null) {
         target[key] = value;
+    }
+}
+
+/// The table of CustomResourceDefinitions.
+pub fn crd_id() -> ResourceId {
+    ResourceId::new("apiextensions.k8s.io", "customresourcedefinitions")
+}
+
+fn is_namespace(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.plural == "namespaces"
+}
+
+/// What the namespace strategy does on create: the phase starts Active and `spec.finalizers` always
+/// holds `kubernetes` (the namespace controller's finalizer).
+fn prepare_namespace_create(ns: &mut Value) {
+    ns["status"] = json!({"phase": "Active"});
+    let finalizer = json!(super::lifecycle::NAMESPACE_FINALIZER);
+    match ns["spec"]["finalizers"].as_array_mut() {
+        Some(f) if f.contains(&finalizer) => {}
+        Some(f) => f.push(finalizer),
+        None => ns["spec"]["finalizers"] = json!([finalizer]),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The sandbox's controllers: what kube-controller-manager and the kubelet would do, as far as a backup
 //! tool can see it — workloads get their ReplicaSets, Pods and PVCs (with the names, labels and
 //! ownerReferences the real controllers set), claims bind to volumes, namespaces get their default
-//! ServiceAccount and are emptied when deleted.
+//! ServiceAccount. (Deleted namespaces and CRDs are finalized in the background: see `lifecycle`.)
 
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ pub(super) fn uid(o: &Value) -> &str {
     o["metadata"]["uid"].as_str().unwrap_or_default()
 }
 
-fn is_deleting(o: &Value) -> bool {
+pub(super) fn is_deleting(o: &Value) -> bool {
     o["metadata"].get("deletionTimestamp").is_some()
 }
 
@@ -55,21 +55,8 @@ fn rt(cluster: &Cluster, group: &str, version: &str, plural: &str) -> Arc<Resour
 pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
     let obj = &ev.object;
     let id = &ev.resource;
-    // Anything removed from a terminating namespace may let the namespace go.
-    if ev.kind == ChangeKind::Deleted && !ns(obj).is_empty() {
-        let terminating = cluster
-            .store
-            .get(&ResourceId::new("", "namespaces"), "", ns(obj))
-            .is_some_and(|n| is_deleting(&n));
-        if terminating {
-            cluster.remove_namespace_if_empty(work, ns(obj));
-        }
-    }
     match (id.group.as_str(), id.plural.as_str(), ev.kind) {
         ("", "namespaces", ChangeKind::Added) => namespace_added(cluster, obj, work),
-        ("", "namespaces", ChangeKind::Modified) if is_deleting(obj) => {
-            cluster.finalize_namespace(work, name(obj))
-        }
         ("apps", "deployments", ChangeKind::Added | ChangeKind::Modified) => {
             reconcile_deployment(cluster, obj, work)
         }

@@ -120,6 +120,7 @@ fn subresource_kind(t: &ResourceType, sub: &str) -> (String, String, String, Vec
             vec!["create", "get"],
         ),
         "log" => ("".into(), "v1".into(), "Pod".into(), vec!["get"]),
+        "finalize" => (t.group.clone(), t.version.clone(), t.kind.clone(), vec!["update"]),
         _ => (t.group.clone(), t.version.clone(), t.kind.clone(), vec!["get"]),
     }
 }
@@ -435,6 +436,22 @@ pub fn table(list: &Value) -> Value {
                         o["status"]["readyReplicas"].as_i64().unwrap_or(0),
                         o["spec"]["replicas"].as_i64().unwrap_or(0)
                     )),
+                    json!(age(o["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or_default())),
+                ]
+            }),
+        ),
+        "Namespace" => (
+            vec![
+                col("Name", "string", "name"),
+                col("Status", "string", ""),
+                col("Age", "string", ""),
+            ],
+            Box::new(|o: &Value| {
+                vec![
+                    o["metadata"]["name"].clone(),
+                    o["status"]["phase"].clone(),
                     json!(age(o["metadata"]["creationTimestamp"]
                         .as_str()
                         .unwrap_or_default())),

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod controllers;
 pub mod discovery;
 pub mod exec;
+pub mod lifecycle;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
@@ -105,6 +106,10 @@ pub struct SandboxOptions {
     /// How long after the cut the bootstrap snapshot classes' snapshots become `readyToUse` (default:
     /// at once). Per class or snapshot: the [`snapshots::READY_AFTER_ANNOTATION`] annotation.
     pub snapshot_ready_delay: Option<Duration>,
+    /// How long the namespace controller waits after a namespace is marked for deletion before it starts
+    /// emptying it (default: not at all). A real one waits 5 s (`namespaceDeletionGracePeriod`), which is
+    /// why `kubectl delete -f` of a namespace and its contents finds every object still there.
+    pub namespace_deletion_delay: Option<Duration>,
 }
 
 /// A running sandbox API server. Dropping it stops the server.
@@ -142,6 +147,7 @@ impl Sandbox {
             limits: options.limits.unwrap_or_default(),
         }));
         snapshots::spawn_readiness(&cluster);
+        lifecycle::spawn(&cluster, options.namespace_deletion_delay.unwrap_or_default());
         bootstrap(&cluster, options.snapshot_ready_delay);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
             .await

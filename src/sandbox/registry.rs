@@ -174,7 +174,8 @@ pub fn builtin() -> Vec<ResourceType> {
     let list = vec![
         b(core, "v1", "Namespace", "namespaces", false)
             .short(&["ns"])
-            .status(),
+            .status()
+            .extra(&["finalize"]),
         b(core, "v1", "Node", "nodes", false).short(&["no"]).status(),
         b(core, "v1", "Pod", "pods", true)
             .short(&["po"])

@@ -128,8 +128,40 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
 
+    /// 403 about one object: `<plural[.group]> "<name>" is forbidden: <why>` (admission refusals).
+    pub fn forbidden_object(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        let gr = group_resource(group, plural);
+        let mut e = Self::new(403, "Forbidden", format!("{gr} \"{name}\" is forbidden: {why}"));
+        e.details = Some(Box::new(details(group, plural, name)));
+        e
+    }
+
+    /// 403 from the NamespaceLifecycle admission plugin: a create in a Terminating namespace. `name` is
+    /// the object's name, or its `generateName` prefix (admission runs before a name is generated).
+    pub fn namespace_terminating(group: &str, plural: &str, name: &str, namespace: &str) -> Self {
+        let mut e = Self::forbidden_object(
+            group,
+            plural,
+            name,
+            &format!("unable to create new content in namespace {namespace} because it is being terminated"),
+        );
+        if let Some(d) = e.details.as_mut() {
+            d["causes"] = json!([{"reason": "NamespaceTerminating",
+                "message": format!("namespace {namespace} is being terminated"), "field": "metadata.namespace"}]);
+        }
+        e
+    }
+
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
+    }
+
+    /// 405 from the apiextensions server: a custom resource created while its CRD is terminating.
+    pub fn crd_terminating(group: &str, plural: &str) -> Self {
+        let mut e =
+            Self::method_not_allowed("create not allowed while custom resource definition is terminating");
+        e.details = Some(Box::new(json!({"group": group, "kind": plural})));
+        e
     }
 
     pub fn unsupported_media_type(content_type: &str) -> Self {
@@ -217,6 +249,28 @@ mod tests {
         let core = ApiError::not_found("", "pods", "p").to_status();
         assert_eq!(core["message"], "pods \"p\" not found");
         assert!(core["details"].get("group").is_none());
+    }
+
+    #[test]
+    fn given_create_in_terminating_namespace_then_status_matches_the_namespace_lifecycle_plugin() {
+        let s = ApiError::namespace_terminating("apps", "deployments", "web", "shop").to_status();
+        assert_eq!(s["code"], 403);
+        assert_eq!(s["reason"], "Forbidden");
+        assert_eq!(
+            s["message"],
+            "deployments.apps \"web\" is forbidden: unable to create new content in namespace shop because it is being terminated"
+        );
+        assert_eq!(s["details"]["name"], "web");
+        assert_eq!(s["details"]["kind"], "deployments");
+        assert_eq!(s["details"]["causes"][0]["reason"], "NamespaceTerminating");
+        assert_eq!(s["details"]["causes"][0]["field"], "metadata.namespace");
+        let crd = ApiError::crd_terminating("shop.example.com", "carts").to_status();
+        assert_eq!(crd["code"], 405);
+        assert_eq!(crd["reason"], "MethodNotAllowed");
+        assert_eq!(
+            crd["details"],
+            json!({"group": "shop.example.com", "kind": "carts"})
+        );
     }
 
     #[test]

@@ -15,11 +15,16 @@ pub mod seaweed;
 pub mod webhook;
 
 use freezeframe::sandbox::{Sandbox, SandboxOptions};
+use std::fmt::Debug;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::Context;
 use freezeframe::store::s3::{S3Settings, StaticCredentials};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
+use serde::de::DeserializeOwned;
 use tempfile::TempDir;
 
 pub use seaweed::SeaweedFs;
@@ -119,6 +124,68 @@ impl TestEnv {
     /// A temp dir owned by this test, removed on drop.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Delete a namespace and wait until it is gone (404), as `kubectl delete namespace` does. The
+    /// sandbox, like a real API server, only marks it Terminating; its controller empties and removes
+    /// it a moment later. Fails after [`DELETION_TIMEOUT`] with the namespace's conditions.
+    pub async fn delete_namespace_and_wait(&self, name: &str) -> anyhow::Result<()> {
+        let api: Api<Namespace> = Api::all(self.client());
+        api.delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting namespace {name}"))?;
+        wait_until_gone(&api, name, DELETION_TIMEOUT).await
+    }
+
+    /// Delete a CustomResourceDefinition and wait until it is gone (its custom resources went first;
+    /// once it is gone, discovery no longer lists its kinds).
+    pub async fn delete_crd_and_wait(&self, name: &str) -> anyhow::Result<()> {
+        let api = crd_api(&self.client());
+        api.delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting CRD {name}"))?;
+        wait_until_gone(&api, name, DELETION_TIMEOUT).await
+    }
+}
+
+/// How long a deletion that finishes in the background (namespaces, CRDs, objects with finalizers
+/// being released) may take in a test; the sandbox usually needs a few milliseconds.
+pub const DELETION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The CustomResourceDefinitions of a cluster, as dynamic objects.
+pub fn crd_api(client: &kube::Client) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    Api::all_with(client.clone(), &ar)
+}
+
+/// Poll `api` until `name` is 404 (every 10 ms, up to `timeout`): how a test waits for something a
+/// real API server deletes asynchronously. On timeout the error shows the object's last status.
+pub async fn wait_until_gone<K>(api: &Api<K>, name: &str, timeout: Duration) -> anyhow::Result<()>
+where
+    K: Clone + DeserializeOwned + Debug + serde::Serialize,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let Some(obj) = api
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading {name} while waiting for it to go"))?
+        else {
+            return Ok(());
+        };
+        if tokio::time::Instant::now() >= deadline {
+            let last = serde_json::to_value(&obj).unwrap_or_default();
+            anyhow::bail!(
+                "{name} still exists after {timeout:?}: finalizers {} {}, status {}",
+                last["metadata"]["finalizers"],
+                last["spec"]["finalizers"],
+                last["status"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
