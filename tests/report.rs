@@ -552,6 +552,15 @@ async fn given_invalid_policy_next_to_a_due_one_when_ticked_then_policy_invalid_
         (Some("ConfigMap"), Some("freezeframe-policies"))
     );
     assert!(on_cm[0].involved_object.uid.is_some());
+
+    // The next tick: still invalid for the same reason, so webhooks are not told again (nothing is due).
+    let again = freezeframe(&env, &["run"]).await;
+    assert_eq!(again.status.code(), Some(2), "still invalid");
+    assert_eq!(
+        event_names(&env.webhook().requests()),
+        ["policy.invalid", "backup.started", "backup.succeeded"],
+        "policy.invalid is sent when a policy becomes invalid, not every tick"
+    );
 }
 
 #[tokio::test]

@@ -76,6 +76,25 @@ pub fn status_patch(set: &PolicySet, current: Option<&std::collections::BTreeMap
     json!({"metadata": {"annotations": annotations}})
 }
 
+/// The invalid policies whose status annotation is new or changes with this set (first seen invalid, or
+/// invalid for another reason): the ones worth telling webhooks about. `current` is the ConfigMap's
+/// annotations before [`status_patch`] is applied. Pure.
+pub fn newly_invalid(
+    set: &PolicySet,
+    current: Option<&std::collections::BTreeMap<String, String>>,
+) -> Vec<String> {
+    set.invalid_policies
+        .iter()
+        .filter(|name| {
+            current
+                .and_then(|a| a.get(&status_annotation(name)))
+                .map(String::as_str)
+                != Some(summary(set, name).as_str())
+        })
+        .cloned()
+        .collect()
+}
+
 /// A Warning Event on the ConfigMap for each invalid policy.
 pub fn invalid_policy_events(set: &PolicySet, cm: &ConfigMap, now: DateTime<Utc>) -> Vec<Event> {
     let ns = cm.metadata.namespace.clone().unwrap_or_default();
@@ -136,6 +155,38 @@ pub async fn report(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn given_policy_already_marked_invalid_for_the_same_reason_when_ticked_again_then_it_is_not_newly_invalid()
+     {
+        let set = crate::policy::parse_str(
+            "policies.yaml",
+            "apiVersion: freezeframe.dev/v1alpha1\nkind: PolicySet\n\
+             storages: {local: {filesystem: {path: /b}}}\ndefaults: {storage: local}\npolicies:\n\
+             \x20 - {name: broken, schedule: \"61 * * * *\", namespaces: [db], retention: {keepLast: 3}}\n",
+        );
+        assert_eq!(newly_invalid(&set, None), ["broken"], "first seen");
+        let marked: std::collections::BTreeMap<String, String> =
+            status_patch(&set, None)["metadata"]["annotations"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+        assert!(
+            newly_invalid(&set, Some(&marked)).is_empty(),
+            "same problem, next tick"
+        );
+        let other_reason = marked
+            .keys()
+            .map(|k| (k.clone(), "Invalid: something else".to_string()))
+            .collect();
+        assert_eq!(
+            newly_invalid(&set, Some(&other_reason)),
+            ["broken"],
+            "another problem"
+        );
+    }
     use super::*;
 
     fn set_with_one_invalid() -> PolicySet {

@@ -449,14 +449,14 @@ impl Reporter {
         self.send(&policy.webhooks, event, &payload).await;
     }
 
-    /// `policy.invalid` for each invalid policy of `set`, to every valid webhook whose `events` include
-    /// it (an invalid policy has no valid webhook list of its own).
-    pub async fn policies_invalid(&self, set: &PolicySet) {
-        if set.invalid_policies.is_empty() || set.webhooks.is_empty() {
+    /// `policy.invalid` for each of `names` (invalid policies of `set`), to every valid webhook whose
+    /// `events` include it (an invalid policy has no valid webhook list of its own).
+    pub async fn policies_invalid(&self, set: &PolicySet, names: &[String]) {
+        if names.is_empty() || set.webhooks.is_empty() {
             return;
         }
         let cluster = self.cluster_identity().await;
-        for name in &set.invalid_policies {
+        for name in names {
             let payload = Payload::policy_invalid(set, name, cluster.clone());
             self.send(&set.webhooks, WebhookEvent::PolicyInvalid, &payload)
                 .await;

@@ -36,7 +36,7 @@ pub enum WebhookEvent {
     PruneCompleted,
     /// Retention could not prune.
     PruneFailed,
-    /// A policy is invalid (sent by every run tick while it is).
+    /// A policy became invalid (or invalid for another reason).
     PolicyInvalid,
     /// A restore is about to write (not sent for `--dry-run`).
     RestoreStarted,

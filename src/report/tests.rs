@@ -290,7 +290,7 @@ async fn given_invalid_policy_then_policy_invalid_goes_to_every_valid_webhook_li
     let set =
         set("  - {name: broken, schedule: \"61 * * * *\", namespaces: [db], retention: {keepLast: 3}}\n");
     assert_eq!(set.invalid_policies, ["broken"]);
-    w.reporter.policies_invalid(&set).await;
+    w.reporter.policies_invalid(&set, &set.invalid_policies).await;
     assert_eq!(
         w.transport.events(),
         [(

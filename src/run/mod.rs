@@ -138,11 +138,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if !set.is_valid() {
         eprint!("{}", crate::policy::command::report(set, now).0);
     }
+    // Webhooks hear of a policy when it becomes invalid (or invalid for another reason), not every tick:
+    // the status annotation remembers what was last reported.
+    let newly_invalid = crate::policy::status::newly_invalid(set, cm.metadata.annotations.as_ref());
     if let Err(e) = crate::policy::status::report(&client, &cm, set, now).await {
         tracing::warn!(error = %format!("{e:#}"), "could not record policy status");
     }
     let reporter = Reporter::for_settings(client.clone(), &settings);
-    reporter.policies_invalid(set).await;
+    reporter.policies_invalid(set, &newly_invalid).await;
     let unknown: Vec<&String> = args.now.iter().filter(|n| set.policy(n).is_none()).collect();
     for n in &unknown {
         eprintln!("error: --now {n}: no valid policy of that name");
