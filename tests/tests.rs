@@ -12,6 +12,7 @@ mod policy_store;
 mod restore;
 mod s3;
 mod sandbox_api;
+mod sandbox_binder;
 mod sandbox_cli;
 mod sandbox_kubectl;
 mod snapshots;

@@ -943,6 +943,17 @@ impl Cluster {
                 obj["type"] = json!("Opaque");
             }
             ("", "services") => self.default_service(obj),
+            ("", "persistentvolumes") => {
+                if obj["spec"]["volumeMode"].is_null() {
+                    obj["spec"]["volumeMode"] = json!("Filesystem");
+                }
+                if obj["spec"]["persistentVolumeReclaimPolicy"].is_null() {
+                    obj["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
+                }
+                if obj["status"]["phase"].is_null() {
+                    obj["status"]["phase"] = json!("Pending");
+                }
+            }
             ("", "persistentvolumeclaims") => {
                 if obj["spec"]["volumeMode"].is_null() {
                     obj["spec"]["volumeMode"] = json!("Filesystem");
