@@ -595,6 +595,81 @@ async fn given_restore_job_manifest_when_applied_with_the_rbac_then_job_and_its_
     Ok(())
 }
 
+/// Whether `rules` grant `verb` on `group`/`resource` (`pods/exec` for a subresource), by RBAC's rules:
+/// `*` matches every group, every resource and subresource, every verb.
+fn rbac_allows(
+    rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+    group: &str,
+    resource: &str,
+    verb: &str,
+) -> bool {
+    let has = |list: &Option<Vec<String>>, want: &str| {
+        list.as_ref()
+            .is_some_and(|l| l.iter().any(|x| x == "*" || x == want))
+    };
+    rules.iter().any(|r| {
+        r.verbs.iter().any(|v| v == "*" || v == verb)
+            && has(&r.api_groups, group)
+            && has(&r.resources, resource)
+    })
+}
+
+#[tokio::test]
+async fn given_restore_job_cluster_role_then_it_grants_every_permission_restore_needs() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await?;
+    env.apply(include_str!("../manifests/rbac.yaml"))?;
+    env.apply(include_str!("../manifests/restore-job.yaml"))?;
+    let role = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(env.client())
+        .get("freezeframe-restore")
+        .await?;
+    let rules = role.rules.unwrap_or_default();
+    // As src/restore/mod.rs lists them.
+    let mut needed: Vec<(&str, &str, &str)> = Vec::new();
+    for (group, resource) in [
+        ("", "configmaps"),
+        ("", "persistentvolumeclaims"),
+        ("apps", "statefulsets"),
+        ("shop.example.com", "carts"),
+    ] {
+        for verb in ["create", "get", "patch"] {
+            needed.push((group, resource, verb));
+        }
+    }
+    for (group, resource) in [
+        ("", "namespaces"),
+        ("", "persistentvolumes"),
+        ("storage.k8s.io", "storageclasses"),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents"),
+        ("snapshot.storage.k8s.io", "volumesnapshots"),
+    ] {
+        needed.extend([(group, resource, "create"), (group, resource, "get")]);
+    }
+    needed.extend([
+        ("", "persistentvolumes", "patch"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("apps", "deployments", "list"),
+        ("apps", "deployments", "watch"),
+        ("", "pods", "list"),
+        ("", "pods/exec", "create"),
+        ("", "pods/exec", "get"),
+        ("", "events", "create"),
+    ]);
+    for (group, resource, verb) in needed {
+        assert!(
+            rbac_allows(&rules, group, resource, verb),
+            "restore ClusterRole lacks {verb} {resource} in group {group:?}"
+        );
+    }
+    assert!(
+        !rbac_allows(&rules, "", "secrets", "delete"),
+        "restore never deletes"
+    );
+    Ok(())
+}
+
 /// Namespace `db` with a one-pod StatefulSet `db`, and policy `app` whose dump `data` (`cat data.txt`, a
 /// file a pre hook writes) has `restoreCommand: cat > restored.txt`; backed up into a directory store.
 async fn back_up_dump(env: &TestEnv, store_dir: &std::path::Path) -> anyhow::Result<(Policy, Manifest)> {

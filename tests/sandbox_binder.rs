@@ -251,3 +251,48 @@ async fn given_available_volumes_when_a_claim_names_none_then_the_smallest_fitti
     assert_eq!(phase_of_pv(&pvs.get("pv-other").await?), Some("Available"));
     Ok(())
 }
+
+#[tokio::test]
+async fn given_bound_claim_when_its_spec_changes_then_refused_but_labels_and_a_larger_request_are_accepted()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let pvs: Api<PersistentVolume> = Api::all(env.client());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client(), "default");
+    pvs.create(&PostParams::default(), &volume("pv-i", "Retain", Value::Null))
+        .await?;
+    pvcs.create(&PostParams::default(), &claim("data", None, json!({})))
+        .await?;
+    wait(&pvcs, "data", pvc_phase("Bound")).await?;
+
+    let refused = pvcs
+        .patch(
+            "data",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"dataSource": {"apiGroup": "snapshot.storage.k8s.io",
+                                                         "kind": "VolumeSnapshot", "name": "s"}}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(
+        status.message.contains("spec is immutable after creation"),
+        "{}",
+        status.message
+    );
+
+    pvcs.patch(
+        "data",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "shop"}},
+                             "spec": {"resources": {"requests": {"storage": "2Gi"}}}})),
+    )
+    .await?;
+    let pvc = pvcs.get("data").await?;
+    assert_eq!(pvc.metadata.labels.unwrap()["team"], "shop");
+    Ok(())
+}

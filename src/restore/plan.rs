@@ -23,7 +23,11 @@
 //!
 //! [`rewrite`] turns an archived object into what is sent: namespaces mapped everywhere (metadata,
 //! RoleBinding subjects, PV claimRefs, the Namespace itself), Service cluster IPs reset, claims
-//! unbound from volumes that are not restored, Job selectors regenerated.
+//! unbound from volumes that are not restored (and stripped of the binder's annotations), Job
+//! selectors regenerated.
+//!
+//! The plan is made from the backup alone; [`super::rebind`] then looks at the target's volumes and
+//! switches claims whose own volume was left `Released` there to [`Claim::Rebind`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -165,10 +169,24 @@ pub enum Claim {
     /// Not a claim, or its static volume is restored too: keep `volumeName`.
     #[default]
     Keep,
-    /// Drop `volumeName` and binding annotations: a new volume is provisioned.
+    /// Drop `volumeName`: a new volume is provisioned.
     Reprovision,
     /// Reprovision from a snapshot.
     FromSnapshot(ClaimSource),
+    /// Re-bind the claim's own volume (named), left `Released` with reclaim policy `Retain` in the
+    /// target cluster: its `claimRef` is rewritten to the restored claim first ([`super::rebind`]).
+    Rebind(String),
+}
+
+impl fmt::Display for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Claim::Keep => write!(f, "restored volume"),
+            Claim::Reprovision => write!(f, "new empty volume"),
+            Claim::FromSnapshot(source) => write!(f, "new volume from snapshot {}", source.volume_snapshot),
+            Claim::Rebind(volume) => write!(f, "re-bind released volume {volume}"),
+        }
+    }
 }
 
 /// One object of the archive with what restore does to it.
@@ -192,6 +210,8 @@ pub struct Step {
     pub action: Action,
     /// Claim binding (PVCs only).
     pub claim: Claim,
+    /// The volume the claim was bound to in the backup (PVCs only).
+    pub volume: Option<String>,
 }
 
 impl Step {
@@ -240,7 +260,17 @@ impl fmt::Display for Plan {
                 Action::Ensure => "create if missing".to_string(),
                 Action::Skip(reason) => format!("skip: {reason}"),
             };
-            writeln!(f, "{:?}\t{}\t{}\t{action}", s.phase, s.kind, s.display_name())?;
+            let volume = match (&s.action, s.kind.as_str()) {
+                (Action::Create, "persistentvolumeclaims") => format!("; volume: {}", s.claim),
+                _ => String::new(),
+            };
+            writeln!(
+                f,
+                "{:?}\t{}\t{}\t{action}{volume}",
+                s.phase,
+                s.kind,
+                s.display_name()
+            )?;
         }
         Ok(())
     }
@@ -601,6 +631,7 @@ fn plan_items(
             name: item.name.clone(),
             action: skip.map_or(Action::Create, Action::Skip),
             claim,
+            volume: item.volume_name.clone(),
         });
     }
     // Static volumes that stay bound need their StorageClass too.
@@ -635,6 +666,7 @@ fn plan_items(
             name,
             action,
             claim: Claim::Keep,
+            volume: None,
         });
     }
     let rank: BTreeMap<&str, u8> = items
@@ -690,6 +722,9 @@ pub fn rewrite(plan: &Plan, step: &Step, mut obj: Value) -> Value {
             }
         }
         VOLUMES => {
+            if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
+                a.remove("pv.kubernetes.io/bound-by-controller");
+            }
             let claim_ref = &mut obj["spec"]["claimRef"];
             if let Some(ns) = claim_ref["namespace"].as_str() {
                 claim_ref["namespace"] = json!(plan.map_ns(ns));
@@ -699,20 +734,37 @@ pub fn rewrite(plan: &Plan, step: &Step, mut obj: Value) -> Value {
                 r.remove("resourceVersion");
             }
         }
-        "persistentvolumeclaims" if step.claim != Claim::Keep => {
-            if let Some(spec) = obj["spec"].as_object_mut() {
-                spec.remove("volumeName");
-                spec.remove("dataSourceRef");
-                spec.remove("dataSource");
-            }
+        "persistentvolumeclaims" => {
+            // The binder sets these again; a claim arriving with `bind-completed` and a volume
+            // pre-bound without uid would be Lost for good.
             if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
                 for k in BINDING_ANNOTATIONS {
                     a.remove(*k);
                 }
+                if a.is_empty() {
+                    obj["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+                }
             }
-            if let Claim::FromSnapshot(source) = &step.claim {
-                obj["spec"]["dataSource"] = json!({"apiGroup": "snapshot.storage.k8s.io",
-                    "kind": "VolumeSnapshot", "name": source.volume_snapshot});
+            let spec = obj["spec"].as_object_mut();
+            match (&step.claim, spec) {
+                (Claim::Keep, _) | (_, None) => {}
+                (Claim::Rebind(volume), Some(spec)) => {
+                    spec.remove("dataSourceRef");
+                    spec.remove("dataSource");
+                    spec.insert("volumeName".into(), json!(volume));
+                }
+                (Claim::Reprovision | Claim::FromSnapshot(_), Some(spec)) => {
+                    spec.remove("volumeName");
+                    spec.remove("dataSourceRef");
+                    spec.remove("dataSource");
+                    if let Claim::FromSnapshot(source) = &step.claim {
+                        spec.insert(
+                            "dataSource".into(),
+                            json!({"apiGroup": "snapshot.storage.k8s.io",
+                                   "kind": "VolumeSnapshot", "name": source.volume_snapshot}),
+                        );
+                    }
+                }
             }
         }
         "jobs.batch" if obj["spec"]["manualSelector"] != true => {
