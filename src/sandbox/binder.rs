@@ -21,8 +21,8 @@
 //! Binding writes what the real controller writes: the volume's `claimRef` (with the claim's uid) and
 //! phase Bound; the claim's `volumeName`, `pv.kubernetes.io/bind-completed`, `bound-by-controller` when
 //! the controller chose the volume, and status Bound with the volume's capacity and access modes.
-//! Where the real controller would wait for its periodic resync, the sandbox re-syncs at once: a claim
-//! is synced again when the volume its `claimRef` names changes.
+//! Where the real controller would wait for its periodic resync, the sandbox re-syncs at once: when a
+//! volume's `claimRef` changes (or it is created), the unbound claims it could now serve are synced.
 
 use std::sync::Arc;
 
@@ -98,17 +98,31 @@ pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
                 .old
                 .as_ref()
                 .is_none_or(|old| old["spec"]["claimRef"] != obj["spec"]["claimRef"]);
-            if claim_ref_changed
-                && let (Some(n), Some(c)) = (
-                    obj["spec"]["claimRef"]["namespace"].as_str(),
-                    obj["spec"]["claimRef"]["name"].as_str(),
-                )
-                && let Some(claim) = cluster.store.get(&claims_rt(cluster).id(), n, c)
-            {
-                sync_claim(cluster, &claim, work);
+            if claim_ref_changed {
+                resync_claims(cluster, obj, work);
             }
         }
         _ => {}
+    }
+}
+
+/// The real controller's periodic resync, at once: unbound claims that `volume` could now serve (the
+/// claim its `claimRef` names, claims naming it, and, while it is unclaimed, claims naming no volume).
+fn resync_claims(cluster: &Cluster, volume: &Value, work: &mut Work) {
+    let claim_ref = &volume["spec"]["claimRef"];
+    let waiting: Vec<Arc<Value>> = cluster
+        .store
+        .list(&claims_rt(cluster).id(), None)
+        .into_iter()
+        .filter(|c| !has_annotation(c, BIND_COMPLETED) && !is_deleting(c))
+        .filter(|c| {
+            let named =
+                claim_ref["namespace"].as_str() == Some(ns(c)) && claim_ref["name"].as_str() == Some(name(c));
+            named || volume_name(c) == Some(name(volume)) || (claim_ref.is_null() && volume_name(c).is_none())
+        })
+        .collect();
+    for claim in waiting {
+        sync_claim(cluster, &claim, work);
     }
 }
 

@@ -85,7 +85,7 @@ pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
         ("batch", "jobs", ChangeKind::Added | ChangeKind::Modified) => reconcile_job(cluster, obj, work),
         ("", "pods", kind) => {
             if kind == ChangeKind::Added {
-                prepare_pod_dir(cluster, obj);
+                start_pod_dir(cluster, obj);
             }
             if kind == ChangeKind::Deleted {
                 release_protected_claims(cluster, ns(obj), work);
@@ -692,7 +692,20 @@ pub fn pod_dir(cluster: &Cluster, namespace: &str, pod: &str) -> std::path::Path
     cluster.state_dir.join("pods").join(namespace).join(pod)
 }
 
-/// Create the pod's directory with its claims' volume directories linked at their mount paths.
+/// A new pod starts with a fresh directory (what a previous pod of the same name left there is gone, as
+/// a container's filesystem would be), its claims' volume directories linked at their mount paths.
+fn start_pod_dir(cluster: &Cluster, pod: &Value) {
+    let dir = pod_dir(cluster, ns(pod), name(pod));
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        tracing::warn!(pod = name(pod), error = %e, "could not clear the previous pod's directory");
+    }
+    prepare_pod_dir(cluster, pod);
+}
+
+/// Create the pod's directory (if missing) with its bound claims' volume directories linked at their
+/// mount paths (links already there are kept).
 fn prepare_pod_dir(cluster: &Cluster, pod: &Value) {
     let dir = pod_dir(cluster, ns(pod), name(pod));
     if let Err(e) = std::fs::create_dir_all(&dir) {

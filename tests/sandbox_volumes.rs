@@ -1,10 +1,11 @@
-//! The sandbox's PersistentVolume binder against the real controller's rules: pre-bound volumes, claims
-//! naming a volume, Released volumes that stay Released until their claimRef is changed, Lost claims,
-//! reclaim policies, and Available volumes matched to claims.
+//! The sandbox's volumes against a real cluster's rules: the PersistentVolume binder (pre-bound volumes,
+//! claims naming a volume, Released volumes that stay Released until their claimRef is changed, Lost
+//! claims, reclaim policies, Available volumes matched to claims), claim spec immutability, and the
+//! kubelet's side (a bound claim's volume mounted, a recreated pod starting clean).
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition};
 use serde_json::{Value, json};
@@ -294,5 +295,36 @@ async fn given_bound_claim_when_its_spec_changes_then_refused_but_labels_and_a_l
     .await?;
     let pvc = pvcs.get("data").await?;
     assert_eq!(pvc.metadata.labels.unwrap()["team"], "shop");
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_pod_recreated_under_the_same_name_then_its_directory_is_fresh_but_its_volume_keeps_the_data()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let pvs: Api<PersistentVolume> = Api::all(env.client());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client(), "default");
+    let pods: Api<Pod> = Api::namespaced(env.client(), "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "app"},
+        "spec": {"containers": [{"name": "app", "image": "busybox",
+                                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}))?;
+    // The pod starts before its claim can bind; the volume is mounted once it is.
+    pvcs.create(&PostParams::default(), &claim("data", Some("pv-m"), json!({})))
+        .await?;
+    pods.create(&PostParams::default(), &pod).await?;
+    pvs.create(&PostParams::default(), &volume("pv-m", "Retain", Value::Null))
+        .await?;
+    wait(&pvcs, "data", pvc_phase("Bound")).await?;
+    let dir = env.sandbox().state_dir().join("pods/default/app");
+    std::fs::write(dir.join("data/kept"), "volume")?;
+    std::fs::write(dir.join("scratch"), "container")?;
+
+    pods.delete("app", &DeleteParams::default()).await?;
+    wait(&pods, "app", |p: Option<&Pod>| p.is_none()).await?;
+    pods.create(&PostParams::default(), &pod).await?;
+
+    assert!(!dir.join("scratch").exists(), "a new container starts clean");
+    assert_eq!(std::fs::read_to_string(dir.join("data/kept"))?, "volume");
     Ok(())
 }
