@@ -238,6 +238,7 @@ fn reason_key(reason: &SkipReason) -> &'static str {
         SkipReason::NotSelected => "notSelected",
         SkipReason::NotNeeded => "notNeeded",
         SkipReason::Reprovisioned => "reprovisioned",
+        SkipReason::FreezeframeSnapshot => "freezeframeSnapshot",
     }
 }
 

@@ -16,7 +16,10 @@
 //!   service-account token Secrets;
 //! - kinds not allowed by `--include`/`--exclude`, namespaced objects not matching `--selector`;
 //! - cluster-scoped objects nothing restored needs, and dynamically provisioned PVs (their claims get
-//!   a new volume, from the snapshot when one is recorded).
+//!   a new volume, from the snapshot when one is recorded);
+//! - VolumeSnapshots and VolumeGroupSnapshots freezeframe made (labels `freezeframe.dev/policy`,
+//!   `freezeframe.dev/restored`): recreated, they would snapshot the restored claims again; their data
+//!   comes back inside the claims.
 //!
 //! Cluster-scoped objects are only ever created when missing ("ensure"), never changed, whatever
 //! `--existing` says: they may be shared with other applications of the target cluster.
@@ -135,6 +138,9 @@ pub enum SkipReason {
     NotNeeded,
     /// A dynamically provisioned volume: its claim gets a new one.
     Reprovisioned,
+    /// A VolumeSnapshot or VolumeGroupSnapshot freezeframe made (a backup's, or a restore's
+    /// pre-provisioned one): its data comes back inside the claims, through `volumes.json`.
+    FreezeframeSnapshot,
 }
 
 impl fmt::Display for SkipReason {
@@ -147,6 +153,7 @@ impl fmt::Display for SkipReason {
             SkipReason::NotSelected => f.write_str("not selected"),
             SkipReason::NotNeeded => f.write_str("not needed"),
             SkipReason::Reprovisioned => f.write_str("volume re-provisioned"),
+            SkipReason::FreezeframeSnapshot => f.write_str("freezeframe's snapshot (restored as claim data)"),
         }
     }
 }
@@ -300,9 +307,16 @@ struct Item {
     managed_slice: bool,
     /// Endpoints/EndpointSlice: the Service they belong to.
     service: Option<String>,
+    /// A (group) snapshot labelled by freezeframe.
+    freezeframe_snapshot: bool,
 }
 
 const CRD: &str = "customresourcedefinitions.apiextensions.k8s.io";
+/// Snapshot kinds whose freezeframe-labelled objects are not restored as objects.
+const FREEZEFRAME_SNAPSHOTS: &[&str] = &[
+    "volumesnapshots.snapshot.storage.k8s.io",
+    "volumegroupsnapshots.groupsnapshot.storage.k8s.io",
+];
 const NAMESPACES: &str = "namespaces";
 const VOLUMES: &str = "persistentvolumes";
 const CLASSES: &str = "storageclasses.storage.k8s.io";
@@ -388,6 +402,10 @@ impl Item {
             id if id.contains('.') && namespace.is_some() => need(CRD, Some(id.to_string())),
             _ => {}
         }
+        let freezeframe_snapshot = FREEZEFRAME_SNAPSHOTS.contains(&kind_id.as_str())
+            && ["freezeframe.dev/policy", "freezeframe.dev/restored"]
+                .iter()
+                .any(|l| obj["metadata"]["labels"].get(*l).is_some());
         let service = match kind_id.as_str() {
             "endpoints" => Some(name.clone()),
             _ => text(&obj["metadata"]["labels"]["kubernetes.io/service-name"]),
@@ -406,6 +424,7 @@ impl Item {
             selects: obj["spec"]["selector"].as_object().is_some_and(|m| !m.is_empty()),
             managed_slice: obj["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"].is_string(),
             service,
+            freezeframe_snapshot,
             resource,
         })
     }
@@ -482,6 +501,9 @@ fn skip_namespaced(
     let kind = item.kind.as_str();
     if is_derived(item, derived, selecting) {
         return Some(SkipReason::Derived);
+    }
+    if item.freezeframe_snapshot {
+        return Some(SkipReason::FreezeframeSnapshot);
     }
     if (kind == "serviceaccounts" && item.name == "default")
         || (kind == "configmaps" && item.name == "kube-root-ca.crt")

@@ -491,3 +491,34 @@ fn given_claims_when_rewritten_then_binding_annotations_go_and_volume_name_follo
         "re-bind released volume pvc-1"
     );
 }
+
+#[test]
+fn given_snapshots_made_by_freezeframe_then_skipped_and_other_snapshots_restored() {
+    let snapshot = |name: &str, labels: Value| {
+        object(
+            &format!("resources/snapshot.storage.k8s.io/v1/volumesnapshots/shop/{name}.yaml"),
+            ns_obj(
+                "snapshot.storage.k8s.io/v1",
+                "VolumeSnapshot",
+                name,
+                json!({"metadata": {"labels": labels}, "spec": {"source": {"persistentVolumeClaimName": "data"}}}),
+            ),
+        )
+    };
+    let items = vec![
+        snapshot(
+            "data-ff-1",
+            json!({"freezeframe.dev/policy": "shop", "freezeframe.dev/backup-id": "1"}),
+        ),
+        snapshot("freezeframe-data", json!({"freezeframe.dev/restored": "true"})),
+        snapshot("manual", json!({"team": "shop"})),
+    ];
+    let plan = plan_items(items, &manifest(), &Snapshots::new(), &PlanOptions::default()).unwrap();
+    let action = |name: &str| plan.steps.iter().find(|s| s.name == name).unwrap().action.clone();
+    assert_eq!(action("data-ff-1"), Action::Skip(SkipReason::FreezeframeSnapshot));
+    assert_eq!(
+        action("freezeframe-data"),
+        Action::Skip(SkipReason::FreezeframeSnapshot)
+    );
+    assert_eq!(action("manual"), Action::Create);
+}
