@@ -10,6 +10,7 @@ mod harness;
 mod hooks;
 mod policy_store;
 mod restore;
+mod restore_volumes;
 mod s3;
 mod sandbox_api;
 mod sandbox_cli;
