@@ -11,7 +11,7 @@
 //!
 //! Nothing is written to the cluster before the whole backup has been verified: a corrupt or tampered
 //! backup is refused with the artifact that failed. Objects are kept on disk between extraction and
-//! apply; the plan holds one small [`plan::Item`] per object, so memory does not grow with object size.
+//! apply; the plan holds one small `plan::Item` per object, so memory does not grow with object size.
 //!
 //! RBAC: `create`, `get`, `patch` on every restored kind in the target namespaces; `create`, `get` on
 //! namespaces, persistentvolumes, storageclasses, clusterroles, customresourcedefinitions,
