@@ -21,8 +21,8 @@ use freezeframe::restore::{
 use freezeframe::sandbox::{Sandbox, SandboxOptions};
 use freezeframe::store::fs::FsStore;
 use freezeframe::store::{self, Layout, ObjectStore};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Pod};
+use kube::api::{Api, AttachParams, DeleteParams, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::{Value, json};
@@ -43,7 +43,7 @@ async fn back_up(client: kube::Client, store: &dyn ObjectStore, layout: &Layout)
     Ok(backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default()).await?)
 }
 
-fn options() -> RestoreOptions {
+pub(crate) fn options() -> RestoreOptions {
     RestoreOptions {
         backup: BackupRef::Latest,
         policy: None,
@@ -69,7 +69,7 @@ async fn restore(
     restore::run(&ctx, options).await
 }
 
-async fn delete_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn delete_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     let uid = api.get(name).await?.metadata.uid.unwrap_or_default();
     api.delete(name, &DeleteParams::default()).await?;
@@ -89,7 +89,7 @@ async fn namespace_exists(client: &kube::Client, name: &str) -> anyhow::Result<b
 }
 
 /// Every object in `namespace` (events excepted), by (kind id, name).
-async fn objects(
+pub(crate) async fn objects(
     client: &kube::Client,
     namespace: &str,
 ) -> anyhow::Result<BTreeMap<(String, String), Value>> {
@@ -112,6 +112,52 @@ async fn objects(
     Ok(out)
 }
 
+/// Every object of the cluster, namespaced (all namespaces) and cluster-scoped, with its
+/// resourceVersion: (kind id, namespace, name) → resourceVersion. Events only `with_events`.
+pub(crate) async fn cluster_state(
+    client: &kube::Client,
+    with_events: bool,
+) -> anyhow::Result<BTreeMap<(String, String, String), String>> {
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut out = BTreeMap::new();
+    for (resource, caps) in discovery.groups().flat_map(|g| g.recommended_resources()) {
+        if !caps.supports_operation(verbs::LIST) || (!with_events && resource.plural == "events") {
+            continue;
+        }
+        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+        for obj in api.list(&Default::default()).await? {
+            let meta = obj.metadata;
+            out.insert(
+                (
+                    kind_id(&resource),
+                    meta.namespace.unwrap_or_default(),
+                    meta.name.unwrap_or_default(),
+                ),
+                meta.resource_version.unwrap_or_default(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Assert two [`cluster_state`]s are equal, naming the objects that differ.
+#[track_caller]
+pub(crate) fn assert_same_state(
+    now: &BTreeMap<(String, String, String), String>,
+    before: &BTreeMap<(String, String, String), String>,
+    what: &str,
+) {
+    let changed: Vec<String> = before
+        .keys()
+        .chain(now.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| now.get(*k) != before.get(*k))
+        .map(|k| format!("{k:?}: {:?} -> {:?}", before.get(k), now.get(k)))
+        .collect();
+    assert!(changed.is_empty(), "{what}:\n{}", changed.join("\n"));
+}
+
 /// An object without what the server (and only the server) sets differently for a new object.
 fn normalize(kind: &str, mut obj: Value, namespace: &str) -> Value {
     freezeframe::export::sanitize::sanitize(&mut obj, false);
@@ -125,7 +171,19 @@ fn normalize(kind: &str, mut obj: Value, namespace: &str) -> Value {
     }
     match kind {
         "persistentvolumeclaims" => {
-            obj["spec"].as_object_mut().map(|s| s.remove("volumeName"));
+            // Which volume, how it was provisioned, and who bound it are the target's (and the plan's
+            // `volume` choice, asserted separately).
+            if let Some(spec) = obj["spec"].as_object_mut() {
+                for k in ["volumeName", "dataSource", "dataSourceRef"] {
+                    spec.remove(k);
+                }
+            }
+            if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
+                a.retain(|k, _| !k.starts_with("pv.kubernetes.io/") && !k.starts_with("volume."));
+                if a.is_empty() {
+                    obj["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+                }
+            }
         }
         "jobs.batch" => {
             obj["spec"].as_object_mut().map(|s| s.remove("selector"));
@@ -170,52 +228,225 @@ fn assert_restored_equal(
     compared
 }
 
-#[tokio::test]
-async fn given_shop_backup_when_namespace_is_deleted_and_restored_then_objects_come_back_equal_modulo_server_fields()
--> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
-    shop_env(&env).await?;
-    let store = FsStore::new(env.dir().join("store"));
-    let layout = Layout::new("");
-    let manifest = back_up(env.client(), &store, &layout).await?;
-    for kind in SHOP_KINDS {
-        assert!(manifest.objects.contains_key(*kind), "{kind} not backed up");
+/// `sh -c script` in `namespace/pod` through `pods/exec`, as kubectl exec runs it; its stdout.
+pub(crate) async fn sh(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    script: &str,
+) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut proc = pods
+        .exec(pod, ["sh", "-c", script], &AttachParams::default().stderr(false))
+        .await?;
+    let status = proc.take_status();
+    let mut out = String::new();
+    if let Some(mut stdout) = proc.stdout() {
+        stdout.read_to_string(&mut out).await?;
     }
-    let before = objects(&env.client(), "shop").await?;
-    delete_namespace(&env.client(), "shop").await?;
+    if let Some(status) = status
+        && let Some(s) = status.await
+    {
+        anyhow::ensure!(
+            s.status.as_deref() != Some("Failure"),
+            "{script:?} in {namespace}/{pod}: {}",
+            s.message.unwrap_or_default()
+        );
+    }
+    Ok(out)
+}
 
-    let (plan, report) = restore(env.client(), &store, &layout, &options()).await?;
+/// Back up `namespace` as policy `name` into `store`, through the whole backup run (hooks, CSI
+/// snapshots unless `extra` turns them off, dumps); `extra` is appended to the policy (rules, dumps,
+/// volumes). Returns the policy and the committed manifest.
+pub(crate) async fn back_up_policy(
+    env: &TestEnv,
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    name: &str,
+    namespace: &str,
+    extra: &str,
+) -> anyhow::Result<(Policy, Manifest)> {
+    // The policy's own storage is not used: the run writes into `store`.
+    let text = format!(
+        "apiVersion: freezeframe.dev/v1alpha1\nkind: PolicySet\n\
+         storages: {{local: {{filesystem: {{path: /unused}}}}}}\n\
+         defaults: {{storage: local}}\n\
+         policies:\n  - name: {name}\n    schedule: \"@daily\"\n    namespaces: [{namespace}]\n\
+         \x20   retention: {{keepLast: 3}}\n{extra}",
+    );
+    let set = parse_str("test", &text);
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    let policy = set.policies.into_iter().next().unwrap();
+    let client = env.client();
+    let selection = Selection::for_policy(&client, &policy).await?;
+    let freeze = Freeze::for_policy(&client, &policy).await?;
+    let clock = ManualClock::new(start_time());
+    let ctx = BackupContext {
+        client: client.clone(),
+        store,
+        layout,
+        clock: &clock,
+    };
+    let request = Request {
+        policy: &policy.name,
+        selection: &selection,
+        options: &ExportOptions::default(),
+        freeze: &freeze,
+    };
+    let engine = Engine::new(KubeExecutor::new(client));
+    let manifest = backup::backup(&ctx, &engine, request, &CancellationToken::new()).await?;
+    Ok((policy, manifest))
+}
 
+/// Restore from `store` into the cluster of `client` with `opts`, replaying `policy`'s dumps unless `None`.
+pub(crate) async fn restore_with(
+    client: &kube::Client,
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    opts: &RestoreOptions,
+    policy: Option<&Policy>,
+) -> Result<(Plan, Report), Error> {
+    let target = KubeTarget::new(client.clone());
+    let replayer =
+        policy.map(|p| Replayer::new(KubeExecutor::new(client.clone()), client.clone(), p.dumps.clone()));
+    let ctx = Context {
+        store,
+        layout,
+        target: &target,
+        dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+    };
+    restore::run(&ctx, opts).await
+}
+
+/// The shop's orders, as the tests write them into db-0's volume ([`write_orders`]).
+pub(crate) const ORDERS: &str = "order 1: 2 apples\norder 2: 1 pear\n";
+
+/// A dump of db-0's orders whose `restoreCommand` writes `replayed.sql` in the pod.
+pub(crate) const SHOP_ORDERS_DUMP: &str = r#"    dumps:
+      - name: orders
+        podSelector: {app: db}
+        container: db
+        runInSinglePod: true
+        command: "cat var/lib/postgresql/data/orders"
+        restoreCommand: "cat > replayed.sql"
+"#;
+
+/// Write `text` into the orders file of `namespace/pod`'s volume through exec.
+pub(crate) async fn write_orders(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    text: &str,
+) -> anyhow::Result<()> {
+    let script = format!(
+        "printf '{}' > var/lib/postgresql/data/orders",
+        text.replace('\n', "\\n")
+    );
+    sh(client, namespace, pod, &script).await?;
+    Ok(())
+}
+
+/// The orders file of `namespace/pod`'s volume, read through exec.
+pub(crate) async fn read_orders(client: &kube::Client, namespace: &str, pod: &str) -> anyhow::Result<String> {
+    sh(client, namespace, pod, "cat var/lib/postgresql/data/orders").await
+}
+
+/// Assert a restore of the shop that replayed [`SHOP_ORDERS_DUMP`] brought back, in `namespace` of
+/// `client`'s cluster: every object of the original (`before`) restored or skipped with a reason, every
+/// restored object equal to its original modulo server-set fields (all kinds of the shop), claims bound
+/// from their snapshots, db-0's volume data, and the dump's replay.
+pub(crate) async fn assert_shop_restored(
+    client: &kube::Client,
+    namespace: &str,
+    before: &BTreeMap<(String, String), Value>,
+    plan: &Plan,
+    report: &Report,
+) -> anyhow::Result<()> {
     assert_eq!(report.failures, [], "{}", report.table());
     assert_eq!(report.outcome(), Outcome::Success);
-    let after = objects(&env.client(), "shop").await?;
-    let compared = assert_restored_equal(&plan, &before, &after, "shop");
+    let after = objects(client, namespace).await?;
+    for (kind, name) in before.keys() {
+        assert!(
+            plan.steps.iter().any(|s| &s.kind == kind && &s.name == name),
+            "{kind} {name} is neither restored nor skipped"
+        );
+    }
+    let compared = assert_restored_equal(plan, before, &after, namespace);
     let kinds: std::collections::BTreeSet<&str> = plan
         .steps
         .iter()
         .filter(|s| s.action == Action::Create)
         .map(|s| s.kind.as_str())
         .collect();
-    assert!(kinds.len() >= 20, "{kinds:?}");
-    assert!(kinds.contains("carts.shop.example.com"), "{kinds:?}");
+    for kind in SHOP_KINDS
+        .iter()
+        .filter(|k| !["pods", "replicasets.apps"].contains(k))
+    {
+        assert!(kinds.contains(kind), "{kind} not restored: {kinds:?}");
+    }
     assert!(compared >= 25, "{compared} objects compared");
-    // Controllers recreated what restore skipped; claims are bound to new volumes.
+    // Controllers recreated what restore skipped as theirs.
     assert!(
         after.keys().any(|(k, n)| k == "pods" && n.starts_with("web-")),
         "web pods"
     );
-    assert!(after.contains_key(&("pods".into(), "db-0".into())), "db-0");
-    let claim = &after[&("persistentvolumeclaims".to_string(), "data-db-0".to_string())];
-    assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
-    // The cluster's own objects were left to the cluster.
+    for claim in ["data-db-0", "data-db-1", "data-db-2", "uploads"] {
+        let obj = &after[&("persistentvolumeclaims".to_string(), claim.to_string())];
+        assert_eq!(obj["status"]["phase"], "Bound", "{obj}");
+        let step = plan.steps.iter().find(|s| s.name == claim).unwrap();
+        assert!(
+            step.claim.to_string().starts_with("new volume from snapshot"),
+            "{claim}: {}",
+            step.claim
+        );
+    }
     assert_eq!(
         report.kinds["serviceaccounts"]
             .skipped_because
             .get("clusterManaged"),
-        Some(&1)
+        Some(&1),
+        "the cluster's own objects are left to the cluster"
     );
-    assert!(after.contains_key(&("serviceaccounts".into(), "default".into())));
+    // The volume's data is back, read through exec in the restored pod.
+    assert_eq!(read_orders(client, namespace, "db-0").await?, ORDERS);
+    // The dump was replayed by its restoreCommand into the restored pod.
+    let [replay] = &report.dumps[..] else {
+        panic!("one replay: {:?}", report.dumps)
+    };
+    assert_eq!(replay.status, ReplayStatus::Succeeded, "{replay:?}");
+    assert_eq!(sh(client, namespace, "db-0", "cat replayed.sql").await?, ORDERS);
     Ok(())
+}
+
+#[tokio::test]
+async fn given_shop_with_volume_data_and_a_dump_when_namespace_is_deleted_and_restored_then_objects_data_and_dump_come_back()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let client = env.client();
+    write_orders(&client, "shop", "db-0", ORDERS).await?;
+    let store = FsStore::new(env.dir().join("store"));
+    let layout = Layout::new("");
+    let (policy, manifest) = back_up_policy(&env, &store, &layout, "shop", "shop", SHOP_ORDERS_DUMP).await?;
+    assert_eq!(
+        manifest.status,
+        backup::Status::Completed,
+        "{:?}",
+        manifest.problems
+    );
+    for kind in SHOP_KINDS {
+        assert!(manifest.objects.contains_key(*kind), "{kind} not backed up");
+    }
+    let before = objects(&client, "shop").await?;
+    delete_namespace(&client, "shop").await?;
+
+    let mut opts = options();
+    opts.wait = Some(Duration::from_secs(60));
+    let (plan, report) = restore_with(&client, &store, &layout, &opts, Some(&policy)).await?;
+
+    assert_shop_restored(&client, "shop", &before, &plan, &report).await
 }
 
 #[tokio::test]
@@ -284,28 +515,53 @@ async fn given_backup_in_seaweedfs_when_restored_into_a_fresh_sandbox_then_the_s
         kms_key_id: None,
     });
     let (source_store, layout) = store::open(&backend, Some(&test_credentials())).await;
-    let manifest = back_up(env.client(), source_store.as_ref(), &layout).await?;
+    write_orders(&env.client(), "shop", "db-0", ORDERS).await?;
+    let (policy, manifest) = back_up_policy(
+        &env,
+        source_store.as_ref(),
+        &layout,
+        "shop",
+        "shop",
+        SHOP_ORDERS_DUMP,
+    )
+    .await?;
+    assert_eq!(
+        manifest.status,
+        backup::Status::Completed,
+        "{:?}",
+        manifest.problems
+    );
     let before = objects(&env.client(), "shop").await?;
 
-    // The DR cluster: another sandbox that has never seen the shop, reading the same bucket.
-    let dr = Sandbox::start(SandboxOptions::default()).await?;
+    // The DR cluster: another sandbox that has never seen the shop, reading the same bucket. Its CSI
+    // driver reaches the same storage (as a DR cluster in the same cloud account would), so the
+    // recorded snapshot handles resolve there: its snapshot directory is the source's.
+    let dr_state = env.dir().join("dr-state");
+    std::fs::create_dir_all(&dr_state)?;
+    std::os::unix::fs::symlink(
+        env.sandbox().state_dir().join("snapshots"),
+        dr_state.join("snapshots"),
+    )?;
+    let dr = Sandbox::start(SandboxOptions {
+        state_dir: Some(dr_state),
+        ..Default::default()
+    })
+    .await?;
     let dr_client = dr.client().await?;
     let (dr_store, dr_layout) = store::open(&backend, Some(&test_credentials())).await;
     let mut opts = options();
     opts.backup = BackupRef::Id(store::BackupId::parse(&manifest.backup_id).unwrap());
     opts.wait = Some(Duration::from_secs(60));
 
-    let (plan, report) = restore(dr_client.clone(), dr_store.as_ref(), &dr_layout, &opts).await?;
+    let (plan, report) =
+        restore_with(&dr_client, dr_store.as_ref(), &dr_layout, &opts, Some(&policy)).await?;
 
-    assert_eq!(report.failures, [], "{}", report.table());
-    assert_eq!(report.outcome(), Outcome::Success);
+    assert_shop_restored(&dr_client, "shop", &before, &plan, &report).await?;
     assert_eq!(
         report.kinds["customresourcedefinitions.apiextensions.k8s.io"].created,
         1
     );
-    let after = objects(&dr_client, "shop").await?;
-    assert_restored_equal(&plan, &before, &after, "shop");
-    assert!(after.contains_key(&("carts.shop.example.com".into(), "cart-1".into())));
+    assert_eq!(report.kinds["clusterroles.rbac.authorization.k8s.io"].created, 1);
     assert_ne!(report.source_cluster, "");
     Ok(())
 }
@@ -341,6 +597,7 @@ async fn given_dry_run_and_then_two_restores_through_the_cli_then_only_the_first
         }
     };
 
+    let untouched = cluster_state(&env.client(), true).await?;
     let (code, out, err) = cli(&["--backup", "latest", "--dry-run"]).await?;
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("nothing was written"), "{out}");
@@ -349,15 +606,38 @@ async fn given_dry_run_and_then_two_restores_through_the_cli_then_only_the_first
         "{out}"
     );
     assert!(
-        !namespace_exists(&env.client(), "shop").await?,
-        "a dry run created the namespace"
+        out.contains(
+            "persistentvolumeclaims\tshop/uploads\tcreate (existing: skip); volume: new empty volume"
+        ),
+        "{out}"
+    );
+    assert_same_state(
+        &cluster_state(&env.client(), true).await?,
+        &untouched,
+        "a dry run wrote something (objects or Events, anywhere in the cluster)",
+    );
+    let (code, out, err) = cli(&["--backup", "latest", "--dry-run", "-o", "json"]).await?;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let planned: Value = serde_json::from_str(&out)?;
+    assert_eq!(planned["report"]["dryRun"], true, "{planned}");
+    assert_same_state(
+        &cluster_state(&env.client(), true).await?,
+        &untouched,
+        "the cluster changed",
     );
 
     let (code, out, err) = cli(&["--backup", &manifest.backup_id, "-o", "json"]).await?;
     assert_eq!(code, 0, "{out}\n{err}");
     let first: Value = serde_json::from_str(&out)?;
     assert_eq!(first["report"]["kinds"]["configmaps"]["created"], 1, "{first}");
-    let before = objects(&env.client(), "shop").await?;
+    let uploads = first["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "uploads")
+        .unwrap();
+    assert_eq!(uploads["volume"], "new empty volume", "{uploads}");
+    let before = cluster_state(&env.client(), false).await?;
 
     let (code, out, err) = cli(&["--backup", "latest", "--existing", "skip", "-o", "json"]).await?;
     assert_eq!(code, 0, "{out}\n{err}");
@@ -370,16 +650,11 @@ async fn given_dry_run_and_then_two_restores_through_the_cli_then_only_the_first
         second["report"]["kinds"]["deployments.apps"]["skippedBecause"]["exists"],
         1
     );
-    let after = objects(&env.client(), "shop").await?;
-    let versions = |m: &BTreeMap<(String, String), Value>| -> BTreeMap<(String, String), Value> {
-        m.iter()
-            .map(|(k, v)| (k.clone(), v["metadata"]["resourceVersion"].clone()))
-            .collect()
-    };
-    assert_eq!(
-        versions(&after),
-        versions(&before),
-        "a second restore changed objects"
+    // Nothing anywhere in the cluster changed (the second restore's own Event aside).
+    assert_same_state(
+        &cluster_state(&env.client(), false).await?,
+        &before,
+        "a second restore changed objects",
     );
 
     let (code, _, err) = cli(&["--backup", "latest", "--namespace-map", "nope"]).await?;
@@ -424,6 +699,109 @@ async fn given_existing_update_when_an_object_drifted_then_server_side_apply_bri
     Ok(())
 }
 
+#[tokio::test]
+async fn given_existing_update_or_fail_over_the_whole_namespace_then_drift_is_undone_claims_keep_their_spec_or_nothing_is_written()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    shop_env(&env).await?;
+    let client = env.client();
+    let store = FsStore::new(env.dir().join("store"));
+    let layout = Layout::new("");
+    let (_, manifest) = back_up_policy(&env, &store, &layout, "shop", "shop", "").await?;
+    assert_eq!(
+        manifest.status,
+        backup::Status::Completed,
+        "{:?}",
+        manifest.problems
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "shop");
+    configmaps
+        .patch(
+            "web-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"greeting": "drifted"}})),
+        )
+        .await?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await?;
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), "shop");
+    let claim_specs = |list: Vec<k8s_openapi::api::core::v1::PersistentVolumeClaim>| {
+        list.into_iter()
+            .map(|c| {
+                (
+                    c.metadata.name.unwrap_or_default(),
+                    serde_json::to_value(c.spec).unwrap(),
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    let specs_before = claim_specs(claims.list(&Default::default()).await?.items);
+
+    let mut opts = options();
+    opts.plan.existing = Existing::Update;
+    let (plan, report) = restore_with(&client, &store, &layout, &opts, None).await?;
+
+    assert_eq!(report.failures, [], "{}", report.table());
+    assert_eq!(report.outcome(), Outcome::Success);
+    assert_eq!(
+        configmaps.get("web-config").await?.data.unwrap_or_default()["greeting"],
+        "hello"
+    );
+    assert_eq!(deployments.get("web").await?.spec.replicas, Some(2));
+    // Claims were planned from their snapshots, but an existing claim's spec is immutable: only its
+    // metadata is applied, so it keeps its volume and gets no dataSource.
+    let claim_step = plan.steps.iter().find(|s| s.name == "uploads").unwrap();
+    assert!(
+        claim_step
+            .claim
+            .to_string()
+            .starts_with("new volume from snapshot")
+    );
+    assert_eq!(
+        report.kinds["persistentvolumeclaims"].updated,
+        4,
+        "{}",
+        report.table()
+    );
+    assert_eq!(
+        claim_specs(claims.list(&Default::default()).await?.items),
+        specs_before
+    );
+    let updated: u64 = report.kinds.values().map(|k| k.updated).sum();
+    assert!(updated >= 25, "{}", report.table());
+
+    // --existing fail: every existing object fails, and nothing is written.
+    let untouched = cluster_state(&client, false).await?;
+    opts.plan.existing = Existing::Fail;
+    let (_, report) = restore_with(&client, &store, &layout, &opts, None).await?;
+    assert_eq!(report.outcome(), Outcome::PartiallyFailed, "{}", report.table());
+    assert_eq!(report.kinds["configmaps"].failed, 1);
+    assert_eq!(report.kinds["persistentvolumeclaims"].failed, 4);
+    assert!(
+        report
+            .failures
+            .iter()
+            .all(|f| f.message.contains("already exists (--existing fail)")),
+        "{}",
+        report.table()
+    );
+    let created: u64 = report.kinds.values().map(|k| k.created + k.updated).sum();
+    assert_eq!(created, 0, "{}", report.table());
+    assert_same_state(
+        &cluster_state(&client, false).await?,
+        &untouched,
+        "--existing fail wrote something",
+    );
+    Ok(())
+}
+
 /// Flip one byte of a stored artifact, keeping its size.
 fn tamper(path: &std::path::Path) -> anyhow::Result<()> {
     let mut bytes = std::fs::read(path)?;
@@ -446,6 +824,7 @@ async fn given_tampered_truncated_or_incomplete_backup_when_restoring_then_refus
     let keys = layout.backup("shop", &store::BackupId::parse(&manifest.backup_id).unwrap());
     let archive = dir.join(keys.resources());
     let original = std::fs::read(&archive)?;
+    let untouched = cluster_state(&env.client(), true).await?;
 
     tamper(&archive)?;
     let err = restore(env.client(), &store, &layout, &options())
@@ -475,9 +854,10 @@ async fn given_tampered_truncated_or_incomplete_backup_when_restoring_then_refus
         "latest skips incomplete backups: {err:?}"
     );
 
-    assert!(
-        !namespace_exists(&env.client(), "shop").await?,
-        "something was written"
+    assert_same_state(
+        &cluster_state(&env.client(), true).await?,
+        &untouched,
+        "something was written (objects or Events, anywhere in the cluster)",
     );
     Ok(())
 }
@@ -595,6 +975,81 @@ async fn given_restore_job_manifest_when_applied_with_the_rbac_then_job_and_its_
     Ok(())
 }
 
+/// Whether `rules` grant `verb` on `group`/`resource` (`pods/exec` for a subresource), by RBAC's rules:
+/// `*` matches every group, every resource and subresource, every verb.
+fn rbac_allows(
+    rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+    group: &str,
+    resource: &str,
+    verb: &str,
+) -> bool {
+    let has = |list: &Option<Vec<String>>, want: &str| {
+        list.as_ref()
+            .is_some_and(|l| l.iter().any(|x| x == "*" || x == want))
+    };
+    rules.iter().any(|r| {
+        r.verbs.iter().any(|v| v == "*" || v == verb)
+            && has(&r.api_groups, group)
+            && has(&r.resources, resource)
+    })
+}
+
+#[tokio::test]
+async fn given_restore_job_cluster_role_then_it_grants_every_permission_restore_needs() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await?;
+    env.apply(include_str!("../manifests/rbac.yaml"))?;
+    env.apply(include_str!("../manifests/restore-job.yaml"))?;
+    let role = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(env.client())
+        .get("freezeframe-restore")
+        .await?;
+    let rules = role.rules.unwrap_or_default();
+    // As src/restore/mod.rs lists them.
+    let mut needed: Vec<(&str, &str, &str)> = Vec::new();
+    for (group, resource) in [
+        ("", "configmaps"),
+        ("", "persistentvolumeclaims"),
+        ("apps", "statefulsets"),
+        ("shop.example.com", "carts"),
+    ] {
+        for verb in ["create", "get", "patch"] {
+            needed.push((group, resource, verb));
+        }
+    }
+    for (group, resource) in [
+        ("", "namespaces"),
+        ("", "persistentvolumes"),
+        ("storage.k8s.io", "storageclasses"),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents"),
+        ("snapshot.storage.k8s.io", "volumesnapshots"),
+    ] {
+        needed.extend([(group, resource, "create"), (group, resource, "get")]);
+    }
+    needed.extend([
+        ("", "persistentvolumes", "patch"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("apps", "deployments", "list"),
+        ("apps", "deployments", "watch"),
+        ("", "pods", "list"),
+        ("", "pods/exec", "create"),
+        ("", "pods/exec", "get"),
+        ("", "events", "create"),
+    ]);
+    for (group, resource, verb) in needed {
+        assert!(
+            rbac_allows(&rules, group, resource, verb),
+            "restore ClusterRole lacks {verb} {resource} in group {group:?}"
+        );
+    }
+    assert!(
+        !rbac_allows(&rules, "", "secrets", "delete"),
+        "restore never deletes"
+    );
+    Ok(())
+}
+
 /// Namespace `db` with a one-pod StatefulSet `db`, and policy `app` whose dump `data` (`cat data.txt`, a
 /// file a pre hook writes) has `restoreCommand: cat > restored.txt`; backed up into a directory store.
 async fn back_up_dump(env: &TestEnv, store_dir: &std::path::Path) -> anyhow::Result<(Policy, Manifest)> {
@@ -604,44 +1059,17 @@ async fn back_up_dump(env: &TestEnv, store_dir: &std::path::Path) -> anyhow::Res
          spec:\n  replicas: 1\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n\
          \x20 template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: db, image: busybox}]}\n",
     )?;
-    let text = format!(
-        "apiVersion: freezeframe.dev/v1alpha1\nkind: PolicySet\n\
-         storages: {{local: {{filesystem: {{path: {}}}}}}}\n\
-         defaults: {{storage: local}}\n\
-         policies:\n  - name: app\n    schedule: \"@daily\"\n    namespaces: [db]\n\
-         \x20   retention: {{keepLast: 3}}\n    volumes: {{snapshot: none}}\n{}",
-        store_dir.display(),
-        r#"    rules:
+    let extra = r#"    volumes: {snapshot: none}
+    rules:
       pre: [{podSelector: {app: db}, actions: [{value: "printf 'id,name\\n1,alpha\\n2,beta\\n' > data.txt"}]}]
     dumps:
       - name: data
         podSelector: {app: db}
         command: "cat data.txt"
         restoreCommand: "cat > restored.txt"
-"#
-    );
-    let set = parse_str("test", &text);
-    assert!(set.is_valid(), "{:#?}", set.problems);
-    let policy = set.policies.into_iter().next().unwrap();
-    let client = env.client();
-    let selection = Selection::for_policy(&client, &policy).await?;
-    let freeze = Freeze::for_policy(&client, &policy).await?;
-    let clock = ManualClock::new(start_time());
+"#;
     let store = FsStore::new(store_dir);
-    let ctx = BackupContext {
-        client: client.clone(),
-        store: &store,
-        layout: &Layout::new(""),
-        clock: &clock,
-    };
-    let request = Request {
-        policy: &policy.name,
-        selection: &selection,
-        options: &ExportOptions::default(),
-        freeze: &freeze,
-    };
-    let engine = Engine::new(KubeExecutor::new(client));
-    let manifest = backup::backup(&ctx, &engine, request, &CancellationToken::new()).await?;
+    let (policy, manifest) = back_up_policy(env, &store, &Layout::new(""), "app", "db", extra).await?;
     assert_eq!(manifest.dumps.len(), 1, "{:?}", manifest.problems);
     assert_eq!(
         manifest.dumps[0].status,

@@ -16,6 +16,7 @@ use freezeframe::hooks::{Engine, KubeExecutor};
 use freezeframe::policy::{Policy, parse_str};
 use freezeframe::retention::cluster::KubeSnapshots;
 use freezeframe::retention::{self, Mode, Target};
+use freezeframe::sandbox::snapshots::snapshot_dir;
 use freezeframe::snapshot::BACKUP_ID_LABEL;
 use freezeframe::store::{self, BackupId, Layout, ObjectStore, fs::FsStore, s3::S3Store};
 use kube::Api;
@@ -173,6 +174,20 @@ async fn given_keep_last_2_when_fourth_backup_runs_then_oldest_two_are_pruned_wi
         old.push(m.backup_id);
     }
     assert_eq!(snapshot_backup_ids(&env).await, old, "one snapshot per backup");
+    let handles_before: Vec<String> = snapshot_api(&env, "VolumeSnapshotContent", "volumesnapshotcontents")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| {
+            assert_eq!(
+                c.data["spec"]["deletionPolicy"], "Retain",
+                "committed backups retain"
+            );
+            c.data["status"]["snapshotHandle"].as_str().unwrap().to_string()
+        })
+        .collect();
 
     let file = write_policies(&env, &text);
     let out = freezeframe(&env, &["backup", "--policy", "app", "--policy-file", &file], true).await;
@@ -186,7 +201,7 @@ async fn given_keep_last_2_when_fourth_backup_runs_then_oldest_two_are_pruned_wi
     for id in &old[..2] {
         assert!(
             stdout.contains(&format!(
-                "pruned {id} (Completed; kept by no rule): 1 snapshots, 3 objects deleted"
+                "pruned {id} (Completed; kept by no rule): 2 snapshot objects, 3 store objects deleted"
             )),
             "{stdout}"
         );
@@ -205,11 +220,24 @@ async fn given_keep_last_2_when_fourth_backup_runs_then_oldest_two_are_pruned_wi
         .list(&ListParams::default())
         .await
         .unwrap();
+    let kept: Vec<&str> = contents
+        .items
+        .iter()
+        .map(|c| c.data["status"]["snapshotHandle"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        contents.items.len(),
+        kept.len(),
         2,
-        "contents (deletionPolicy Delete) went with their snapshots"
+        "the pruned backups' retained contents were deleted: {kept:?}"
     );
+    for handle in &handles_before {
+        let copy = snapshot_dir(env.sandbox().cluster(), handle);
+        assert_eq!(
+            copy.exists(),
+            kept.contains(&handle.as_str()),
+            "storage snapshot {handle}: kept exactly when its content is"
+        );
+    }
     assert!(
         !dir.join("backups/app").join(&old[0]).exists(),
         "no directory left behind"

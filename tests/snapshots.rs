@@ -12,7 +12,7 @@ use freezeframe::sandbox::snapshots::{ERROR_ANNOTATION, READY_AFTER_ANNOTATION, 
 use freezeframe::snapshot::{self, BACKUP_ID_LABEL, GROUP_LABEL, Outcome, POLICY_LABEL, Request, Verdict};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -487,4 +487,55 @@ async fn given_a_claim_from_a_snapshot_not_yet_ready_then_it_binds_with_the_data
         exec(&env, "early-reader", "r", "cat restore/file").await,
         "before\n"
     );
+}
+
+#[tokio::test]
+async fn given_committed_snapshots_when_retained_and_their_namespace_is_deleted_then_contents_and_data_survive()
+ {
+    for volumes in ["{}", "{group: true}"] {
+        let env = app_env().await;
+        let (_, outcome) = backup(&env, &policy(volumes), "20260101T000000Z").await;
+        assert_eq!(outcome.verdict, Verdict::Completed, "{:#?}", outcome.failures);
+
+        let problems = snapshot::retain(&env.client(), &outcome).await;
+
+        assert_eq!(problems, Vec::<String>::new(), "{volumes}");
+        let contents: Api<DynamicObject> = Api::all_with(
+            env.client(),
+            &resource(
+                "snapshot.storage.k8s.io",
+                "v1",
+                "VolumeSnapshotContent",
+                "volumesnapshotcontents",
+            ),
+        );
+        for v in &outcome.volumes {
+            let content = contents.get(&v.content_name).await.unwrap();
+            assert_eq!(content.data["spec"]["deletionPolicy"], "Retain", "{volumes}");
+        }
+        // The disaster: the namespace, and the snapshot objects in it, are deleted.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client());
+        namespaces.delete("app", &DeleteParams::default()).await.unwrap();
+        let gone = |ns: Option<&k8s_openapi::api::core::v1::Namespace>| ns.is_none();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            kube::runtime::wait::await_condition(namespaces.clone(), "app", gone),
+        )
+        .await
+        .expect("namespace app gone")
+        .unwrap();
+        for v in &outcome.volumes {
+            assert!(
+                contents.get_opt(&v.content_name).await.unwrap().is_some(),
+                "{volumes}: {} kept",
+                v.content_name
+            );
+            let copy = snapshot_dir(env.sandbox().cluster(), &v.snapshot_handle);
+            assert!(
+                copy.exists(),
+                "{volumes}: the storage snapshot of {} survives",
+                v.pvc
+            );
+        }
+    }
 }

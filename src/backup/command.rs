@@ -261,7 +261,7 @@ pub async fn back_up_prune_report(
         Ok(done) => done,
         Err(e) => {
             eprintln!(
-                "{}: backup failed before a manifest was written: {e:#}",
+                "error: {}: backup failed before a manifest was written: {e:#}",
                 policy.name
             );
             reporter.backup_error(policy, started_at, &format!("{e:#}")).await;

@@ -4,7 +4,8 @@
 //! ```text
 //! identity → allocate id → freeze (pre hooks, all pods at once)
 //!   → [snapshot volumes] + dumps marked whileFrozen → thaw (post hooks, always)
-//!   → dumps after the thaw → export resources (streamed) → verify → manifest.json LAST → status
+//!   → dumps after the thaw → export resources (streamed) → verify → retain snapshots (deletionPolicy
+//!   Retain, so they outlive their namespace) → manifest.json LAST → status
 //! ```
 //!
 //! Outcomes:
@@ -262,6 +263,15 @@ pub async fn backup<E: PodExecutor>(
     }
 
     settle_status(&mut manifest);
+    if manifest.status != Status::Failed
+        && let Some(outcome) = volumes.as_ref()
+    {
+        let problems = crate::snapshot::retain(&ctx.client, outcome).await;
+        if !problems.is_empty() && manifest.status == Status::Completed {
+            manifest.status = Status::PartiallyFailed;
+        }
+        manifest.problems.extend(problems);
+    }
     if manifest.status == Status::Failed
         && let Some(outcome) = volumes.as_mut()
     {

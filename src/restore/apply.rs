@@ -52,6 +52,14 @@ pub trait Target: Send + Sync {
         name: &str,
         obj: &Value,
     ) -> kube::Result<Value>;
+    /// JSON merge patch `patch` onto an object (a `metadata.resourceVersion` in it is a precondition).
+    async fn merge_patch(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> kube::Result<Value>;
     /// One object, or `None`.
     async fn get(
         &self,
@@ -124,6 +132,19 @@ impl Target for KubeTarget {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.api(resource, namespace)
             .patch(name, &params, &Patch::Apply(obj))
+            .await
+            .map(to_value)
+    }
+
+    async fn merge_patch(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> kube::Result<Value> {
+        self.api(resource, namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map(to_value)
     }
@@ -217,6 +238,7 @@ fn reason_key(reason: &SkipReason) -> &'static str {
         SkipReason::NotSelected => "notSelected",
         SkipReason::NotNeeded => "notNeeded",
         SkipReason::Reprovisioned => "reprovisioned",
+        SkipReason::FreezeframeSnapshot => "freezeframeSnapshot",
     }
 }
 
@@ -414,6 +436,23 @@ async fn provision_snapshot(target: &dyn Target, objects: &[Value]) -> Result<()
     Ok(())
 }
 
+/// What `--existing update` applies over an existing object: all of it, except for claims, whose spec
+/// is immutable once created (Kubernetes refuses any change but a larger `resources.requests`): their
+/// labels and annotations only.
+fn updatable(step: &Step, obj: Value) -> Value {
+    if step.kind != "persistentvolumeclaims" {
+        return obj;
+    }
+    let meta = &obj["metadata"];
+    let mut metadata = serde_json::json!({"name": meta["name"], "namespace": meta["namespace"]});
+    for k in ["labels", "annotations"] {
+        if meta[k].is_object() {
+            metadata[k] = meta[k].clone();
+        }
+    }
+    serde_json::json!({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": metadata})
+}
+
 /// Apply every step of `plan` in order, recording each outcome in `report`.
 pub async fn apply(target: &dyn Target, extracted: &Extracted, plan: &Plan, report: &mut Report) {
     let types: HashMap<(String, String), ApiResource> = plan
@@ -443,9 +482,12 @@ pub async fn apply(target: &dyn Target, extracted: &Extracted, plan: &Plan, repo
         if let Some(ns) = &step.namespace {
             resolve_owners(target, &mut obj, ns, &types, &mut uids).await;
         }
-        if let Claim::FromSnapshot(source) = &step.claim
-            && let Err(message) = provision_snapshot(target, &source.provision).await
-        {
+        let prepared = match &step.claim {
+            Claim::FromSnapshot(source) => provision_snapshot(target, &source.provision).await,
+            Claim::Rebind(volume) => super::rebind::bind(target, step, volume).await,
+            Claim::Keep | Claim::Reprovision => Ok(()),
+        };
+        if let Err(message) = prepared {
             report.fail(step, message);
             continue;
         }
@@ -460,7 +502,10 @@ pub async fn apply(target: &dyn Target, extracted: &Extracted, plan: &Plan, repo
                     report.skipped(&step.kind, "exists");
                     None
                 }
-                (_, Existing::Update) => match target.apply(&step.resource, ns, &step.name, &obj).await {
+                (_, Existing::Update) => match target
+                    .apply(&step.resource, ns, &step.name, &updatable(step, obj))
+                    .await
+                {
                     Ok(stored) => {
                         report.kind(&step.kind).updated += 1;
                         Some(stored)

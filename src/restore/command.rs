@@ -196,10 +196,14 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
                 .steps
                 .iter()
                 .map(|s| {
-                    serde_json::json!({
+                    let mut step = serde_json::json!({
                         "phase": s.phase, "kind": s.kind, "namespace": s.namespace, "name": s.name,
                         "action": s.action,
-                    })
+                    });
+                    if s.kind == "persistentvolumeclaims" && s.is_applied() {
+                        step["volume"] = s.claim.to_string().into();
+                    }
+                    step
                 })
                 .collect();
             let out = serde_json::json!({"plan": steps, "report": report});

@@ -5,26 +5,27 @@
 //! ```text
 //! locate (id or latest) → verify (manifest, every artifact's size and sha256) → extract (validated
 //!   archive paths, to a private temp dir) → plan (dependency order, skips, namespace map, filters)
-//!   → print (dry run stops here) → apply (create / skip / server-side apply) → wait
+//!   → re-bind released volumes ([`rebind`], reads the target) → print (dry run stops here) → apply (create / skip / server-side apply) → wait
 //!   → replay dumps ([`dumps`]) → report (and an Event per target namespace: [`events`])
 //! ```
 //!
 //! Nothing is written to the cluster before the whole backup has been verified: a corrupt or tampered
 //! backup is refused with the artifact that failed. Objects are kept on disk between extraction and
-//! apply; the plan holds one small [`plan::Item`] per object, so memory does not grow with object size.
+//! apply; the plan holds one small `plan::Item` per object, so memory does not grow with object size.
 //!
 //! RBAC: `create`, `get`, `patch` on every restored kind in the target namespaces; `create`, `get` on
 //! namespaces, persistentvolumes, storageclasses, clusterroles, customresourcedefinitions,
-//! volumesnapshotcontents; `list`, `watch` to wait for CRDs (and workloads with `--wait`); `pods` list
-//! and `pods/exec` create, get to replay dumps; `events` create; for webhooks (in [`command`]),
-//! `configmaps` get (the policies) and `secrets` get (HMAC keys) in freezeframe's namespace. Mirrored in
-//! `manifests/restore-job.yaml` (its wildcard rule covers all of these).
+//! volumesnapshotcontents; `patch` on persistentvolumes (re-binding a released volume, [`rebind`]);
+//! `list`, `watch` to wait for CRDs (and workloads with `--wait`); `pods` list and `pods/exec` create,
+//! get to replay dumps; `events` create; for webhooks (in [`command`]), `configmaps` get (the policies)
+//! and `secrets` get (HMAC keys) in freezeframe's namespace. Mirrored in `manifests/restore-job.yaml` (checked by a test).
 
 pub mod apply;
 pub mod command;
 pub mod dumps;
 pub mod events;
 pub mod plan;
+pub mod rebind;
 pub mod source;
 pub mod volumes;
 
@@ -227,7 +228,8 @@ pub async fn run(ctx: &Context<'_>, options: &RestoreOptions) -> Result<(Plan, R
     tracing::info!(policy = %located.policy, backup = %located.id, store = %ctx.store.location(), "restore: verifying");
     let extracted = source::verify_and_extract(ctx.store, &located).await?;
     let snapshots = volumes::read(ctx.store, &located).await;
-    let plan = plan::plan(&extracted, &located.manifest, &snapshots, &options.plan)?;
+    let mut plan = plan::plan(&extracted, &located.manifest, &snapshots, &options.plan)?;
+    rebind::refine(ctx.target, &located.manifest.cluster.kube_system_uid, &mut plan).await;
     tracing::info!(
         steps = plan.steps.len(),
         applied = plan.applied(),

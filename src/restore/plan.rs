@@ -16,14 +16,21 @@
 //!   service-account token Secrets;
 //! - kinds not allowed by `--include`/`--exclude`, namespaced objects not matching `--selector`;
 //! - cluster-scoped objects nothing restored needs, and dynamically provisioned PVs (their claims get
-//!   a new volume, from the snapshot when one is recorded).
+//!   a new volume, from the snapshot when one is recorded);
+//! - VolumeSnapshots and VolumeGroupSnapshots freezeframe made (labels `freezeframe.dev/policy`,
+//!   `freezeframe.dev/restored`): recreated, they would snapshot the restored claims again; their data
+//!   comes back inside the claims.
 //!
 //! Cluster-scoped objects are only ever created when missing ("ensure"), never changed, whatever
 //! `--existing` says: they may be shared with other applications of the target cluster.
 //!
 //! [`rewrite`] turns an archived object into what is sent: namespaces mapped everywhere (metadata,
 //! RoleBinding subjects, PV claimRefs, the Namespace itself), Service cluster IPs reset, claims
-//! unbound from volumes that are not restored, Job selectors regenerated.
+//! unbound from volumes that are not restored (and stripped of the binder's annotations), Job
+//! selectors regenerated.
+//!
+//! The plan is made from the backup alone; [`super::rebind`] then looks at the target's volumes and
+//! switches claims whose own volume was left `Released` there to [`Claim::Rebind`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -131,6 +138,9 @@ pub enum SkipReason {
     NotNeeded,
     /// A dynamically provisioned volume: its claim gets a new one.
     Reprovisioned,
+    /// A VolumeSnapshot or VolumeGroupSnapshot freezeframe made (a backup's, or a restore's
+    /// pre-provisioned one): its data comes back inside the claims, through `volumes.json`.
+    FreezeframeSnapshot,
 }
 
 impl fmt::Display for SkipReason {
@@ -143,6 +153,7 @@ impl fmt::Display for SkipReason {
             SkipReason::NotSelected => f.write_str("not selected"),
             SkipReason::NotNeeded => f.write_str("not needed"),
             SkipReason::Reprovisioned => f.write_str("volume re-provisioned"),
+            SkipReason::FreezeframeSnapshot => f.write_str("freezeframe's snapshot (restored as claim data)"),
         }
     }
 }
@@ -165,10 +176,24 @@ pub enum Claim {
     /// Not a claim, or its static volume is restored too: keep `volumeName`.
     #[default]
     Keep,
-    /// Drop `volumeName` and binding annotations: a new volume is provisioned.
+    /// Drop `volumeName`: a new volume is provisioned.
     Reprovision,
     /// Reprovision from a snapshot.
     FromSnapshot(ClaimSource),
+    /// Re-bind the claim's own volume (named), left `Released` with reclaim policy `Retain` in the
+    /// target cluster: its `claimRef` is rewritten to the restored claim first ([`super::rebind`]).
+    Rebind(String),
+}
+
+impl fmt::Display for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Claim::Keep => write!(f, "restored volume"),
+            Claim::Reprovision => write!(f, "new empty volume"),
+            Claim::FromSnapshot(source) => write!(f, "new volume from snapshot {}", source.volume_snapshot),
+            Claim::Rebind(volume) => write!(f, "re-bind released volume {volume}"),
+        }
+    }
 }
 
 /// One object of the archive with what restore does to it.
@@ -192,6 +217,8 @@ pub struct Step {
     pub action: Action,
     /// Claim binding (PVCs only).
     pub claim: Claim,
+    /// The volume the claim was bound to in the backup (PVCs only).
+    pub volume: Option<String>,
 }
 
 impl Step {
@@ -240,7 +267,17 @@ impl fmt::Display for Plan {
                 Action::Ensure => "create if missing".to_string(),
                 Action::Skip(reason) => format!("skip: {reason}"),
             };
-            writeln!(f, "{:?}\t{}\t{}\t{action}", s.phase, s.kind, s.display_name())?;
+            let volume = match (&s.action, s.kind.as_str()) {
+                (Action::Create, "persistentvolumeclaims") => format!("; volume: {}", s.claim),
+                _ => String::new(),
+            };
+            writeln!(
+                f,
+                "{:?}\t{}\t{}\t{action}{volume}",
+                s.phase,
+                s.kind,
+                s.display_name()
+            )?;
         }
         Ok(())
     }
@@ -270,9 +307,16 @@ struct Item {
     managed_slice: bool,
     /// Endpoints/EndpointSlice: the Service they belong to.
     service: Option<String>,
+    /// A (group) snapshot labelled by freezeframe.
+    freezeframe_snapshot: bool,
 }
 
 const CRD: &str = "customresourcedefinitions.apiextensions.k8s.io";
+/// Snapshot kinds whose freezeframe-labelled objects are not restored as objects.
+const FREEZEFRAME_SNAPSHOTS: &[&str] = &[
+    "volumesnapshots.snapshot.storage.k8s.io",
+    "volumegroupsnapshots.groupsnapshot.storage.k8s.io",
+];
 const NAMESPACES: &str = "namespaces";
 const VOLUMES: &str = "persistentvolumes";
 const CLASSES: &str = "storageclasses.storage.k8s.io";
@@ -358,6 +402,10 @@ impl Item {
             id if id.contains('.') && namespace.is_some() => need(CRD, Some(id.to_string())),
             _ => {}
         }
+        let freezeframe_snapshot = FREEZEFRAME_SNAPSHOTS.contains(&kind_id.as_str())
+            && ["freezeframe.dev/policy", "freezeframe.dev/restored"]
+                .iter()
+                .any(|l| obj["metadata"]["labels"].get(*l).is_some());
         let service = match kind_id.as_str() {
             "endpoints" => Some(name.clone()),
             _ => text(&obj["metadata"]["labels"]["kubernetes.io/service-name"]),
@@ -376,6 +424,7 @@ impl Item {
             selects: obj["spec"]["selector"].as_object().is_some_and(|m| !m.is_empty()),
             managed_slice: obj["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"].is_string(),
             service,
+            freezeframe_snapshot,
             resource,
         })
     }
@@ -452,6 +501,9 @@ fn skip_namespaced(
     let kind = item.kind.as_str();
     if is_derived(item, derived, selecting) {
         return Some(SkipReason::Derived);
+    }
+    if item.freezeframe_snapshot {
+        return Some(SkipReason::FreezeframeSnapshot);
     }
     if (kind == "serviceaccounts" && item.name == "default")
         || (kind == "configmaps" && item.name == "kube-root-ca.crt")
@@ -601,6 +653,7 @@ fn plan_items(
             name: item.name.clone(),
             action: skip.map_or(Action::Create, Action::Skip),
             claim,
+            volume: item.volume_name.clone(),
         });
     }
     // Static volumes that stay bound need their StorageClass too.
@@ -635,6 +688,7 @@ fn plan_items(
             name,
             action,
             claim: Claim::Keep,
+            volume: None,
         });
     }
     let rank: BTreeMap<&str, u8> = items
@@ -690,6 +744,9 @@ pub fn rewrite(plan: &Plan, step: &Step, mut obj: Value) -> Value {
             }
         }
         VOLUMES => {
+            if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
+                a.remove("pv.kubernetes.io/bound-by-controller");
+            }
             let claim_ref = &mut obj["spec"]["claimRef"];
             if let Some(ns) = claim_ref["namespace"].as_str() {
                 claim_ref["namespace"] = json!(plan.map_ns(ns));
@@ -699,20 +756,37 @@ pub fn rewrite(plan: &Plan, step: &Step, mut obj: Value) -> Value {
                 r.remove("resourceVersion");
             }
         }
-        "persistentvolumeclaims" if step.claim != Claim::Keep => {
-            if let Some(spec) = obj["spec"].as_object_mut() {
-                spec.remove("volumeName");
-                spec.remove("dataSourceRef");
-                spec.remove("dataSource");
-            }
+        "persistentvolumeclaims" => {
+            // The binder sets these again; a claim arriving with `bind-completed` and a volume
+            // pre-bound without uid would be Lost for good.
             if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
                 for k in BINDING_ANNOTATIONS {
                     a.remove(*k);
                 }
+                if a.is_empty() {
+                    obj["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+                }
             }
-            if let Claim::FromSnapshot(source) = &step.claim {
-                obj["spec"]["dataSource"] = json!({"apiGroup": "snapshot.storage.k8s.io",
-                    "kind": "VolumeSnapshot", "name": source.volume_snapshot});
+            let spec = obj["spec"].as_object_mut();
+            match (&step.claim, spec) {
+                (Claim::Keep, _) | (_, None) => {}
+                (Claim::Rebind(volume), Some(spec)) => {
+                    spec.remove("dataSourceRef");
+                    spec.remove("dataSource");
+                    spec.insert("volumeName".into(), json!(volume));
+                }
+                (Claim::Reprovision | Claim::FromSnapshot(_), Some(spec)) => {
+                    spec.remove("volumeName");
+                    spec.remove("dataSourceRef");
+                    spec.remove("dataSource");
+                    if let Claim::FromSnapshot(source) = &step.claim {
+                        spec.insert(
+                            "dataSource".into(),
+                            json!({"apiGroup": "snapshot.storage.k8s.io",
+                                   "kind": "VolumeSnapshot", "name": source.volume_snapshot}),
+                        );
+                    }
+                }
             }
         }
         "jobs.batch" if obj["spec"]["manualSelector"] != true => {

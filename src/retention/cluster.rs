@@ -3,19 +3,20 @@
 //!
 //! Only objects carrying both labels (`freezeframe.dev/policy`, `freezeframe.dev/backup-id`) of the
 //! backup being pruned are deleted, and with a uid precondition, so a snapshot of another cluster or run
-//! that happens to have the recorded name is never touched. VolumeSnapshotContents are not deleted here:
-//! the snapshot controller deletes a content with its snapshot when the class's `deletionPolicy` is
-//! `Delete`, and keeps it (as asked) when it is `Retain`.
+//! that happens to have the recorded name is never touched. A committed backup sets its contents to
+//! `deletionPolicy: Retain` (so the storage snapshots survive the namespace's deletion); pruning sets
+//! each recorded content that is still bound to the backup's snapshot back to `Delete` and deletes it,
+//! so the CSI driver deletes the storage snapshot.
 //!
 //! RBAC needed (mirror in `manifests/rbac.yaml`, ClusterRole `freezeframe-retention`):
 //! `snapshot.storage.k8s.io` `volumesnapshots` get/list/delete and `groupsnapshot.storage.k8s.io`
 //! `volumegroupsnapshots` get/list/delete, in every namespace a policy covers (listed cluster-wide by
-//! label).
+//! label); `volumesnapshotcontents` and `volumegroupsnapshotcontents` get/patch/delete (cluster-scoped).
 
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Preconditions};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::discovery::{ApiResource, Discovery};
 
-use super::prune::{Deletion, SnapshotError, SnapshotKind, SnapshotRef, Snapshots};
+use super::prune::{ContentRef, Deletion, SnapshotError, SnapshotKind, SnapshotRef, Snapshots};
 use crate::snapshot::{BACKUP_ID_LABEL, POLICY_LABEL};
 use crate::store::BackupId;
 
@@ -28,6 +29,8 @@ pub struct KubeSnapshots {
     client: kube::Client,
     volume: Option<ApiResource>,
     group: Option<ApiResource>,
+    volume_content: Option<ApiResource>,
+    group_content: Option<ApiResource>,
 }
 
 impl KubeSnapshots {
@@ -47,6 +50,8 @@ impl KubeSnapshots {
         Ok(KubeSnapshots {
             volume: served(SNAPSHOT_GROUP, "VolumeSnapshot"),
             group: served(GROUP_SNAPSHOT_GROUP, "VolumeGroupSnapshot"),
+            volume_content: served(SNAPSHOT_GROUP, "VolumeSnapshotContent"),
+            group_content: served(GROUP_SNAPSHOT_GROUP, "VolumeGroupSnapshotContent"),
             client,
         })
     }
@@ -132,6 +137,51 @@ impl Snapshots for KubeSnapshots {
             Ok(_) => Ok(Deletion::Deleted),
             Err(e) if is_not_found(&e) => Ok(Deletion::Gone),
             Err(e) => Err(api_error("delete", snapshot.to_string())(e)),
+        }
+    }
+
+    async fn delete_content(&self, content: &ContentRef) -> Result<Deletion, SnapshotError> {
+        let (resource, ref_field) = match content.kind {
+            SnapshotKind::VolumeSnapshot => (self.volume_content.as_ref(), "volumeSnapshotRef"),
+            SnapshotKind::VolumeGroupSnapshot => (self.group_content.as_ref(), "volumeGroupSnapshotRef"),
+        };
+        let Some(resource) = resource else {
+            return Ok(Deletion::Gone);
+        };
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), resource);
+        let Some(current) = api
+            .get_opt(&content.name)
+            .await
+            .map_err(api_error("get", content.to_string()))?
+        else {
+            return Ok(Deletion::Gone);
+        };
+        let bound_to = &current.data["spec"][ref_field];
+        if bound_to["namespace"] != content.snapshot.namespace.as_str()
+            || bound_to["name"] != content.snapshot.name.as_str()
+        {
+            return Ok(Deletion::NotOurs);
+        }
+        if current.data["spec"]["deletionPolicy"] != "Delete" {
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "spec": {"deletionPolicy": "Delete"}
+            });
+            api.patch(&content.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(api_error("patch", format!("{content} to deletionPolicy Delete")))?;
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: current.metadata.uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&content.name, &params).await {
+            Ok(_) => Ok(Deletion::Deleted),
+            Err(e) if is_not_found(&e) => Ok(Deletion::Gone),
+            Err(e) => Err(api_error("delete", content.to_string())(e)),
         }
     }
 }

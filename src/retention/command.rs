@@ -136,7 +136,7 @@ pub fn after_backup_summary(r: &PruneReport) -> String {
     for p in &r.pruned {
         writeln!(
             out,
-            "    pruned {} ({}; {}): {} snapshots, {} objects deleted",
+            "    pruned {} ({}; {}): {} snapshot objects, {} store objects deleted",
             p.backup_id,
             p.status,
             p.reason,
@@ -198,7 +198,7 @@ pub fn table(reports: &[PruneReport]) -> String {
             let mut more: Vec<String> = Vec::new();
             if !r.dry_run {
                 more.push(format!(
-                    "deleted {} snapshots, {} objects",
+                    "deleted {} snapshot objects, {} store objects",
                     p.snapshots.len(),
                     p.objects
                 ));
@@ -370,7 +370,7 @@ mod tests {
             lines[1].contains("20261116T020000Z") && lines[1].contains("pruned"),
             "{text}"
         );
-        assert_eq!(lines[2].trim(), "deleted 1 snapshots, 4 objects");
+        assert_eq!(lines[2].trim(), "deleted 1 snapshot objects, 4 store objects");
         assert!(lines[3].contains("PRUNE FAILED"), "{text}");
         assert_eq!(
             lines[5].trim(),
@@ -395,7 +395,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "pruned 20261116T020000Z (Completed; kept by no rule): 1 snapshots, 4 objects deleted"
+                "pruned 20261116T020000Z (Completed; kept by no rule): 1 snapshot objects, 4 store objects deleted"
             ),
             "{text}"
         );

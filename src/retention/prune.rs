@@ -55,6 +55,30 @@ impl fmt::Display for SnapshotRef {
     }
 }
 
+/// A snapshot content a committed backup set to `deletionPolicy: Retain` (so the storage snapshot
+/// outlives its namespace): pruning sets it back to `Delete` and deletes it, which deletes the storage
+/// snapshot. Known from `volumes.json`, with the snapshot it must be bound to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContentRef {
+    /// The snapshot kind it belongs to ([`SnapshotKind::VolumeSnapshot`] → VolumeSnapshotContent,
+    /// [`SnapshotKind::VolumeGroupSnapshot`] → VolumeGroupSnapshotContent).
+    pub kind: SnapshotKind,
+    /// The content's name (cluster-scoped).
+    pub name: String,
+    /// The snapshot its `volumeSnapshotRef` / `volumeGroupSnapshotRef` must name: only then it is ours.
+    pub snapshot: SnapshotRef,
+}
+
+impl fmt::Display for ContentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            SnapshotKind::VolumeSnapshot => "VolumeSnapshotContent",
+            SnapshotKind::VolumeGroupSnapshot => "VolumeGroupSnapshotContent",
+        };
+        write!(f, "{kind} {}", self.name)
+    }
+}
+
 /// What deleting a snapshot did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deletion {
@@ -102,6 +126,10 @@ pub trait Snapshots: Send + Sync {
         policy: &str,
         backup: &BackupId,
     ) -> Result<Deletion, SnapshotError>;
+
+    /// Delete `content` and its storage snapshot if it is bound to `content.snapshot`: set its
+    /// `deletionPolicy` to `Delete` first (a committed backup set it to `Retain`), then delete it.
+    async fn delete_content(&self, content: &ContentRef) -> Result<Deletion, SnapshotError>;
 }
 
 /// Why one step of pruning a backup failed.
@@ -118,6 +146,12 @@ enum StepError {
         key: String,
         #[source]
         source: store::Error,
+    },
+    #[error("deleting {content} (and its storage snapshot) failed; the next prune retries")]
+    Content {
+        content: ContentRef,
+        #[source]
+        source: SnapshotError,
     },
     #[error("finding the snapshots labelled {POLICY_LABEL}={policy},{BACKUP_ID_LABEL}={backup}")]
     Labelled {
@@ -222,13 +256,16 @@ impl PruneReport {
 
 /// The snapshots `volumes.json` records: its groups and the volumes that are not group members (those go
 /// with their group). Only the names are read, so later additions to the format do not matter.
-fn recorded(bytes: &[u8]) -> Result<Vec<SnapshotRef>, serde_json::Error> {
+fn recorded(bytes: &[u8]) -> Result<(Vec<SnapshotRef>, Vec<ContentRef>), serde_json::Error> {
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Object {
         namespace: String,
         name: String,
         #[serde(default)]
         group: Option<String>,
+        #[serde(default)]
+        content_name: String,
     }
     #[derive(Deserialize)]
     struct File {
@@ -238,21 +275,32 @@ fn recorded(bytes: &[u8]) -> Result<Vec<SnapshotRef>, serde_json::Error> {
         groups: Vec<Object>,
     }
     let file: File = serde_json::from_slice(bytes)?;
-    let groups = file.groups.into_iter().map(|g| SnapshotRef {
-        kind: SnapshotKind::VolumeGroupSnapshot,
-        namespace: g.namespace,
-        name: g.name,
-    });
-    let volumes = file
-        .volumes
-        .into_iter()
-        .filter(|v| v.group.is_none())
-        .map(|v| SnapshotRef {
-            kind: SnapshotKind::VolumeSnapshot,
-            namespace: v.namespace,
-            name: v.name,
-        });
-    Ok(groups.chain(volumes).collect())
+    let mut snapshots = Vec::new();
+    let mut contents = Vec::new();
+    for (kind, list) in [
+        (SnapshotKind::VolumeGroupSnapshot, file.groups),
+        (SnapshotKind::VolumeSnapshot, file.volumes),
+    ] {
+        for o in list {
+            let snapshot = SnapshotRef {
+                kind,
+                namespace: o.namespace,
+                name: o.name,
+            };
+            // Group members' contents were retained too: they are released like the others.
+            if !o.content_name.is_empty() {
+                contents.push(ContentRef {
+                    kind,
+                    name: o.content_name,
+                    snapshot: snapshot.clone(),
+                });
+            }
+            if o.group.is_none() {
+                snapshots.push(snapshot);
+            }
+        }
+    }
+    Ok((snapshots, contents))
 }
 
 /// Carry out `decisions` over `stored` (module docs).
@@ -325,11 +373,15 @@ async fn prune_backup(
 
     // 1. The snapshot record, before anything is deleted.
     let mut found: BTreeSet<SnapshotRef> = BTreeSet::new();
+    let mut contents: BTreeSet<ContentRef> = BTreeSet::new();
     if backup.stored.contains_key(layout::VOLUMES) {
         let key = keys.volumes();
         match store::get_bytes(store, &key).await {
             Ok(bytes) => match recorded(&bytes) {
-                Ok(refs) => found.extend(refs),
+                Ok((refs, retained)) => {
+                    found.extend(refs);
+                    contents.extend(retained);
+                }
                 Err(e) => out.notes.push(format!(
                     "{key} is not valid JSON ({e}); its snapshots were looked up by their labels only"
                 )),
@@ -383,6 +435,22 @@ async fn prune_backup(
             Err(source) => {
                 snapshots_gone = false;
                 out_error(&mut out.errors, &StepError::Snapshot { snapshot, source });
+            }
+        }
+    }
+    // Their contents, which the committed backup retained: with them go the storage snapshots.
+    for content in contents {
+        match snapshots.delete_content(&content).await {
+            Ok(Deletion::Deleted) => out.snapshots.push(content.to_string()),
+            Ok(Deletion::Gone) => {}
+            Ok(Deletion::NotOurs) => out.notes.push(format!(
+                "{content} was left alone: it is not bound to {} (another cluster's or run's object with \
+                 the same name)",
+                content.snapshot
+            )),
+            Err(source) => {
+                snapshots_gone = false;
+                out_error(&mut out.errors, &StepError::Content { content, source });
             }
         }
     }

@@ -589,6 +589,7 @@ impl Cluster {
         }
         self.apply_defaults(rt, &mut next);
         validate(rt, &next)?;
+        validate_update(rt, &current, &next)?;
         if rt.id() == crd_id() && part != Part::Status {
             self.admit_crd(&mut next, current.get("status"))?;
         }
@@ -993,6 +994,17 @@ impl Cluster {
                 obj["type"] = json!("Opaque");
             }
             ("", "services") => self.default_service(obj),
+            ("", "persistentvolumes") => {
+                if obj["spec"]["volumeMode"].is_null() {
+                    obj["spec"]["volumeMode"] = json!("Filesystem");
+                }
+                if obj["spec"]["persistentVolumeReclaimPolicy"].is_null() {
+                    obj["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
+                }
+                if obj["status"]["phase"].is_null() {
+                    obj["status"]["phase"] = json!("Pending");
+                }
+            }
             ("", "persistentvolumeclaims") => {
                 if obj["spec"]["volumeMode"].is_null() {
                     obj["spec"]["volumeMode"] = json!("Filesystem");
@@ -1416,6 +1428,49 @@ fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid(&rt.group, &rt.kind, name, &causes))
     }
+}
+
+/// Fields an update may not change (ValidatePersistentVolumeClaimUpdate): a claim's spec, except a
+/// larger `resources.requests`, `volumeAttributesClassName`, and the binder filling in an empty
+/// `volumeName` or an unset `storageClassName`.
+fn validate_update(rt: &ResourceType, current: &Value, next: &Value) -> Result<(), ApiError> {
+    if (rt.group.as_str(), rt.plural.as_str()) != ("", "persistentvolumeclaims") {
+        return Ok(());
+    }
+    let (mut old, mut new) = (current["spec"].clone(), next["spec"].clone());
+    for spec in [&mut old, &mut new] {
+        if let Some(s) = spec.as_object_mut() {
+            s.remove("volumeAttributesClassName");
+            if let Some(r) = s.get_mut("resources").and_then(Value::as_object_mut) {
+                r.remove("requests");
+            }
+        }
+    }
+    if old["volumeName"].as_str().is_none_or(str::is_empty) {
+        old["volumeName"] = new["volumeName"].clone();
+    }
+    if old["storageClassName"].is_null() {
+        old["storageClassName"] = new["storageClassName"].clone();
+    }
+    let drop_nulls = |v: &mut Value| {
+        if let Some(m) = v.as_object_mut() {
+            m.retain(|_, v| !v.is_null());
+        }
+    };
+    drop_nulls(&mut old);
+    drop_nulls(&mut new);
+    if old == new {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        &rt.group,
+        &rt.kind,
+        obj_name(next),
+        &[(
+            "spec".into(),
+            "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims".into(),
+        )],
+    ))
 }
 
 fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<(String, String)>) {

@@ -72,7 +72,7 @@ pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
         ("batch", "jobs", ChangeKind::Added | ChangeKind::Modified) => reconcile_job(cluster, obj, work),
         ("", "pods", kind) => {
             if kind == ChangeKind::Added {
-                prepare_pod_dir(cluster, obj);
+                start_pod_dir(cluster, obj);
             }
             if kind == ChangeKind::Deleted {
                 release_protected_claims(cluster, ns(obj), work);
@@ -82,8 +82,7 @@ pub fn react(cluster: &Cluster, ev: &Event, work: &mut Work) {
         ("", "persistentvolumeclaims", ChangeKind::Modified) if is_deleting(obj) => {
             release_protected_claims(cluster, ns(obj), work)
         }
-        ("", "persistentvolumeclaims", ChangeKind::Added) => bind_claim(cluster, obj, work),
-        ("", "persistentvolumeclaims", ChangeKind::Deleted) => release_claim(cluster, obj, work),
+        ("", "persistentvolumeclaims" | "persistentvolumes", _) => super::binder::react(cluster, ev, work),
         ("snapshot.storage.k8s.io" | "groupsnapshot.storage.k8s.io", _, _) => {
             super::snapshots::react(cluster, ev, work)
         }
@@ -680,7 +679,20 @@ pub fn pod_dir(cluster: &Cluster, namespace: &str, pod: &str) -> std::path::Path
     cluster.state_dir.join("pods").join(namespace).join(pod)
 }
 
-/// Create the pod's directory with its claims' volume directories linked at their mount paths.
+/// A new pod starts with a fresh directory (what a previous pod of the same name left there is gone, as
+/// a container's filesystem would be), its claims' volume directories linked at their mount paths.
+fn start_pod_dir(cluster: &Cluster, pod: &Value) {
+    let dir = pod_dir(cluster, ns(pod), name(pod));
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        tracing::warn!(pod = name(pod), error = %e, "could not clear the previous pod's directory");
+    }
+    prepare_pod_dir(cluster, pod);
+}
+
+/// Create the pod's directory (if missing) with its bound claims' volume directories linked at their
+/// mount paths (links already there are kept).
 fn prepare_pod_dir(cluster: &Cluster, pod: &Value) {
     let dir = pod_dir(cluster, ns(pod), name(pod));
     if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -729,9 +741,9 @@ fn prepare_pod_dir(cluster: &Cluster, pod: &Value) {
     }
 }
 
-/// Dynamic provisioning: a claim whose StorageClass exists gets a new bound PersistentVolume (filled from
-/// its `dataSource` snapshot, if any, once that is ready).
-pub(super) fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
+/// Dynamic provisioning: a claim whose StorageClass exists gets a new PersistentVolume (filled from its
+/// `dataSource` snapshot, if any, once that is ready), pre-bound to it, and is bound to it at once.
+pub(super) fn provision_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
     if pvc["spec"]["volumeName"].as_str().is_some_and(|s| !s.is_empty()) {
         return;
     }
@@ -761,6 +773,25 @@ pub(super) fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
         field_manager: Some(MANAGER.into()),
         ..Default::default()
     };
+    // The binder announces the provisioner on the claim before the volume exists.
+    let pvc_rt = rt(cluster, "", "v1", "persistentvolumeclaims");
+    let Some(current) = cluster.store.get(&pvc_rt.id(), ns(pvc), name(pvc)) else {
+        return;
+    };
+    let mut next = (*current).clone();
+    for k in [
+        "volume.beta.kubernetes.io/storage-provisioner",
+        "volume.kubernetes.io/storage-provisioner",
+    ] {
+        next["metadata"]["annotations"][k] = json!(provisioner);
+    }
+    if next != *current
+        && cluster
+            .update_in(work, &pvc_rt, ns(pvc), name(pvc), next, Part::Main, &opts)
+            .is_err()
+    {
+        return;
+    }
     let pv = json!({
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": pv_name, "annotations": {"pv.kubernetes.io/provisioned-by": provisioner}},
@@ -771,54 +802,35 @@ pub(super) fn bind_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
             "claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": ns(pvc),
                          "name": name(pvc), "uid": uid(pvc)},
             "csi": {"driver": provisioner, "volumeHandle": uid(pvc), "fsType": "ext4"}
-        },
-        "status": {"phase": "Bound"}
+        }
     });
     let pv_rt = rt(cluster, "", "v1", "persistentvolumes");
-    if cluster.create_in(work, &pv_rt, "", pv, &opts).is_err() {
+    let Ok(pv) = cluster.create_in(work, &pv_rt, "", pv, &opts) else {
         return;
-    }
+    };
     let _ = std::fs::create_dir_all(volume_dir(cluster, &pv_name));
     if let Some(dir) = source
         && let Err(e) = snapshots::restore_into(&dir, &volume_dir(cluster, &pv_name))
     {
         tracing::warn!(claim = name(pvc), error = %e, "could not fill the volume from its snapshot");
     }
-    let pvc_rt = rt(cluster, "", "v1", "persistentvolumeclaims");
     let Some(current) = cluster.store.get(&pvc_rt.id(), ns(pvc), name(pvc)) else {
         return;
     };
-    let mut next = (*current).clone();
-    next["spec"]["volumeName"] = json!(pv_name);
-    if next["spec"]["storageClassName"].is_null() {
-        next["spec"]["storageClassName"] = json!(name(&class));
+    super::binder::bind(cluster, work, &pv, &current);
+}
+
+/// The kubelet's side of a claim being bound: pods of its namespace that use it get its volume linked.
+pub(super) fn mount_claim(cluster: &Cluster, claim: &Value) {
+    let pods = cluster.store.list(&ResourceId::new("", "pods"), Some(ns(claim)));
+    for pod in pods.iter().filter(|p| {
+        p["spec"]["volumes"].as_array().is_some_and(|vs| {
+            vs.iter()
+                .any(|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some(name(claim)))
+        })
+    }) {
+        prepare_pod_dir(cluster, pod);
     }
-    for (k, v) in [
-        ("pv.kubernetes.io/bind-completed", "yes"),
-        ("pv.kubernetes.io/bound-by-controller", "yes"),
-        (
-            "volume.beta.kubernetes.io/storage-provisioner",
-            provisioner.as_str(),
-        ),
-        ("volume.kubernetes.io/storage-provisioner", provisioner.as_str()),
-    ] {
-        next["metadata"]["annotations"][k] = json!(v);
-    }
-    next["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
-    let Ok(updated) = cluster.update_in(work, &pvc_rt, ns(pvc), name(pvc), next, Part::Main, &opts) else {
-        return;
-    };
-    let mut with_status = updated;
-    with_status["status"] = json!({"phase": "Bound", "accessModes": pvc["spec"]["accessModes"].clone(), "capacity": {"storage": size}});
-    let _ = cluster.update_in(
-        work,
-        &pvc_rt,
-        ns(pvc),
-        name(pvc),
-        with_status,
-        Part::Status,
-        &opts,
-    );
 }
 
 /// `kubernetes.io/pvc-protection`: a deleted claim goes once no pod uses it.
@@ -856,32 +868,6 @@ fn release_protected_claims(cluster: &Cluster, namespace: &str, work: &mut Work)
             ..Default::default()
         };
         let _ = cluster.update_in(work, &pvc_rt, namespace, name(&claim), next, Part::Main, &opts);
-    }
-}
-
-/// A deleted claim releases its volume; with reclaim policy Delete the volume goes too.
-fn release_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
-    let Some(pv_name) = pvc["spec"]["volumeName"].as_str() else {
-        return;
-    };
-    let pv_rt = rt(cluster, "", "v1", "persistentvolumes");
-    let Some(pv) = cluster.store.get(&pv_rt.id(), "", pv_name) else {
-        return;
-    };
-    if pv["spec"]["claimRef"]["uid"] != pvc["metadata"]["uid"] {
-        return;
-    }
-    let opts = WriteOptions {
-        field_manager: Some(MANAGER.into()),
-        ..Default::default()
-    };
-    if pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
-        let _ = cluster.delete_in(work, &pv_rt, "", pv_name, &DeleteOptions::default());
-        let _ = std::fs::remove_dir_all(volume_dir(cluster, pv_name));
-    } else {
-        let mut next = (*pv).clone();
-        next["status"] = json!({"phase": "Released"});
-        let _ = cluster.update_in(work, &pv_rt, "", pv_name, next, Part::Status, &opts);
     }
 }
 

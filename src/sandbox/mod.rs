@@ -5,6 +5,7 @@
 //! processes inside a per-pod directory under the state dir.
 
 pub mod api;
+pub mod binder;
 pub mod cli;
 pub mod cluster;
 pub mod controllers;

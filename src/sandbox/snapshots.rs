@@ -365,7 +365,7 @@ fn take_snapshot(cluster: &Cluster, vs: &Value, work: &mut Work) {
             handle,
             cut,
             ready_at,
-            extra_status: json!({"restoreSize": restore_bytes(&volume.capacity)}),
+            extra_status: json!({"restoreSize": quantity_bytes(&volume.capacity)}),
         },
     );
     if !created {
@@ -385,7 +385,7 @@ fn take_snapshot(cluster: &Cluster, vs: &Value, work: &mut Work) {
 }
 
 /// A quantity (`1Gi`, `500Mi`, `1G`, `1000`) in bytes; 0 if unparseable.
-fn restore_bytes(q: &Value) -> i64 {
+pub(super) fn quantity_bytes(q: &Value) -> i64 {
     let s = q.as_str().unwrap_or_default();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
@@ -612,7 +612,7 @@ fn take_group(cluster: &Cluster, vgs: &Value, work: &mut Work) {
                 handle: handle.clone(),
                 cut,
                 ready_at,
-                extra_status: json!({"restoreSize": restore_bytes(&volume.capacity),
+                extra_status: json!({"restoreSize": quantity_bytes(&volume.capacity),
                                      "volumeGroupSnapshotHandle": format!("group-snapshot-{}", uid(vgs))}),
             },
         );
@@ -725,7 +725,7 @@ fn provision_waiting_claims(cluster: &Cluster, vs: &Value, work: &mut Work) {
         .filter(|c| snapshot_source(c) == Some(name(vs)))
         .collect();
     for claim in waiting {
-        super::controllers::bind_claim(cluster, &claim, work);
+        super::controllers::provision_claim(cluster, &claim, work);
     }
 }
 
@@ -849,10 +849,10 @@ mod tests {
 
     #[test]
     fn given_quantities_when_converted_then_binary_and_decimal_suffixes_are_bytes() {
-        assert_eq!(restore_bytes(&json!("1Gi")), 1 << 30);
-        assert_eq!(restore_bytes(&json!("500M")), 500_000_000);
-        assert_eq!(restore_bytes(&json!("42")), 42);
-        assert_eq!(restore_bytes(&Value::Null), 0);
+        assert_eq!(quantity_bytes(&json!("1Gi")), 1 << 30);
+        assert_eq!(quantity_bytes(&json!("500M")), 500_000_000);
+        assert_eq!(quantity_bytes(&json!("42")), 42);
+        assert_eq!(quantity_bytes(&Value::Null), 0);
     }
 
     #[test]

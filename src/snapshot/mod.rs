@@ -13,6 +13,8 @@
 //!    failed run (or the failed ones of a partial run) unless `volumes.keepFailed`. The [`Outcome`]
 //!    serialises to `volumes.json` ([`Outcome::volumes_json`]).
 //! 4. [`discard`]: the run failed later for another reason; its snapshots go unless kept.
+//! 5. [`retain`]: the backup is committed: its snapshot contents get `deletionPolicy: Retain`, so the
+//!    snapshots survive the deletion of their namespace (and restore can pre-provision them by handle).
 //!
 //! **Group selection.** A VolumeGroupSnapshot selects its claims with a label selector only, and the
 //! claims in scope need not share a label that selects exactly them. So [`prepare`] labels the claims
@@ -22,8 +24,8 @@
 //!
 //! RBAC needed (mirror in `manifests/`): `persistentvolumeclaims` get/list/patch, `persistentvolumes`
 //! get, `storageclasses` get; `snapshot.storage.k8s.io`: `volumesnapshots` create/get/list/watch/delete,
-//! `volumesnapshotcontents` get, `volumesnapshotclasses` list; `groupsnapshot.storage.k8s.io`:
-//! `volumegroupsnapshots` create/get/list/watch/delete, `volumegroupsnapshotcontents` get,
+//! `volumesnapshotcontents` get/patch, `volumesnapshotclasses` list; `groupsnapshot.storage.k8s.io`:
+//! `volumegroupsnapshots` create/get/list/watch/delete, `volumegroupsnapshotcontents` get/patch,
 //! `volumegroupsnapshotclasses` list.
 
 pub mod class;
@@ -211,6 +213,7 @@ pub struct Outcome {
     /// `namespace/name` of snapshots deleted because the run (or they) failed.
     pub deleted: Vec<String>,
     keep_failed: bool,
+    kinds: Option<Kinds>,
 }
 
 impl Outcome {
@@ -598,6 +601,7 @@ impl Prepared {
             created: Vec::new(),
             deleted: Vec::new(),
             keep_failed: self.volumes.keep_failed,
+            kinds: self.kinds.clone(),
         };
         let deadline = Instant::now() + self.volumes.ready_timeout;
         match &cut {
@@ -860,6 +864,46 @@ async fn delete_created(client: &kube::Client, out: &mut Outcome, which: impl Fn
             }
         }
     }
+}
+
+/// The backup is committed with these snapshots: set `deletionPolicy: Retain` on every recorded
+/// VolumeSnapshotContent (group members included) and VolumeGroupSnapshotContent, so the storage
+/// snapshots outlive their snapshot objects — deleting the namespace, the disaster a restore recovers
+/// from, deletes the VolumeSnapshots in it and, with a class's usual `Delete`, the data with them.
+/// Returns a problem per content that could not be changed.
+pub async fn retain(client: &kube::Client, outcome: &Outcome) -> Vec<String> {
+    let Some(kinds) = &outcome.kinds else {
+        return Vec::new();
+    };
+    let mut targets: Vec<(&ApiResource, &str)> = outcome
+        .volumes
+        .iter()
+        .map(|v| (&kinds.content, v.content_name.as_str()))
+        .collect();
+    if let Some((_, group_content)) = &kinds.group {
+        targets.extend(
+            outcome
+                .groups
+                .iter()
+                .map(|g| (group_content, g.content_name.as_str())),
+        );
+    }
+    let patch = json!({"spec": {"deletionPolicy": "Retain"}});
+    let mut problems = Vec::new();
+    for (resource, name) in targets.into_iter().filter(|(_, n)| !n.is_empty()) {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
+        if let Err(e) = api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(content = %name, error = %e, "could not retain a snapshot content");
+            problems.push(format!(
+                "{} {name} keeps its deletionPolicy (deleting its namespace deletes the snapshot): {e}",
+                resource.kind
+            ));
+        }
+    }
+    problems
 }
 
 /// The run failed after the snapshots were taken (export, store, ...): delete its snapshots unless

@@ -444,3 +444,81 @@ fn given_object_whose_metadata_disagrees_with_its_path_then_it_is_refused() {
     let obj = ns_obj("v1", "ConfigMap", "web", json!({}));
     assert!(Item::read("resources/core/v1/configmaps/elsewhere/web.yaml", &obj).is_err());
 }
+
+#[test]
+fn given_claims_when_rewritten_then_binding_annotations_go_and_volume_name_follows_the_claim_choice() {
+    let plan = plan_items(
+        shop_items(),
+        &manifest(),
+        &Snapshots::new(),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let mut claim = plan
+        .steps
+        .iter()
+        .find(|s| s.kind == "persistentvolumeclaims")
+        .unwrap()
+        .clone();
+    assert_eq!(claim.volume.as_deref(), Some("pvc-1"));
+    let archived = ns_obj(
+        "v1",
+        "PersistentVolumeClaim",
+        "data",
+        json!({"metadata": {"annotations": {"pv.kubernetes.io/bind-completed": "yes",
+                                            "pv.kubernetes.io/bound-by-controller": "yes",
+                                            "team": "shop"}},
+               "spec": {"volumeName": "pvc-1",
+                        "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"}}}),
+    );
+    for (choice, volume_name, data_source) in [
+        (Claim::Keep, Some("pvc-1"), true),
+        (Claim::Rebind("pvc-1".into()), Some("pvc-1"), false),
+        (Claim::Reprovision, None, false),
+    ] {
+        claim.claim = choice.clone();
+        let out = rewrite(&plan, &claim, archived.clone());
+        assert_eq!(
+            out["metadata"]["annotations"],
+            json!({"team": "shop"}),
+            "{choice:?}: a claim arriving with bind-completed on a pre-bound volume would be Lost"
+        );
+        assert_eq!(out["spec"]["volumeName"].as_str(), volume_name, "{choice:?}");
+        assert_eq!(out["spec"].get("dataSource").is_some(), data_source, "{choice:?}");
+    }
+    assert_eq!(
+        Claim::Rebind("pvc-1".into()).to_string(),
+        "re-bind released volume pvc-1"
+    );
+}
+
+#[test]
+fn given_snapshots_made_by_freezeframe_then_skipped_and_other_snapshots_restored() {
+    let snapshot = |name: &str, labels: Value| {
+        object(
+            &format!("resources/snapshot.storage.k8s.io/v1/volumesnapshots/shop/{name}.yaml"),
+            ns_obj(
+                "snapshot.storage.k8s.io/v1",
+                "VolumeSnapshot",
+                name,
+                json!({"metadata": {"labels": labels}, "spec": {"source": {"persistentVolumeClaimName": "data"}}}),
+            ),
+        )
+    };
+    let items = vec![
+        snapshot(
+            "data-ff-1",
+            json!({"freezeframe.dev/policy": "shop", "freezeframe.dev/backup-id": "1"}),
+        ),
+        snapshot("freezeframe-data", json!({"freezeframe.dev/restored": "true"})),
+        snapshot("manual", json!({"team": "shop"})),
+    ];
+    let plan = plan_items(items, &manifest(), &Snapshots::new(), &PlanOptions::default()).unwrap();
+    let action = |name: &str| plan.steps.iter().find(|s| s.name == name).unwrap().action.clone();
+    assert_eq!(action("data-ff-1"), Action::Skip(SkipReason::FreezeframeSnapshot));
+    assert_eq!(
+        action("freezeframe-data"),
+        Action::Skip(SkipReason::FreezeframeSnapshot)
+    );
+    assert_eq!(action("manual"), Action::Create);
+}

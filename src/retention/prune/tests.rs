@@ -69,6 +69,8 @@ struct Cluster {
     log: Log,
     /// Names whose deletion fails.
     fail: Mutex<Vec<String>>,
+    /// Retained contents by name: the snapshot each is bound to.
+    contents: Mutex<BTreeMap<String, SnapshotRef>>,
 }
 
 #[async_trait::async_trait]
@@ -101,6 +103,21 @@ impl Snapshots for Cluster {
         }
         objects.remove(snapshot);
         self.log.lock().unwrap().push(format!("delete {snapshot}"));
+        Ok(Deletion::Deleted)
+    }
+    async fn delete_content(&self, content: &ContentRef) -> Result<Deletion, SnapshotError> {
+        if self.fail.lock().unwrap().contains(&content.name) {
+            return Err(SnapshotError::Other("injected: forbidden".into()));
+        }
+        let mut contents = self.contents.lock().unwrap();
+        let Some(bound_to) = contents.get(&content.name) else {
+            return Ok(Deletion::Gone);
+        };
+        if *bound_to != content.snapshot {
+            return Ok(Deletion::NotOurs);
+        }
+        contents.remove(&content.name);
+        self.log.lock().unwrap().push(format!("delete {content}"));
         Ok(Deletion::Deleted)
     }
 }
@@ -522,4 +539,110 @@ async fn given_an_unreadable_manifest_when_pruning_then_nothing_is_pruned_and_th
     assert!(text.contains("cannot list the backups of policy app"), "{text}");
     assert!(text.contains("freezeframe prune --policy app"), "{text}");
     assert!(w.log().is_empty());
+}
+
+#[tokio::test]
+async fn given_retained_contents_in_volumes_json_then_they_are_deleted_after_their_snapshots_and_others_are_left_alone()
+ {
+    let w = world();
+    w.backup("20261121T000000Z", Some("Completed"), &[]).await;
+    let keys = w
+        .layout
+        .backup("app", &BackupId::parse("20261118T000000Z").unwrap());
+    let json = serde_json::json!({"volumes": [
+            {"namespace": "db", "name": "member-0", "group": "g", "contentName": "c-member-0"},
+            {"namespace": "db", "name": "single", "contentName": "c-single"},
+            {"namespace": "db", "name": "gone", "contentName": "c-gone"},
+            {"namespace": "db", "name": "reused", "contentName": "c-reused"}],
+        "groups": [{"namespace": "db", "name": "g", "contentName": "c-g"}]});
+    store::put_bytes(&w.store, &keys.volumes(), json.to_string().as_bytes())
+        .await
+        .unwrap();
+    w.cluster
+        .objects
+        .lock()
+        .unwrap()
+        .insert(vs("db", "single"), ("app".into(), "20261118T000000Z".into()));
+    {
+        let mut contents = w.cluster.contents.lock().unwrap();
+        // The namespace was deleted: member-0 and gone have no snapshot object any more, their
+        // retained contents stay until pruned.
+        contents.insert("c-member-0".into(), vs("db", "member-0"));
+        contents.insert("c-single".into(), vs("db", "single"));
+        contents.insert("c-gone".into(), vs("db", "gone"));
+        contents.insert("c-g".into(), vgs("db", "g"));
+        // Same name, bound to another cluster's snapshot: not ours.
+        contents.insert("c-reused".into(), vs("other", "reused"));
+    }
+
+    let report = w.prune(1, NOW, false).await.unwrap();
+
+    assert!(report.failed.is_empty(), "{report:?}");
+    let p = &report.pruned[0];
+    assert_eq!(
+        p.snapshots,
+        [
+            "VolumeSnapshot db/single",
+            "VolumeGroupSnapshotContent c-g",
+            "VolumeSnapshotContent c-gone",
+            "VolumeSnapshotContent c-member-0",
+            "VolumeSnapshotContent c-single",
+        ]
+    );
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("VolumeSnapshotContent c-reused was left alone")),
+        "{:?}",
+        p.notes
+    );
+    let left: Vec<String> = w.cluster.contents.lock().unwrap().keys().cloned().collect();
+    assert_eq!(left, ["c-reused"]);
+    let log = w.log();
+    let snapshot_at = log
+        .iter()
+        .position(|l| l == "delete VolumeSnapshot db/single")
+        .unwrap();
+    let content_at = log
+        .iter()
+        .position(|l| l == "delete VolumeSnapshotContent c-single")
+        .unwrap();
+    assert!(
+        snapshot_at < content_at,
+        "the snapshot goes before its content: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn given_a_retained_content_that_cannot_be_deleted_then_volumes_json_is_kept_for_a_retry() {
+    let w = world();
+    w.backup("20261121T000000Z", Some("Completed"), &[]).await;
+    let keys = w
+        .layout
+        .backup("app", &BackupId::parse("20261118T000000Z").unwrap());
+    let json =
+        serde_json::json!({"volumes": [{"namespace": "db", "name": "single", "contentName": "c-single"}]});
+    store::put_bytes(&w.store, &keys.volumes(), json.to_string().as_bytes())
+        .await
+        .unwrap();
+    w.cluster
+        .contents
+        .lock()
+        .unwrap()
+        .insert("c-single".into(), vs("db", "single"));
+    w.cluster.fail.lock().unwrap().push("c-single".into());
+
+    let report = w.prune(1, NOW, false).await.unwrap();
+
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    let f = &report.failed[0];
+    assert!(
+        f.errors[0].contains("VolumeSnapshotContent c-single"),
+        "{:?}",
+        f.errors
+    );
+    assert!(
+        w.keys().await.contains(&keys.volumes()),
+        "kept for the next prune"
+    );
 }
