@@ -6,15 +6,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use freezeframe::backup::{self, Context, DumpStatus, Freeze, HooksStatus, Manifest, Request, Status};
-use freezeframe::clock::ManualClock;
+use freezeframe::backup::{self, DumpStatus, HooksStatus, Manifest, Status};
 use freezeframe::exit::Outcome;
-use freezeframe::export::{ExportOptions, Selection};
-use freezeframe::hooks::{Engine, KubeExecutor};
 use freezeframe::policy::{Policy, parse_str};
 use freezeframe::store::{self, Layout, ObjectStore, fs::FsStore, s3::S3Store};
 use sha2::Digest;
-use tokio_util::sync::CancellationToken;
 
 use crate::harness::TestEnv;
 
@@ -63,25 +59,7 @@ fn start_time() -> DateTime<Utc> {
 
 /// Plan and run one backup of `policy` through the library, into a directory store.
 async fn back_up(env: &TestEnv, policy: &Policy, store: &dyn ObjectStore) -> Manifest {
-    let layout = Layout::new("");
-    let clock = ManualClock::new(start_time());
-    let client = env.client();
-    let selection = Selection::for_policy(&client, policy).await.unwrap();
-    let freeze = Freeze::for_policy(&client, policy).await.unwrap();
-    let ctx = Context {
-        client: client.clone(),
-        store,
-        layout: &layout,
-        clock: &clock,
-    };
-    let request = Request {
-        policy: &policy.name,
-        selection: &selection,
-        options: &ExportOptions::default(),
-        freeze: &freeze,
-    };
-    let engine = Engine::new(KubeExecutor::new(client));
-    backup::backup(&ctx, &engine, request, &CancellationToken::new())
+    env.back_up(policy, store, &Layout::new(""), start_time())
         .await
         .unwrap()
 }

@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use freezeframe::backup::{self, Context as BackupContext, DumpStatus, Freeze, Manifest, Request};
+use freezeframe::backup::{self, Context as BackupContext, DumpStatus, Manifest};
 use freezeframe::clock::ManualClock;
 use freezeframe::exit::Outcome;
-use freezeframe::export::{ExportOptions, Selection};
-use freezeframe::hooks::{Engine, KubeExecutor};
-use freezeframe::policy::{Backend, Policy, parse_str};
+use freezeframe::export::ExportOptions;
+use freezeframe::hooks::KubeExecutor;
+use freezeframe::policy::{Backend, Policy};
 use freezeframe::restore::apply::KubeTarget;
 use freezeframe::restore::dumps::{Replay, ReplayStatus, Replayer};
 use freezeframe::restore::plan::Action;
@@ -26,7 +26,6 @@ use kube::api::{Api, AttachParams, DeleteParams, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::export::{SHOP_KINDS, kind_id, list_all, selection, shop_env, start_time};
 use crate::harness::{TestEnv, test_credentials};
@@ -276,27 +275,8 @@ pub(crate) async fn back_up_policy(
          policies:\n  - name: {name}\n    schedule: \"@daily\"\n    namespaces: [{namespace}]\n\
          \x20   retention: {{keepLast: 3}}\n{extra}",
     );
-    let set = parse_str("test", &text);
-    assert!(set.is_valid(), "{:#?}", set.problems);
-    let policy = set.policies.into_iter().next().unwrap();
-    let client = env.client();
-    let selection = Selection::for_policy(&client, &policy).await?;
-    let freeze = Freeze::for_policy(&client, &policy).await?;
-    let clock = ManualClock::new(start_time());
-    let ctx = BackupContext {
-        client: client.clone(),
-        store,
-        layout,
-        clock: &clock,
-    };
-    let request = Request {
-        policy: &policy.name,
-        selection: &selection,
-        options: &ExportOptions::default(),
-        freeze: &freeze,
-    };
-    let engine = Engine::new(KubeExecutor::new(client));
-    let manifest = backup::backup(&ctx, &engine, request, &CancellationToken::new()).await?;
+    let policy = crate::harness::policy(&text);
+    let manifest = env.back_up(&policy, store, layout, start_time()).await?;
     Ok((policy, manifest))
 }
 

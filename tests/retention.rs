@@ -9,11 +9,8 @@ use std::path::Path;
 use std::process::Output;
 
 use chrono::{DateTime, Utc};
-use freezeframe::backup::{self, Context, Freeze, Manifest, Request, Status};
-use freezeframe::clock::ManualClock;
-use freezeframe::export::{ExportOptions, Selection};
-use freezeframe::hooks::{Engine, KubeExecutor};
-use freezeframe::policy::{Policy, parse_str};
+use freezeframe::backup::{self, Manifest, Status};
+use freezeframe::policy::Policy;
 use freezeframe::retention::cluster::KubeSnapshots;
 use freezeframe::retention::{self, Mode, Target};
 use freezeframe::sandbox::snapshots::snapshot_dir;
@@ -21,9 +18,8 @@ use freezeframe::snapshot::BACKUP_ID_LABEL;
 use freezeframe::store::{self, BackupId, Layout, ObjectStore, fs::FsStore, s3::S3Store};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::TestEnv;
+use crate::harness::{TestEnv, policy};
 
 /// Namespace `db`, a StatefulSet `db` with one pod and (with `claims`) a volume claim template `data`.
 fn app(claims: bool) -> String {
@@ -58,12 +54,6 @@ fn policy_text(store_dir: &Path, retention: &str, fields: &str) -> String {
     )
 }
 
-fn policy(text: &str) -> Policy {
-    let set = parse_str("test", text);
-    assert!(set.is_valid(), "{:#?}", set.problems);
-    set.policies.into_iter().next().unwrap()
-}
-
 fn hours_ago(h: i64) -> DateTime<Utc> {
     Utc::now() - chrono::Duration::hours(h)
 }
@@ -76,26 +66,7 @@ async fn back_up_at(
     layout: &Layout,
     at: DateTime<Utc>,
 ) -> Manifest {
-    let clock = ManualClock::new(at);
-    let client = env.client();
-    let selection = Selection::for_policy(&client, policy).await.unwrap();
-    let freeze = Freeze::for_policy(&client, policy).await.unwrap();
-    let ctx = Context {
-        client: client.clone(),
-        store,
-        layout,
-        clock: &clock,
-    };
-    let request = Request {
-        policy: &policy.name,
-        selection: &selection,
-        options: &ExportOptions::default(),
-        freeze: &freeze,
-    };
-    let engine = Engine::new(KubeExecutor::new(client));
-    backup::backup(&ctx, &engine, request, &CancellationToken::new())
-        .await
-        .unwrap()
+    env.back_up(policy, store, layout, at).await.unwrap()
 }
 
 async fn stored_ids(store: &dyn ObjectStore, layout: &Layout) -> Vec<String> {

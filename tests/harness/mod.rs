@@ -126,6 +126,38 @@ impl TestEnv {
         self.dir.path()
     }
 
+    /// One backup of `policy` through the library (freeze, snapshots, dumps, export, manifest) into
+    /// `store` under `layout`, with the clock reading `at`: what `freezeframe backup` does, without the
+    /// prune and report steps around it.
+    pub async fn back_up(
+        &self,
+        policy: &freezeframe::policy::Policy,
+        store: &dyn freezeframe::store::ObjectStore,
+        layout: &freezeframe::store::Layout,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<freezeframe::backup::Manifest> {
+        use freezeframe::backup::{self, Context, Freeze, Request};
+        let clock = freezeframe::clock::ManualClock::new(at);
+        let client = self.client();
+        let selection = freezeframe::export::Selection::for_policy(&client, policy).await?;
+        let freeze = Freeze::for_policy(&client, policy).await?;
+        let ctx = Context {
+            client: client.clone(),
+            store,
+            layout,
+            clock: &clock,
+        };
+        let request = Request {
+            policy: &policy.name,
+            selection: &selection,
+            options: &freezeframe::export::ExportOptions::default(),
+            freeze: &freeze,
+        };
+        let engine = freezeframe::hooks::Engine::new(freezeframe::hooks::KubeExecutor::new(client));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        Ok(backup::backup(&ctx, &engine, request, &cancel).await?)
+    }
+
     /// Delete a namespace and wait until it is gone (404), as `kubectl delete namespace` does. The
     /// sandbox, like a real API server, only marks it Terminating; its controller empties and removes
     /// it a moment later. Fails after [`DELETION_TIMEOUT`] with the namespace's conditions.
@@ -151,6 +183,13 @@ impl TestEnv {
 /// How long a deletion that finishes in the background (namespaces, CRDs, objects with finalizers
 /// being released) may take in a test; the sandbox usually needs a few milliseconds.
 pub const DELETION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first policy of PolicySet `text`, which must be valid (the test fails with every problem if not).
+pub fn policy(text: &str) -> freezeframe::policy::Policy {
+    let set = freezeframe::policy::parse_str("test", text);
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    set.policies.into_iter().next().unwrap()
+}
 
 /// The CustomResourceDefinitions of a cluster, as dynamic objects.
 pub fn crd_api(client: &kube::Client) -> Api<DynamicObject> {
