@@ -17,6 +17,7 @@ pub mod restore;
 pub mod retention;
 pub mod run;
 pub mod sandbox;
+pub mod selector;
 pub mod snapshot;
 pub mod store;
 

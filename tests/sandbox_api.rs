@@ -458,6 +458,69 @@ async fn given_label_and_field_selectors_when_listing_then_all_operators_filter(
     assert_eq!(names(in_sel), ["b", "c", "kube-root-ca.crt"]);
 }
 
+#[tokio::test]
+async fn given_set_based_edges_when_listing_then_notin_empty_and_does_not_exist_filter() {
+    let (_sb, client) = sandbox().await;
+    namespace(&client, "edges").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "edges");
+    for (n, labels) in [
+        ("a", json!({"env": "", "tier": "x"})),
+        ("b", json!({"env": "prod"})),
+        ("c", json!({"tier": "y"})),
+    ] {
+        cms.create(&PostParams::default(), &configmap(n, labels))
+            .await
+            .unwrap();
+    }
+    let names =
+        |l: kube::core::ObjectList<ConfigMap>| l.items.iter().map(|c| c.name_any()).collect::<Vec<_>>();
+    // `()` is the set {""}: `notin ()` drops only objects whose label is empty.
+    let notin_empty = cms
+        .list(&ListParams::default().labels("env notin ()"))
+        .await
+        .unwrap();
+    assert_eq!(names(notin_empty), ["b", "c", "kube-root-ca.crt"]);
+    let in_two = cms
+        .list(&ListParams::default().labels("tier in (x,y),!env"))
+        .await
+        .unwrap();
+    assert_eq!(names(in_two), ["c"]);
+}
+
+#[tokio::test]
+async fn given_malformed_label_selector_when_listing_then_bad_request_message_is_unchanged() {
+    let (_sb, client) = sandbox().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    // Pinned byte for byte: the shared selector module must not change what kube-rs/kubectl users see.
+    for (selector, want) in [
+        (
+            "a in (b",
+            "unable to parse requirement: unable to parse requirement: found '', expected: ',' or ')'",
+        ),
+        (
+            "a,",
+            "unable to parse requirement: found '', expected: identifier after ','",
+        ),
+        (
+            "x>a",
+            "unable to parse requirement: unable to parse requirement: values[0]: Invalid value: \"a\": \
+             for 'Gt', 'Lt' operators, the value must be an integer",
+        ),
+    ] {
+        let err = cms
+            .list(&ListParams::default().labels(selector))
+            .await
+            .unwrap_err();
+        match err {
+            kube::Error::Api(s) => {
+                assert_eq!((s.code, s.reason.as_str()), (400, "BadRequest"), "{selector:?}");
+                assert_eq!(s.message, want, "{selector:?}");
+            }
+            other => panic!("{selector:?}: {other:?}"),
+        }
+    }
+}
+
 fn deployment(name: &str, replicas: i32) -> Deployment {
     serde_json::from_value(json!({
         "metadata": {"name": name},

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use super::manifest::{DumpRecord, DumpStatus};
 use crate::hooks::plan::Skipped;
 use crate::hooks::{PodExecutor, Target, select};
-use crate::policy::values::selector_query;
 use crate::policy::{Dump, Exec, OnNoPods, Policy};
+use crate::selector::query as selector_query;
 use crate::store::{self, BackupKeys, ObjectStore, Written};
 
 /// Dumps streamed at the same time (each may hold an S3 multipart upload's buffers).

@@ -150,9 +150,10 @@ pub async fn closure(
         return Ok(Vec::new());
     };
 
+    let selector = labels::policy_selector(selector);
     let mut selected: Vec<Value> = Vec::new();
     kube.for_each(&pods, namespace, |pod| {
-        if labels::matches(selector, &labels_of(&pod)) {
+        if selector.as_ref().is_some_and(|s| s.matches_object(&pod)) {
             selected.push(pod);
         }
         async { Ok(()) }
@@ -279,13 +280,11 @@ pub async fn closure(
         let mut matched = Vec::new();
         kube.for_each(&resource, namespace, |obj| {
             let selector = selector_of(&obj);
-            let hit = selects_a_pod(&|l| {
-                if plain_map {
-                    labels::map_matches(selector, l)
-                } else {
-                    labels::value_matches(selector, l)
-                }
-            });
+            let hit = if plain_map {
+                selects_a_pod(&|l| labels::map_matches(selector, l))
+            } else {
+                labels::value_selector(selector).is_some_and(|s| selects_a_pod(&|l| s.matches_map(l)))
+            };
             if hit {
                 matched.push(obj);
             }

@@ -1,9 +1,13 @@
-//! Label selector matching for the closure (Services, NetworkPolicies, PDBs selecting pods).
+//! Label selector matching for the closure (Services, NetworkPolicies, PDBs selecting pods) and for
+//! namespace selectors: which "no selector" means nothing and which means everything, per source. The
+//! matching itself is [`crate::selector`].
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use serde_json::Value;
+
+use crate::selector::LabelSelector;
 
 /// An object's labels.
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
@@ -17,35 +21,20 @@ pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Kubernetes LabelSelector semantics: every `matchLabels` pair and every expression must hold; an
-/// empty selector matches everything.
-pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let pairs = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let expressions = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    pairs && expressions
+/// A policy's selector (`selector`, `namespaceSelector`) as a matcher; an empty selector matches
+/// everything. Policies are validated when loaded, so `None` (an invalid selector, which then selects
+/// nothing rather than everything) is unreachable from a loaded policy.
+pub fn policy_selector(selector: &metav1::LabelSelector) -> Option<LabelSelector> {
+    LabelSelector::from_k8s(selector).ok()
 }
 
-/// A LabelSelector given as JSON (e.g. a NetworkPolicy's `podSelector`); `null` or unparsable matches
-/// nothing.
-pub fn value_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+/// A LabelSelector given as JSON (e.g. a NetworkPolicy's `podSelector`) as a matcher: `{}` selects
+/// every pod, while `null` or an unparsable selector selects nothing (`None`).
+pub fn value_selector(selector: &Value) -> Option<LabelSelector> {
     if selector.is_null() {
-        return false;
+        return None;
     }
-    serde_json::from_value::<LabelSelector>(selector.clone()).is_ok_and(|s| matches(&s, labels))
+    LabelSelector::from_label_selector(selector).ok()
 }
 
 /// A plain label map selector (a Service's `spec.selector`): a missing or empty map selects nothing.
@@ -70,9 +59,13 @@ mod tests {
             .collect()
     }
 
+    fn value_matches(selector: Value, labels: &BTreeMap<String, String>) -> bool {
+        value_selector(&selector).is_some_and(|s| s.matches_map(labels))
+    }
+
     #[test]
     fn given_match_labels_and_expressions_then_all_must_hold() {
-        let selector: LabelSelector = serde_json::from_value(json!({
+        let selector: metav1::LabelSelector = serde_json::from_value(json!({
             "matchLabels": {"app": "db"},
             "matchExpressions": [
                 {"key": "tier", "operator": "In", "values": ["a", "b"]},
@@ -81,27 +74,40 @@ mod tests {
             ]
         }))
         .unwrap();
+        let selector = policy_selector(&selector).unwrap();
 
-        assert!(matches(&selector, &labels(&[("app", "db"), ("tier", "a")])));
-        assert!(!matches(&selector, &labels(&[("app", "db"), ("tier", "c")])));
-        assert!(!matches(
-            &selector,
-            &labels(&[("app", "db"), ("tier", "a"), ("canary", "1")])
-        ));
-        assert!(!matches(
-            &selector,
-            &labels(&[("app", "db"), ("tier", "a"), ("zone", "x")])
-        ));
-        assert!(!matches(&selector, &labels(&[("tier", "a")])));
+        assert!(selector.matches_map(&labels(&[("app", "db"), ("tier", "a")])));
+        assert!(!selector.matches_map(&labels(&[("app", "db"), ("tier", "c")])));
+        assert!(!selector.matches_map(&labels(&[("app", "db"), ("tier", "a"), ("canary", "1")])));
+        assert!(!selector.matches_map(&labels(&[("app", "db"), ("tier", "a"), ("zone", "x")])));
+        assert!(!selector.matches_map(&labels(&[("tier", "a")])));
+    }
+
+    #[test]
+    fn given_empty_policy_selector_then_everything_matches() {
+        let selector = policy_selector(&metav1::LabelSelector::default()).unwrap();
+        assert!(selector.matches_map(&labels(&[("app", "x")])));
+        assert!(selector.matches_map(&BTreeMap::new()));
     }
 
     #[test]
     fn given_empty_selector_then_everything_matches_but_null_and_empty_map_select_nothing() {
         let all = labels(&[("app", "x")]);
-        assert!(value_matches(&json!({}), &all));
-        assert!(!value_matches(&Value::Null, &all));
+        assert!(value_matches(json!({}), &all));
+        assert!(!value_matches(Value::Null, &all));
         assert!(!map_matches(&json!({}), &all));
         assert!(map_matches(&json!({"app": "x"}), &all));
         assert!(!map_matches(&json!({"app": "y"}), &all));
+    }
+
+    #[test]
+    fn given_unparsable_json_selector_then_it_selects_nothing() {
+        let all = labels(&[("app", "x")]);
+        assert!(!value_matches(json!("app=x"), &all));
+        assert!(!value_matches(json!({"matchLabels": {"app": 1}}), &all));
+        assert!(!value_matches(
+            json!({"matchExpressions": [{"key": "app", "operator": "Maybe"}]}),
+            &all
+        ));
     }
 }

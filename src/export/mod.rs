@@ -149,11 +149,12 @@ impl Selection {
                         scope: "the cluster".into(),
                         source: Box::new(source),
                     })?;
+                let selector = labels::policy_selector(selector);
                 list.items
                     .iter()
                     .filter(|ns| {
                         let labels = ns.metadata.labels.clone().unwrap_or_default();
-                        labels::matches(selector, &labels)
+                        selector.as_ref().is_some_and(|s| s.matches_map(&labels))
                     })
                     .filter_map(|ns| ns.metadata.name.clone())
                     .collect()

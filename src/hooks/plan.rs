@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::exec::{Target, expand_wait_cmd};
 use super::{select, velero};
-use crate::policy::values::selector_query;
 use crate::policy::{Action, Exec, HookRule, OnNoPods, Policy, RuleOrigin};
+use crate::selector::query as selector_query;
 
 /// Errors of planning.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// A value that does not fit its field: what was found and what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -225,32 +225,6 @@ pub fn selector_from_labels(labels: BTreeMap<String, String>) -> LabelSelector {
     }
 }
 
-/// Render a selector in the `labelSelector` query syntax (`app=x,tier in (a,b),!legacy`); empty means
-/// "everything".
-pub fn selector_query(sel: &LabelSelector) -> String {
-    let mut parts: Vec<String> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for LabelSelectorRequirement {
-        key,
-        operator,
-        values,
-    } in sel.match_expressions.iter().flatten()
-    {
-        let vals = values.as_deref().unwrap_or(&[]).join(",");
-        parts.push(match operator.as_str() {
-            "In" => format!("{key} in ({vals})"),
-            "NotIn" => format!("{key} notin ({vals})"),
-            "Exists" => key.clone(),
-            _ => format!("!{key}"),
-        });
-    }
-    parts.join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,16 +282,5 @@ mod tests {
         .unwrap();
         let problems = check_selector(&sel);
         assert_eq!(problems.len(), 5, "{problems:?}");
-    }
-
-    #[test]
-    fn given_selector_when_rendered_then_query_syntax_matches_kubernetes() {
-        let sel: LabelSelector = serde_json::from_value(serde_json::json!({
-            "matchLabels": {"app": "db"},
-            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
-                                 {"key": "legacy", "operator": "DoesNotExist"}]
-        }))
-        .unwrap();
-        assert_eq!(selector_query(&sel), "app=db,tier in (a,b),!legacy");
     }
 }

@@ -17,10 +17,11 @@ use tokio::sync::broadcast::error::RecvError;
 use super::cluster::{Cluster, DeleteOptions, Part, PatchKind, WriteOptions, render};
 use super::discovery;
 use super::exec;
+use super::field_selector::FieldSelector;
 use super::registry::ResourceType;
-use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{Change, ChangeKind, StoreError, Table, namespace_range};
+use crate::selector::LabelSelector;
 
 /// One stored object with its key, as table iterators yield it.
 type Entry<'a> = (&'a (String, String), &'a Arc<Value>);

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 
 use super::cluster::{Cluster, DeleteOptions, Event, Part, Work, WriteOptions, now, random_suffix};
 use super::registry::{ResourceId, ResourceType};
-use super::selector::LabelSelector;
 use super::snapshots::{self, Provisioning};
 use super::store::ChangeKind;
+use crate::selector::LabelSelector;
 
 const MANAGER: &str = "sandbox-controller-manager";
 

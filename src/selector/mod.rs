@@ -1,38 +1,35 @@
-//! Label and field selectors parsed and matched the way apimachinery does (`labels.Parse`, `fields.ParseSelector`).
+//! Kubernetes label selectors, parsed and matched the way apimachinery does (`labels.Parse`,
+//! `metav1.LabelSelectorAsSelector`): one implementation for the whole program.
 //!
-//! Error messages follow the wording of the real API server so that `kubectl get -l 'bad selector'`
-//! prints what users expect. The API layer wraps them into a `BadRequest` status.
+//! Product code matches policy selectors (`namespaceSelector`, `selector`, `podSelector`), the
+//! selectors of NetworkPolicies and PodDisruptionBudgets and `restore --selector` with it; the sandbox
+//! API server uses it for `?labelSelector=` and for workload selectors. Error messages follow the wording
+//! of the real API server so that `kubectl get -l 'bad selector'` against the sandbox prints what users
+//! expect (the sandbox wraps them into a `BadRequest` status).
+//!
+//! What "no selector" means is the caller's decision, as in Kubernetes: an empty selector (`""`, `{}`)
+//! selects everything, while a `null` NetworkPolicy or PDB selector selects nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use serde_json::{Map, Value};
 
-/// A selector that could not be parsed or built.
+/// A label selector that could not be parsed or built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SelectorError {
+pub enum Error {
     /// A label selector string is malformed or contains invalid keys/values; the message is the
     /// apimachinery one (`unable to parse requirement: ...`, `found ',', expected: ...`).
     #[error("{0}")]
-    Label(String),
+    Parse(String),
     /// A `metav1.LabelSelector` object is malformed (unknown operator, wrong shape, invalid key/value).
     #[error("{0}")]
-    LabelSelectorObject(String),
-    /// A field selector term has no operator (`invalid selector: 'x'; can't understand 'x'`).
-    #[error("invalid selector: '{selector}'; can't understand '{term}'")]
-    FieldTerm {
-        /// The whole selector as given.
-        selector: String,
-        /// The term that could not be split into field, operator and value.
-        term: String,
-    },
-    /// A field selector value contains a backslash escape other than `\\`, `\,`, `\=`.
-    #[error("invalid field selector: invalid escape sequence: {0}")]
-    FieldEscape(String),
-    /// A field selector value contains an unescaped `,` or `=`.
-    #[error("invalid field selector: unescaped character in value: {0}")]
-    FieldUnescaped(char),
+    Object(String),
 }
+
+/// Result of building a selector.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Operator of one label requirement (`selection.Operator`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +135,8 @@ impl Requirement {
         self.values.iter().map(String::as_str)
     }
 
-    fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        let value = labels.and_then(|l| l.get(&self.key)).and_then(Value::as_str);
+    /// Whether the value of this requirement's label (`None` when the object lacks it) satisfies it.
+    fn matches(&self, value: Option<&str>) -> bool {
         match self.op {
             Operator::Equals | Operator::DoubleEquals | Operator::In => {
                 value.is_some_and(|v| self.values.contains(v))
@@ -202,18 +199,18 @@ pub struct LabelSelector {
 
 impl LabelSelector {
     /// Parses the query-string form (`labels.Parse`): `a=b,c!=d,e in (f,g),!h,i>3`.
-    pub fn parse(s: &str) -> Result<Self, SelectorError> {
+    pub fn parse(s: &str) -> Result<Self> {
         let tokens = lex(s);
         let mut p = Parser { tokens, pos: 0 };
-        let mut requirements = p.parse().map_err(SelectorError::Label)?;
+        let mut requirements = p.parse().map_err(Error::Parse)?;
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(LabelSelector { requirements })
     }
 
     /// Builds a selector from a `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`),
     /// like `metav1.LabelSelectorAsSelector`. `{}` selects everything; what `null` means is up to the caller.
-    pub fn from_label_selector(v: &Value) -> Result<Self, SelectorError> {
-        let err = SelectorError::LabelSelectorObject;
+    pub fn from_label_selector(v: &Value) -> Result<Self> {
+        let err = Error::Object;
         let obj = v
             .as_object()
             .ok_or_else(|| err(format!("label selector must be an object, got {v}")))?;
@@ -244,9 +241,35 @@ impl LabelSelector {
         Ok(LabelSelector { requirements })
     }
 
-    /// Whether labels (the `metadata.labels` map of an object, `None` if absent) satisfy every requirement.
+    /// Builds a selector from a typed `metav1.LabelSelector` (a policy's `selector`, a PDB's), with the
+    /// same validation and meaning as [`from_label_selector`](Self::from_label_selector).
+    pub fn from_k8s(sel: &metav1::LabelSelector) -> Result<Self> {
+        let err = Error::Object;
+        let mut requirements = Vec::new();
+        for (k, v) in sel.match_labels.iter().flatten() {
+            requirements.push(Requirement::new(k, Operator::Equals, vec![v.clone()]).map_err(err)?);
+        }
+        for e in sel.match_expressions.iter().flatten() {
+            let values = e.values.clone().unwrap_or_default();
+            requirements.push(expression(&e.key, &e.operator, values).map_err(err)?);
+        }
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(LabelSelector { requirements })
+    }
+
+    /// Whether labels (the `metadata.labels` map of an object, `None` if absent) satisfy every
+    /// requirement. A label whose value is not a string counts as absent.
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        self.requirements.iter().all(|r| r.matches(labels))
+        self.matches_with(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
+    }
+
+    /// [`matches`](Self::matches) for typed labels (`ObjectMeta::labels`).
+    pub fn matches_map(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.requirements.iter().all(|r| r.matches(label(&r.key)))
     }
 
     /// [`matches`](Self::matches) applied to `metadata.labels` of a full JSON object.
@@ -277,16 +300,38 @@ impl fmt::Display for LabelSelector {
     }
 }
 
+/// Renders a typed selector in the `labelSelector` query syntax as written: `matchLabels` (by key) then
+/// `matchExpressions` in order (`app=x,tier in (a,b),!legacy`); empty means "everything". For server-side
+/// list filtering and messages; [`LabelSelector`]'s `Display` is the canonical, key-sorted form instead.
+/// Expects a validated selector (an unknown operator renders as `!key`).
+pub fn query(sel: &metav1::LabelSelector) -> String {
+    let mut parts: Vec<String> = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for metav1::LabelSelectorRequirement {
+        key,
+        operator,
+        values,
+    } in sel.match_expressions.iter().flatten()
+    {
+        let vals = values.as_deref().unwrap_or(&[]).join(",");
+        parts.push(match operator.as_str() {
+            "In" => format!("{key} in ({vals})"),
+            "NotIn" => format!("{key} notin ({vals})"),
+            "Exists" => key.clone(),
+            _ => format!("!{key}"),
+        });
+    }
+    parts.join(",")
+}
+
+/// One `matchExpressions` entry as JSON.
 fn expression_requirement(e: &Value) -> Result<Requirement, String> {
     let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
     let op_name = e.get("operator").and_then(Value::as_str).unwrap_or_default();
-    let op = match op_name {
-        "In" => Operator::In,
-        "NotIn" => Operator::NotIn,
-        "Exists" => Operator::Exists,
-        "DoesNotExist" => Operator::DoesNotExist,
-        other => return Err(format!("{other:?} is not a valid label selector operator")),
-    };
     let values = match e.get("values") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(vs)) => vs
@@ -298,6 +343,18 @@ fn expression_requirement(e: &Value) -> Result<Requirement, String> {
             })
             .collect::<Result<_, _>>()?,
         Some(other) => return Err(format!("values: must be a list, got {other}")),
+    };
+    expression(key, op_name, values)
+}
+
+/// One `matchExpressions` entry: only the four set-based operators exist there.
+fn expression(key: &str, op_name: &str, values: Vec<String>) -> Result<Requirement, String> {
+    let op = match op_name {
+        "In" => Operator::In,
+        "NotIn" => Operator::NotIn,
+        "Exists" => Operator::Exists,
+        "DoesNotExist" => Operator::DoesNotExist,
+        other => return Err(format!("{other:?} is not a valid label selector operator")),
     };
     Requirement::new(key, op, values)
 }
@@ -649,459 +706,5 @@ fn label_value_errors(v: &str) -> Vec<String> {
     errs
 }
 
-// ---------------------------------------------------------------------------------------------
-// Field selectors.
-
-/// One `field=value` or `field!=value` term.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FieldTerm {
-    field: String,
-    negated: bool,
-    value: String,
-}
-
-/// A field selector: a conjunction of equality / inequality terms on dotted JSON paths.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldSelector {
-    terms: Vec<FieldTerm>,
-}
-
-impl FieldSelector {
-    /// Parses `fields.ParseSelector` syntax: `a=b`, `a==b`, `a!=b`, comma separated; values may escape
-    /// `\,`, `\=` and `\\`. The empty string selects everything.
-    pub fn parse(s: &str) -> Result<Self, SelectorError> {
-        let mut parts = split_terms(s);
-        parts.sort();
-        let mut terms = Vec::new();
-        for part in parts.into_iter().filter(|p| !p.is_empty()) {
-            let (field, op, rhs) = split_term(part).ok_or_else(|| SelectorError::FieldTerm {
-                selector: s.to_string(),
-                term: part.to_string(),
-            })?;
-            terms.push(FieldTerm {
-                field: field.to_string(),
-                negated: op == "!=",
-                value: unescape_value(rhs)?,
-            });
-        }
-        Ok(FieldSelector { terms })
-    }
-
-    /// Whether the object satisfies every term. A field is read as a dotted path into the JSON object;
-    /// a missing field reads as the empty string, numbers and booleans as their JSON text.
-    pub fn matches_object(&self, obj: &Value) -> bool {
-        self.terms.iter().all(|t| {
-            let actual = field_value(obj, &t.field);
-            (actual == t.value) != t.negated
-        })
-    }
-
-    /// The field names used by the terms, so the caller can reject unsupported ones per kind.
-    pub fn fields(&self) -> impl Iterator<Item = &str> {
-        self.terms.iter().map(|t| t.field.as_str())
-    }
-
-    /// True when the selector has no terms and so selects everything.
-    pub fn is_empty(&self) -> bool {
-        self.terms.is_empty()
-    }
-}
-
-impl fmt::Display for FieldSelector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, t) in self.terms.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            let op = if t.negated { "!=" } else { "=" };
-            write!(f, "{}{op}{}", t.field, escape_value(&t.value))?;
-        }
-        Ok(())
-    }
-}
-
-fn field_value(obj: &Value, path: &str) -> String {
-    let mut cur = obj;
-    for seg in path.split('.') {
-        match cur.get(seg) {
-            Some(v) => cur = v,
-            None => return String::new(),
-        }
-    }
-    match cur {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-/// Splits on commas that are not escaped by a backslash.
-fn split_terms(s: &str) -> Vec<&str> {
-    if s.is_empty() {
-        return Vec::new();
-    }
-    let mut terms = Vec::new();
-    let mut start = 0;
-    let mut in_slash = false;
-    for (i, c) in s.char_indices() {
-        if in_slash {
-            in_slash = false;
-        } else if c == '\\' {
-            in_slash = true;
-        } else if c == ',' {
-            terms.push(&s[start..i]);
-            start = i + 1;
-        }
-    }
-    terms.push(&s[start..]);
-    terms
-}
-
-/// Splits a term at the first operator, trying `!=`, `==` then `=` at each position.
-fn split_term(term: &str) -> Option<(&str, &'static str, &str)> {
-    for (i, _) in term.char_indices() {
-        let rest = &term[i..];
-        for op in ["!=", "==", "="] {
-            if let Some(value) = rest.strip_prefix(op) {
-                return Some((&term[..i], op, value));
-            }
-        }
-    }
-    None
-}
-
-fn unescape_value(s: &str) -> Result<String, SelectorError> {
-    let mut out = String::with_capacity(s.len());
-    let mut in_slash = false;
-    for c in s.chars() {
-        if in_slash {
-            if !matches!(c, '\\' | ',' | '=') {
-                return Err(SelectorError::FieldEscape(format!("\\{c}")));
-            }
-            out.push(c);
-            in_slash = false;
-            continue;
-        }
-        match c {
-            '\\' => in_slash = true,
-            ',' | '=' => return Err(SelectorError::FieldUnescaped(c)),
-            _ => out.push(c),
-        }
-    }
-    if in_slash {
-        return Err(SelectorError::FieldEscape("\\".to_string()));
-    }
-    Ok(out)
-}
-
-fn escape_value(s: &str) -> String {
-    s.replace('\\', "\\\\").replace(',', "\\,").replace('=', "\\=")
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn labels(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap()
-    }
-
-    fn pod(name: &str, ns: &str, phase: &str, lbls: Value) -> Value {
-        json!({"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name, "namespace": ns, "labels": lbls},
-               "spec": {"nodeName": "node-1"}, "status": {"phase": phase}})
-    }
-
-    #[test]
-    fn given_empty_string_when_parsed_then_selects_everything() {
-        let s = LabelSelector::parse("").unwrap();
-        assert!(s.is_empty());
-        assert!(s.matches(None));
-        assert!(s.matches(Some(&labels(json!({"a": "b"})))));
-        assert_eq!(s.to_string(), "");
-        assert!(LabelSelector::parse("   ").unwrap().is_empty());
-    }
-
-    #[test]
-    fn given_equality_operators_when_matching_then_compare_values() {
-        let l = labels(json!({"app": "web", "tier": "front"}));
-        assert!(LabelSelector::parse("app=web").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("app==web").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("app=db").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("app!=db").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("app!=web").unwrap().matches(Some(&l)));
-        assert!(
-            LabelSelector::parse(" app = web , tier == front ")
-                .unwrap()
-                .matches(Some(&l))
-        );
-        assert!(
-            !LabelSelector::parse("app=web,tier=back")
-                .unwrap()
-                .matches(Some(&l))
-        );
-    }
-
-    #[test]
-    fn given_not_equals_when_label_missing_then_matches() {
-        let s = LabelSelector::parse("app!=web").unwrap();
-        assert!(s.matches(None));
-        assert!(s.matches(Some(&labels(json!({"other": "x"})))));
-    }
-
-    #[test]
-    fn given_set_based_selector_when_label_missing_then_notin_matches() {
-        let s = LabelSelector::parse("env notin (prod, staging)").unwrap();
-        assert!(s.matches(Some(&labels(json!({"app": "x"})))));
-        assert!(s.matches(Some(&labels(json!({"env": "dev"})))));
-        assert!(!s.matches(Some(&labels(json!({"env": "prod"})))));
-        let s = LabelSelector::parse("env in (prod,staging)").unwrap();
-        assert!(!s.matches(Some(&labels(json!({"app": "x"})))));
-        assert!(s.matches(Some(&labels(json!({"env": "staging"})))));
-    }
-
-    #[test]
-    fn given_exists_and_does_not_exist_when_matching_then_check_presence() {
-        let with = labels(json!({"canary": ""}));
-        let without = labels(json!({"app": "x"}));
-        let exists = LabelSelector::parse("canary").unwrap();
-        let absent = LabelSelector::parse("!canary").unwrap();
-        assert!(exists.matches(Some(&with)) && !exists.matches(Some(&without)));
-        assert!(!absent.matches(Some(&with)) && absent.matches(Some(&without)) && absent.matches(None));
-    }
-
-    #[test]
-    fn given_gt_and_lt_when_matching_then_compare_as_integers() {
-        let l = labels(json!({"replicas": "10", "name": "abc"}));
-        assert!(LabelSelector::parse("replicas>9").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("replicas>10").unwrap().matches(Some(&l)));
-        assert!(LabelSelector::parse("replicas<11").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("name>1").unwrap().matches(Some(&l)));
-        assert!(!LabelSelector::parse("missing<100").unwrap().matches(Some(&l)));
-    }
-
-    #[test]
-    fn given_gt_with_non_integer_when_parsed_then_error_says_value_must_be_integer() {
-        let e = LabelSelector::parse("a>b").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            "unable to parse requirement: values[0]: Invalid value: \"b\": for 'Gt', 'Lt' operators, \
-             the value must be an integer"
-        );
-    }
-
-    #[test]
-    fn given_mixed_requirements_when_displayed_then_canonical_form_sorted_by_key() {
-        let s = LabelSelector::parse("z in (b, a), !y,x, w!=1 ,v==2,u>3,t notin (c),s=").unwrap();
-        assert_eq!(s.to_string(), "s=,t notin (c),u>3,v==2,w!=1,x,!y,z in (a,b)");
-        assert_eq!(LabelSelector::parse(&s.to_string()).unwrap(), s);
-    }
-
-    #[test]
-    fn given_empty_values_in_set_when_parsed_then_empty_string_is_a_value() {
-        let s = LabelSelector::parse("a in ()").unwrap();
-        assert_eq!(s.to_string(), "a in ()");
-        assert!(s.matches(Some(&labels(json!({"a": ""})))));
-        let s = LabelSelector::parse("a in (x,,y)").unwrap();
-        assert_eq!(
-            s.requirements()[0].values().collect::<Vec<_>>(),
-            vec!["", "x", "y"]
-        );
-        let s = LabelSelector::parse("a=").unwrap();
-        assert!(s.matches(Some(&labels(json!({"a": ""})))));
-    }
-
-    #[test]
-    fn given_prefixed_keys_when_parsed_then_accepted() {
-        let s = LabelSelector::parse("app.kubernetes.io/name=web,example.com/Tier_1.x in (A-1)").unwrap();
-        let l = labels(json!({"app.kubernetes.io/name": "web", "example.com/Tier_1.x": "A-1"}));
-        assert!(s.matches(Some(&l)));
-    }
-
-    #[test]
-    fn given_malformed_syntax_when_parsed_then_api_server_messages() {
-        let cases = [
-            (
-                "a b",
-                "unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt",
-            ),
-            ("a,", "found '', expected: identifier after ','"),
-            ("a=b c", "found 'c', expected: ',' or 'end of string'"),
-            ("=a", "found '=', expected: !, identifier, or 'end of string'"),
-            ("a in b", "unable to parse requirement: found 'b' expected: '('"),
-            (
-                "a in (b",
-                "unable to parse requirement: found '', expected: ',' or ')'",
-            ),
-            ("!=a", "found '!=', expected: !, identifier, or 'end of string'"),
-            ("!a=b", "found '=', expected: ',' or 'end of string'"),
-            (
-                "a=(b)",
-                "unable to parse requirement: found '(', expected: identifier",
-            ),
-        ];
-        for (input, want) in cases {
-            assert_eq!(
-                LabelSelector::parse(input).unwrap_err().to_string(),
-                want,
-                "input {input:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn given_invalid_key_or_value_when_parsed_then_validation_message() {
-        let e = LabelSelector::parse("-bad=x").unwrap_err().to_string();
-        assert!(
-            e.starts_with(
-                "unable to parse requirement: key: Invalid value: \"-bad\": name part must consist of"
-            ),
-            "{e}"
-        );
-        let long = "a".repeat(64);
-        let e = LabelSelector::parse(&long).unwrap_err().to_string();
-        assert!(e.contains("name part must be no more than 63 characters"), "{e}");
-        let e = LabelSelector::parse("Example.com/a=b").unwrap_err().to_string();
-        assert!(e.contains("prefix part a lowercase RFC 1123 subdomain"), "{e}");
-        let e = LabelSelector::parse("a/b/c").unwrap_err().to_string();
-        assert!(e.contains("a qualified name must consist of"), "{e}");
-        let e = LabelSelector::parse("a=b*c").unwrap_err().to_string();
-        assert!(
-            e.contains("Invalid value: \"b*c\": a valid label must be an empty string"),
-            "{e}"
-        );
-        let e = LabelSelector::parse(&format!("a={long}"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("must be no more than 63 characters"), "{e}");
-    }
-
-    #[test]
-    fn given_metav1_label_selector_when_converted_then_match_labels_and_expressions_apply() {
-        let s = LabelSelector::from_label_selector(&json!({
-            "matchLabels": {"app": "web"},
-            "matchExpressions": [
-                {"key": "tier", "operator": "In", "values": ["front", "edge"]},
-                {"key": "env", "operator": "NotIn", "values": ["prod"]},
-                {"key": "team", "operator": "Exists"},
-                {"key": "legacy", "operator": "DoesNotExist"}
-            ]
-        }))
-        .unwrap();
-        assert_eq!(
-            s.to_string(),
-            "app=web,env notin (prod),!legacy,team,tier in (edge,front)"
-        );
-        assert!(s.matches(Some(&labels(json!({"app": "web", "tier": "edge", "team": "a"})))));
-        assert!(!s.matches(Some(&labels(
-            json!({"app": "web", "tier": "edge", "team": "a", "legacy": "1"})
-        ))));
-        assert!(!s.matches(Some(&labels(
-            json!({"app": "web", "tier": "edge", "env": "prod", "team": "a"})
-        ))));
-    }
-
-    #[test]
-    fn given_empty_metav1_label_selector_when_converted_then_selects_everything() {
-        let s = LabelSelector::from_label_selector(&json!({})).unwrap();
-        assert!(s.is_empty());
-        assert!(s.matches_object(&pod("p", "default", "Running", json!({"a": "b"}))));
-    }
-
-    #[test]
-    fn given_bad_metav1_label_selector_when_converted_then_error() {
-        let e = LabelSelector::from_label_selector(&json!({"matchExpressions": [
-            {"key": "a", "operator": "Gt", "values": ["1"]}]}))
-        .unwrap_err();
-        assert_eq!(e.to_string(), "\"Gt\" is not a valid label selector operator");
-        let e = LabelSelector::from_label_selector(&json!({"matchExpressions": [
-            {"key": "a", "operator": "In", "values": []}]}))
-        .unwrap_err();
-        assert!(e.to_string().contains("values set can't be empty"), "{e}");
-        let e = LabelSelector::from_label_selector(&json!({"matchExpressions": [
-            {"key": "a", "operator": "Exists", "values": ["x"]}]}))
-        .unwrap_err();
-        assert!(e.to_string().contains("values set must be empty"), "{e}");
-    }
-
-    #[test]
-    fn given_object_when_matching_label_selector_then_reads_metadata_labels() {
-        let s = LabelSelector::parse("app=web").unwrap();
-        assert!(s.matches_object(&pod("p", "default", "Running", json!({"app": "web"}))));
-        assert!(!s.matches_object(&json!({"metadata": {"name": "no-labels"}})));
-    }
-
-    #[test]
-    fn given_field_selector_when_matching_then_reads_dotted_paths() {
-        let p = pod("web-1", "prod", "Running", json!({}));
-        let s = FieldSelector::parse("metadata.name=web-1,status.phase!=Failed").unwrap();
-        assert!(s.matches_object(&p));
-        assert!(
-            FieldSelector::parse("spec.nodeName==node-1")
-                .unwrap()
-                .matches_object(&p)
-        );
-        assert!(
-            !FieldSelector::parse("metadata.namespace=default")
-                .unwrap()
-                .matches_object(&p)
-        );
-        assert_eq!(
-            s.fields().collect::<Vec<_>>(),
-            vec!["metadata.name", "status.phase"]
-        );
-    }
-
-    #[test]
-    fn given_missing_field_when_matching_then_reads_as_empty_string() {
-        let p = json!({"metadata": {"name": "x"}});
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches_object(&p));
-        assert!(
-            FieldSelector::parse("spec.nodeName!=node-1")
-                .unwrap()
-                .matches_object(&p)
-        );
-        let ev = json!({"involvedObject": {"name": "web-1", "kind": "Pod"}});
-        assert!(
-            FieldSelector::parse("involvedObject.name=web-1")
-                .unwrap()
-                .matches_object(&ev)
-        );
-    }
-
-    #[test]
-    fn given_escaped_values_when_parsed_then_unescaped_and_rendered_back() {
-        let s = FieldSelector::parse(r"metadata.name=a\,b\=c\\d").unwrap();
-        assert!(s.matches_object(&json!({"metadata": {"name": r"a,b=c\d"}})));
-        assert_eq!(s.to_string(), r"metadata.name=a\,b\=c\\d");
-    }
-
-    #[test]
-    fn given_field_selector_when_displayed_then_terms_sorted_and_double_equals_normalised() {
-        let s = FieldSelector::parse("status.phase==Running,metadata.name!=x").unwrap();
-        assert_eq!(s.to_string(), "metadata.name!=x,status.phase=Running");
-        assert!(FieldSelector::parse("").unwrap().is_empty());
-        assert!(FieldSelector::parse("").unwrap().matches_object(&json!({})));
-    }
-
-    #[test]
-    fn given_bad_field_selector_when_parsed_then_api_server_messages() {
-        assert_eq!(
-            FieldSelector::parse("metadata.name").unwrap_err().to_string(),
-            "invalid selector: 'metadata.name'; can't understand 'metadata.name'"
-        );
-        assert_eq!(
-            FieldSelector::parse(r"a=b\x").unwrap_err().to_string(),
-            r"invalid field selector: invalid escape sequence: \x"
-        );
-        assert_eq!(
-            FieldSelector::parse("a=b=c").unwrap_err().to_string(),
-            "invalid field selector: unescaped character in value: ="
-        );
-        assert_eq!(
-            FieldSelector::parse(r"a=b\").unwrap_err().to_string(),
-            r"invalid field selector: invalid escape sequence: \"
-        );
-    }
-}
+mod tests;
