@@ -391,7 +391,9 @@ struct Filter {
 impl Filter {
     fn new(rt: &ResourceType, namespace: Option<&str>, q: &Query) -> Result<Self, ApiError> {
         let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or_default())
-            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+            // The message is labels.Parse's own, as a real API server returns it (requirement errors
+            // already start with "unable to parse requirement: ").
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         for f in fields.fields() {
