@@ -5,6 +5,7 @@
 mod backup_run;
 mod cron_run;
 mod demo;
+mod docs;
 mod export;
 mod harness;
 mod hooks;
