@@ -498,10 +498,7 @@ async fn given_malformed_label_selector_when_listing_then_bad_request_message_is
             "a in (b",
             "unable to parse requirement: found '', expected: ',' or ')'",
         ),
-        (
-            "a,",
-            "found '', expected: identifier after ','",
-        ),
+        ("a,", "found '', expected: identifier after ','"),
         (
             "x>a",
             "unable to parse requirement: values[0]: Invalid value: \"a\": \
