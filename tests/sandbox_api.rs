@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{
     Api, AttachParams, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
     WatchParams,
@@ -1133,4 +1133,32 @@ async fn given_terminating_namespace_or_wrong_method_then_forbidden_and_method_n
     assert_eq!(put_collection.status(), 405);
     let status: serde_json::Value = put_collection.json().await.unwrap();
     assert_eq!(status["reason"], "MethodNotAllowed");
+}
+
+#[tokio::test]
+async fn given_secret_with_string_data_when_created_or_replaced_then_it_is_stored_base64_in_data() {
+    let (_sb, client) = sandbox().await;
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hmac"},
+        "data": {"kept": "a2VwdA==", "key": "b2xk"},
+        "stringData": {"key": "s3cret"}
+    }))
+    .unwrap();
+    let created = secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let text = |s: &Secret, key: &str| String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap();
+    assert_eq!(text(&created, "key"), "s3cret", "stringData wins over data");
+    assert_eq!(text(&created, "kept"), "kept");
+    assert!(created.string_data.is_none(), "stringData is write-only");
+    let read = secrets.get("hmac").await.unwrap();
+    assert_eq!(text(&read, "key"), "s3cret");
+
+    let mut changed = read.clone();
+    changed.string_data = Some([("key".to_string(), "rotated".to_string())].into());
+    let replaced = secrets
+        .replace("hmac", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    assert_eq!(text(&replaced, "key"), "rotated");
+    assert!(replaced.string_data.is_none());
 }

@@ -990,8 +990,11 @@ impl Cluster {
                 obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
             }
             ("", "pods") => self.default_pod(obj),
-            ("", "secrets") if obj.get("type").is_none_or(|t| t.is_null() || t == "") => {
-                obj["type"] = json!("Opaque");
+            ("", "secrets") => {
+                if obj.get("type").is_none_or(|t| t.is_null() || t == "") {
+                    obj["type"] = json!("Opaque");
+                }
+                merge_string_data(obj);
             }
             ("", "services") => self.default_service(obj),
             ("", "persistentvolumes") => {
@@ -1514,6 +1517,22 @@ fn validate_selector_matches_template(obj: &Value, causes: &mut Vec<(String, Str
             }
         }
         Err(e) => causes.push(("spec.selector".into(), format!("Invalid value: {e}"))),
+    }
+}
+
+/// `stringData` is write-only, as in a real API server: its entries are base64-encoded into `data`
+/// (winning over the same keys there) and the field is dropped.
+fn merge_string_data(secret: &mut Value) {
+    use base64::Engine as _;
+    let Some(Value::Object(string_data)) = secret.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (key, value) in string_data {
+        let text = value.as_str().unwrap_or_default();
+        secret["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
     }
 }
 
