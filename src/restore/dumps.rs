@@ -251,8 +251,14 @@ fn target_namespace(plan: &Plan, namespace: &str) -> Option<String> {
 type Pending<'a> = (&'a DumpRecord, &'a Dump, &'a Exec, String);
 
 impl<E, P> Replayer<E, P> {
-    /// The dumps of `located` this replayer replays into what `plan` restores.
-    fn pending<'a>(&'a self, located: &'a Located, plan: &Plan) -> Vec<Pending<'a>> {
+    /// The dumps of `located` this replayer replays into what `plan` restores; with `explain`, each
+    /// dump left out is logged with the reason (once per restore: by [`Replay::replay`]).
+    fn pending<'a>(&'a self, located: &'a Located, plan: &Plan, explain: bool) -> Vec<Pending<'a>> {
+        let skip = |dump: &str, why: &str| {
+            if explain {
+                tracing::info!(dump, "{why}: not replayed");
+            }
+        };
         let mut out = Vec::new();
         for record in located
             .manifest
@@ -261,15 +267,18 @@ impl<E, P> Replayer<E, P> {
             .filter(|r| r.status == DumpStatus::Succeeded)
         {
             let Some(dump) = self.dumps.iter().find(|d| d.name == record.name) else {
-                tracing::info!(dump = %record.name, "dump not in the policy: not replayed");
+                skip(&record.name, "dump not in the policy");
                 continue;
             };
             let Some(command) = &dump.restore_command else {
-                tracing::info!(dump = %record.name, "dump has no restoreCommand: not replayed");
+                skip(&record.name, "dump has no restoreCommand");
                 continue;
             };
             let Some(namespace) = target_namespace(plan, &record.namespace) else {
-                tracing::info!(dump = %record.name, namespace = %record.namespace, "namespace not restored: dump not replayed");
+                skip(
+                    &record.name,
+                    &format!("its namespace {} is not restored", record.namespace),
+                );
                 continue;
             };
             out.push((record, dump, command, namespace));
@@ -281,11 +290,11 @@ impl<E, P> Replayer<E, P> {
 #[async_trait::async_trait]
 impl<E: PodExecutor, P: Pods> Replay for Replayer<E, P> {
     fn replays_any(&self, located: &Located, plan: &Plan) -> bool {
-        !self.pending(located, plan).is_empty()
+        !self.pending(located, plan, false).is_empty()
     }
 
     async fn replay(&self, store: &dyn ObjectStore, located: &Located, plan: &Plan, report: &mut Report) {
-        for (record, dump, command, namespace) in self.pending(located, plan) {
+        for (record, dump, command, namespace) in self.pending(located, plan, true) {
             let replay = self.one(store, located, record, dump, &namespace, command).await;
             if replay.status != ReplayStatus::Succeeded {
                 let object = if replay.target.is_empty() {
