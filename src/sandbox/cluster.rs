@@ -655,17 +655,29 @@ impl Cluster {
             last["metadata"]["resourceVersion"] = json!(self.store.revision().to_string());
             return Ok(render(rt, &last));
         }
+        let stored = self.put_modified(work, rt, current, next).map_err(map_err)?;
+        Ok(render(rt, &stored))
+    }
+
+    /// Store `next` over `current` (which must still be the stored version) and record the MODIFIED
+    /// watch event.
+    fn put_modified(
+        &self,
+        work: &mut Work,
+        rt: &ResourceType,
+        current: &Arc<Value>,
+        next: Value,
+    ) -> Result<Arc<Value>, StoreError> {
         let stored = self
             .store
-            .put(&rt.id(), next, Precondition::Present(object_rv(current)))
-            .map_err(map_err)?;
+            .put(&rt.id(), next, Precondition::Present(object_rv(current)))?;
         work.push(Event {
             resource: rt.id(),
             kind: ChangeKind::Modified,
             object: stored.clone(),
             old: Some(current.clone()),
         });
-        Ok(render(rt, &stored))
+        Ok(stored)
     }
 
     /// Patch an object (PATCH). Server-side apply creates a missing object.
@@ -854,15 +866,8 @@ impl Cluster {
                 super::lifecycle::mark_crd_terminating(&mut next);
             }
             let stored = self
-                .store
-                .put(&rt.id(), next, Precondition::Present(object_rv(&current)))
+                .put_modified(work, rt, &current, next)
                 .map_err(|_| ApiError::conflict(&rt.group, &rt.plural, name))?;
-            work.push(Event {
-                resource: rt.id(),
-                kind: ChangeKind::Modified,
-                object: stored.clone(),
-                old: Some(current.clone()),
-            });
             return Ok(render(rt, &stored));
         }
         let has_finalizers = current["metadata"]["finalizers"]
@@ -893,15 +898,8 @@ impl Cluster {
                 }
             }
             let stored = self
-                .store
-                .put(&rt.id(), next, Precondition::Present(object_rv(&current)))
+                .put_modified(work, rt, &current, next)
                 .map_err(|_| ApiError::conflict(&rt.group, &rt.plural, name))?;
-            work.push(Event {
-                resource: rt.id(),
-                kind: ChangeKind::Modified,
-                object: stored.clone(),
-                old: Some(current.clone()),
-            });
             return Ok(render(rt, &stored));
         }
         let gone = self
