@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 
-use crate::harness::TestEnv;
+use crate::harness::{TestEnv, logged_output};
 use freezeframe::backup;
 use freezeframe::policy::store::{
     LastResult, ResultPhase, last_result_annotation, last_scheduled_annotation,
@@ -81,23 +81,8 @@ async fn annotations(env: &TestEnv) -> BTreeMap<String, String> {
 
 /// `freezeframe run <args>` as the CronJob's pod runs it.
 async fn tick(env: &TestEnv, args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"))
-        .arg("run")
-        .args(args)
-        .env("KUBECONFIG", env.sandbox().kubeconfig_path())
-        .env("FREEZEFRAME_NAMESPACE", "freezeframe")
-        .env_remove("FREEZEFRAME_POLICY_CONFIGMAP")
-        .env_remove("FREEZEFRAME_POLICY_FILE")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    eprintln!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let args: Vec<&str> = std::iter::once("run").chain(args.iter().copied()).collect();
+    logged_output(env.freezeframe(&args).env("FREEZEFRAME_NAMESPACE", "freezeframe")).await
 }
 
 async fn stored(env: &TestEnv, policy: &str) -> usize {

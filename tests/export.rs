@@ -960,15 +960,7 @@ async fn given_more_than_one_listing_page_of_objects_when_listed_from_seaweedfs_
 
 /// Runs the freezeframe binary against the test's sandbox; returns (exit code, stdout, stderr).
 async fn freezeframe(env: &TestEnv, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"))
-        .args(args)
-        .env("KUBECONFIG", env.sandbox().kubeconfig_path())
-        .env_remove("FREEZEFRAME_NAMESPACE")
-        .env_remove("FREEZEFRAME_POLICY_CONFIGMAP")
-        .env_remove("FREEZEFRAME_POLICY_FILE")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
+    let output = env.freezeframe(args).output().await?;
     Ok((
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

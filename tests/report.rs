@@ -15,8 +15,8 @@ use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::harness::TestEnv;
 use crate::harness::webhook::RecordedRequest;
+use crate::harness::{TestEnv, logged_output};
 use freezeframe::backup;
 use freezeframe::store::{Layout, fs::FsStore};
 
@@ -67,24 +67,7 @@ fn write_policies(env: &TestEnv, text: &str) -> PathBuf {
 
 /// `freezeframe <args>` as a pod in namespace `freezeframe` runs it.
 async fn freezeframe(env: &TestEnv, args: &[&str]) -> Output {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"))
-        .args(args)
-        .env("KUBECONFIG", env.sandbox().kubeconfig_path())
-        .env("FREEZEFRAME_NAMESPACE", "freezeframe")
-        .env_remove("FREEZEFRAME_POLICY_CONFIGMAP")
-        .env_remove("FREEZEFRAME_POLICY_FILE")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    eprintln!(
-        "freezeframe {args:?}: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    logged_output(env.freezeframe(args).env("FREEZEFRAME_NAMESPACE", "freezeframe")).await
 }
 
 async fn back_up(env: &TestEnv, file: &Path) -> Output {

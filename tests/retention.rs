@@ -19,7 +19,7 @@ use freezeframe::store::{self, BackupId, Layout, ObjectStore, fs::FsStore, s3::S
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 
-use crate::harness::{TestEnv, policy};
+use crate::harness::{TestEnv, logged_output, policy};
 
 /// Namespace `db`, a StatefulSet `db` with one pod and (with `claims`) a volume claim template `data`.
 fn app(claims: bool) -> String {
@@ -100,27 +100,11 @@ async fn snapshot_backup_ids(env: &TestEnv) -> Vec<String> {
 
 /// Run the freezeframe binary with `args` against the sandbox (`kubeconfig: false`: against none).
 async fn freezeframe(env: &TestEnv, args: &[&str], kubeconfig: bool) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"));
-    command
-        .args(args)
-        .env_remove("FREEZEFRAME_NAMESPACE")
-        .env_remove("FREEZEFRAME_POLICY_CONFIGMAP")
-        .env_remove("FREEZEFRAME_POLICY_FILE")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    if kubeconfig {
-        command.env("KUBECONFIG", env.sandbox().kubeconfig_path());
-    } else {
+    let mut command = env.freezeframe(args);
+    if !kubeconfig {
         command.env("KUBECONFIG", env.dir().join("no-such-kubeconfig"));
     }
-    let out = command.output().await.unwrap();
-    eprintln!(
-        "freezeframe {args:?}: {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    logged_output(&mut command).await
 }
 
 fn write_policies(env: &TestEnv, text: &str) -> String {
@@ -427,22 +411,11 @@ async fn given_a_due_policy_when_ticked_twice_then_run_prunes_after_each_backup(
     });
     env.apply(&serde_json::to_string(&cm).unwrap()).unwrap();
     let tick = async || {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"))
-            .args(["run", "--now", "app"])
-            .env("KUBECONFIG", env.sandbox().kubeconfig_path())
-            .env("FREEZEFRAME_NAMESPACE", "freezeframe")
-            .env_remove("FREEZEFRAME_POLICY_CONFIGMAP")
-            .env_remove("FREEZEFRAME_POLICY_FILE")
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap();
-        eprintln!(
-            "stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        logged_output(
+            env.freezeframe(&["run", "--now", "app"])
+                .env("FREEZEFRAME_NAMESPACE", "freezeframe"),
+        )
+        .await
     };
     let (store, layout) = (FsStore::new(&dir), Layout::new(""));
 

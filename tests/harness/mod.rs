@@ -158,6 +158,22 @@ impl TestEnv {
         Ok(backup::backup(&ctx, &engine, request, &cancel).await?)
     }
 
+    /// The `freezeframe` binary with `args`, set up to talk to this sandbox: `KUBECONFIG` points at
+    /// it, no `FREEZEFRAME_*` policy/namespace settings leak in from the test process, no stdin, and
+    /// killed if the test drops it. Add `.env(..)` for what a test needs, then [`logged_output`].
+    pub fn freezeframe(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_freezeframe"));
+        command
+            .args(args)
+            .env("KUBECONFIG", self.sandbox().kubeconfig_path())
+            .env_remove("FREEZEFRAME_NAMESPACE")
+            .env_remove("FREEZEFRAME_POLICY_CONFIGMAP")
+            .env_remove("FREEZEFRAME_POLICY_FILE")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
     /// Delete a namespace and wait until it is gone (404), as `kubectl delete namespace` does. The
     /// sandbox, like a real API server, only marks it Terminating; its controller empties and removes
     /// it a moment later. Fails after [`DELETION_TIMEOUT`] with the namespace's conditions.
@@ -189,6 +205,19 @@ pub fn policy(text: &str) -> freezeframe::policy::Policy {
     let set = freezeframe::policy::parse_str("test", text);
     assert!(set.is_valid(), "{:#?}", set.problems);
     set.policies.into_iter().next().unwrap()
+}
+
+/// Run `command` to its end and print its status, stdout and stderr (shown when the test fails).
+pub async fn logged_output(command: &mut tokio::process::Command) -> std::process::Output {
+    let out = command.output().await.expect("the freezeframe binary runs");
+    eprintln!(
+        "{:?}: {}\nstdout:\n{}\nstderr:\n{}",
+        command.as_std().get_args().collect::<Vec<_>>(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The CustomResourceDefinitions of a cluster, as dynamic objects.
