@@ -192,16 +192,13 @@ mod tests {
 
     #[test]
     fn given_unknown_policy_when_picked_then_usage_error_names_the_valid_ones() {
-        let set = crate::policy::parse_str(
-            "p.yaml",
-            "policies:\n  - name: shop\n    namespaces: [shop]\n    schedule: \"@daily\"\n    storage: primary\nstorages:\n  primary:\n    filesystem: {path: /tmp/x}\n",
-        );
+        let set = crate::policy::parse_str("redis.yaml", include_str!("../../policies/redis.yaml"));
         assert!(set.is_valid(), "{:?}", set.problems);
         let err = pick(&set, "nope", Utc::now()).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "no valid policy named \"nope\"; valid policies: [\"shop\"]"
+            "no valid policy named \"nope\"; valid policies: [\"redis-cache\"]"
         );
-        assert_eq!(pick(&set, "shop", Utc::now()).unwrap().name, "shop");
+        assert_eq!(pick(&set, "redis-cache", Utc::now()).unwrap().name, "redis-cache");
     }
 }
