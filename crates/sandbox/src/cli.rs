@@ -10,7 +10,8 @@ use super::{Sandbox, SandboxOptions};
 ///
 /// kubectl and kube-rs clients reach it through the kubeconfig; workloads applied to it get their
 /// ReplicaSets, Pods and PVCs, and `kubectl exec` runs commands as host processes in the pod's directory
-/// under the state dir (with POD_NAME, POD_NAMESPACE and CONTAINER_NAME set).
+/// under the state dir (with POD_NAME, POD_NAMESPACE and CONTAINER_NAME set), the pod's volumes at their
+/// mount paths. Pods of freezeframe's own image (--image-name) really run, as --image-binary.
 ///
 /// Example:
 ///   sandbox --kubeconfig /tmp/sandbox.kubeconfig --manifests ./examples &

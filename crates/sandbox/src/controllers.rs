@@ -1,7 +1,8 @@
 //! The sandbox's controllers: what kube-controller-manager and the kubelet would do, as far as a backup
 //! tool can see it — workloads get their ReplicaSets, Pods and PVCs (with the names, labels and
 //! ownerReferences the real controllers set), claims bind to volumes, namespaces get their default
-//! ServiceAccount. (Deleted namespaces and CRDs are finalized in the background: see `lifecycle`.)
+//! ServiceAccount, Jobs follow their pods (which the `kubelet` really runs for freezeframe's image).
+//! (Deleted namespaces and CRDs are finalized in the background: see `lifecycle`.)
 
 use std::sync::Arc;
 
