@@ -58,7 +58,7 @@ fn config_map(policy: &str) -> String {
 
 /// The PolicySet of a shipped example (the `policies.yaml` key of its ConfigMap).
 fn example_policy_set() -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/cassandra.yaml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/postgresql.yaml")).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .filter_map(|d| serde::Deserialize::deserialize(d).ok())
         .find_map(|v: Value| v["data"]["policies.yaml"].as_str().map(str::to_string))

@@ -196,6 +196,15 @@ fn write_status(cluster: &Cluster, work: &mut Work, rt: &ResourceType, current: 
         if k == "conditions" && conditions_equal(&merged[k.as_str()], v) {
             continue;
         }
+        // Null: the field is omitted now (a count that went to zero).
+        if v.is_null() {
+            if let Some(m) = merged.as_object_mut()
+                && m.remove(k.as_str()).is_some()
+            {
+                changed = true;
+            }
+            continue;
+        }
         if merged[k.as_str()] != *v {
             merged[k.as_str()] = v.clone();
             changed = true;
@@ -770,9 +779,9 @@ fn reconcile_job(cluster: &Cluster, job: &Value, work: &mut Work) {
             {"type": "FailureTarget", "status": "True", "reason": reason, "message": message, "lastProbeTime": t, "lastTransitionTime": t},
             {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastProbeTime": t, "lastTransitionTime": t}]);
     }
-    for k in ["active", "succeeded", "failed"] {
+    for k in ["active", "succeeded", "failed", "ready"] {
         if status[k] == 0 {
-            status.as_object_mut().expect("status is an object").remove(k);
+            status[k] = Value::Null;
         }
     }
     write_status(cluster, work, &rt(cluster, "batch", "v1", "jobs"), &job, status);
