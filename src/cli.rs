@@ -107,7 +107,7 @@ pub fn run() -> anyhow::Result<Outcome> {
     init_tracing();
     crate::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         match cli.command {
             #[cfg(feature = "demo")]
             Command::Demo(args) => crate::demo::run(args).await,
@@ -120,7 +120,18 @@ pub fn run() -> anyhow::Result<Outcome> {
             Command::Describe(args) => crate::app::backup::describe(args).await,
             Command::Restore(args) => crate::app::restore::run(args).await,
         }
-    })
+    });
+    // The one place input errors become exit code 2: what to change, without a cause chain.
+    match result {
+        Err(err) => match err.downcast::<crate::app::UsageError>() {
+            Ok(usage) => {
+                eprintln!("error: {usage}");
+                Ok(Outcome::InvalidInput)
+            }
+            Err(other) => Err(other),
+        },
+        ok => ok,
+    }
 }
 
 fn init_tracing() {
