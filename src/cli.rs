@@ -38,6 +38,9 @@ pub enum Command {
     Describe(crate::backup::command::DescribeArgs),
     /// Verify a stored backup and restore it here, into other namespaces, or into another cluster.
     Restore(crate::restore::command::RestoreArgs),
+    /// Move volume data to and from the restic-format repository (what mover Jobs run): `mover backup`
+    /// a directory into a snapshot, `mover restore` a snapshot into a directory.
+    Mover(crate::mover::command::MoverArgs),
 }
 
 const POLICIES_HELP: &str = "\
@@ -119,6 +122,7 @@ pub fn run() -> anyhow::Result<Outcome> {
             Command::List(args) => crate::backup::command::list(args).await,
             Command::Describe(args) => crate::backup::command::describe(args).await,
             Command::Restore(args) => crate::restore::command::run(args).await,
+            Command::Mover(args) => crate::mover::command::run(args).await,
         }
     })
 }

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod exit;
 pub mod export;
 pub mod hooks;
+pub mod mover;
 pub mod policy;
 pub mod report;
 pub mod restore;
