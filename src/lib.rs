@@ -3,22 +3,22 @@
 //! The binary (`src/main.rs`) only parses the CLI and maps [`run`](cli::run)'s result to an exit code;
 //! everything else lives here so integration tests can drive it.
 
+pub mod app;
 pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod exit;
 pub mod export;
 pub mod hooks;
+pub mod lease;
 pub mod mover;
 pub mod policy;
 pub mod report;
 pub mod restore;
 pub mod retention;
-pub mod run;
-pub mod sandbox;
-pub mod selector;
 pub mod snapshot;
 pub mod store;
 
