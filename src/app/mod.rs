@@ -5,6 +5,7 @@
 //! Input the user got wrong is a [`UsageError`]: [`crate::cli::run`] prints it and exits 2, in one place.
 
 pub mod backup;
+pub mod mover;
 pub mod policies;
 pub mod prune;
 pub mod restore;
