@@ -22,6 +22,7 @@ use crate::hooks::{Engine, KubeExecutor};
 use crate::policy::{Backend, Policy};
 use crate::report::Reporter;
 use crate::retention::PruneReport;
+use crate::store::crypt::Sealing;
 use crate::store::{self, BackupId, Layout, ObjectStore, layout, s3::StaticCredentials};
 
 /// Arguments of `freezeframe backup`.
@@ -189,6 +190,32 @@ async fn credentials(
     }))
 }
 
+/// Read age identities from a Secret key in freezeframe's namespace (`encryption.identitySecret`).
+pub async fn read_identities(
+    client: &kube::Client,
+    settings: &Settings,
+    secret: &crate::policy::SecretKeyRef,
+) -> anyhow::Result<crate::store::crypt::Identities> {
+    let namespace = settings
+        .namespace
+        .as_deref()
+        .context("identitySecret needs freezeframe's namespace (FREEZEFRAME_NAMESPACE)")?;
+    let name = &secret.name;
+    let found = kube::Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("reading Secret {namespace}/{name}"))?;
+    let data = found.data.unwrap_or_default();
+    let value = data
+        .get(&secret.key)
+        .with_context(|| format!("Secret {namespace}/{name} has no key {}", secret.key))?;
+    let origin = format!("Secret {namespace}/{name} key {}", secret.key);
+    Ok(crate::store::crypt::Identities::parse(
+        &String::from_utf8_lossy(&value.0),
+        origin,
+    )?)
+}
+
 /// Run `freezeframe backup`.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
     let settings = Settings::from_process_with_client(&args.source, &args.client)?;
@@ -308,7 +335,10 @@ pub async fn open_backend(
     backend: &Backend,
 ) -> anyhow::Result<(std::sync::Arc<dyn ObjectStore>, Layout)> {
     let creds = credentials(client, settings, backend).await?;
-    Ok(store::open(backend, creds.as_ref()).await)
+    let (store, layout) = store::open(backend, creds.as_ref()).await;
+    // Refused before anything is written: a bucket that cannot lock what the storage asks to lock.
+    store.check_ready().await?;
+    Ok((store, layout))
 }
 
 /// One backup of `policy` into `store` with the real cluster and wall clock: selection, freeze plan and
@@ -329,6 +359,9 @@ pub async fn back_up_policy(
         store,
         layout,
         clock: &SystemClock,
+        // The policy's storage says whether artifacts are encrypted, even when `--storage` overrides
+        // where they go: an override never turns encryption off.
+        sealing: Sealing::for_storage(policy.storage.encryption.as_ref())?,
     };
     let request = Request {
         policy: &policy.name,
