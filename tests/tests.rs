@@ -9,6 +9,7 @@ mod docs;
 mod export;
 mod harness;
 mod hooks;
+mod object_lock;
 mod packaging;
 mod policy_store;
 mod report;
