@@ -75,7 +75,15 @@ async fn main() -> anyhow::Result<()> {
         reset_peak()?;
         let before = status_kib("VmRSS")?;
         let t = Instant::now();
-        let report = export(&client, &selection, &ExportOptions::default(), &store, &key, &Sealing::Plain).await?;
+        let report = export(
+            &client,
+            &selection,
+            &ExportOptions::default(),
+            &store,
+            &key,
+            &Sealing::Plain,
+        )
+        .await?;
         let took = t.elapsed();
         let peak = status_kib("VmHWM")?;
         let exported = report.kinds["configmaps"].count;

@@ -34,7 +34,8 @@ fn locked_store(env: &TestEnv, bucket: &str) -> S3Store {
 }
 
 #[tokio::test]
-async fn given_locked_object_version_when_deleted_then_the_store_refuses_and_keeps_it() -> anyhow::Result<()> {
+async fn given_locked_object_version_when_deleted_then_the_store_refuses_and_keeps_it() -> anyhow::Result<()>
+{
     let env = TestEnv::with_s3().await?;
     let bucket = locked_bucket(&env).await?;
     let store = locked_store(&env, &bucket);
@@ -52,9 +53,7 @@ async fn given_locked_object_version_when_deleted_then_the_store_refuses_and_kee
 
     assert!(deleted.is_err(), "a locked version was deleted");
     assert_eq!(
-        store
-            .head("backups/p/20261123T120000Z/manifest.json")
-            .await?,
+        store.head("backups/p/20261123T120000Z/manifest.json").await?,
         Some(2)
     );
     Ok(())
@@ -122,9 +121,16 @@ async fn given_locked_backup_due_for_pruning_when_pruned_then_reported_locked_ke
          policies:\n  - name: app\n    schedule: \"@daily\"\n    namespaces: [db]\n\
          \x20   retention: {keepLast: 1}\n    volumes: {snapshot: none}\n",
     );
-    let older = env.back_up(&app, &store, &layout, Utc::now() - Duration::hours(2)).await?;
-    let newer = env.back_up(&app, &store, &layout, Utc::now() - Duration::hours(1)).await?;
-    assert_eq!((older.status, newer.status), (Status::Completed, Status::Completed));
+    let older = env
+        .back_up(&app, &store, &layout, Utc::now() - Duration::hours(2))
+        .await?;
+    let newer = env
+        .back_up(&app, &store, &layout, Utc::now() - Duration::hours(1))
+        .await?;
+    assert_eq!(
+        (older.status, newer.status),
+        (Status::Completed, Status::Completed)
+    );
     let before = store.list("").await?;
     let snapshots = KubeSnapshots::new(env.client()).await?;
     let target = Target {
@@ -153,7 +159,11 @@ async fn given_locked_backup_due_for_pruning_when_pruned_then_reported_locked_ke
         locked.notes
     );
     assert_eq!(report.outcome(), freezeframe::exit::Outcome::Success);
-    assert_eq!(store.list("").await?, before, "every object of both backups is still there");
+    assert_eq!(
+        store.list("").await?,
+        before,
+        "every object of both backups is still there"
+    );
     let summary = freezeframe::retention::command::after_backup_summary(&report);
     assert!(summary.contains("locked until"), "{summary}");
     Ok(())

@@ -6,6 +6,7 @@ mod backup_run;
 mod cron_run;
 mod demo;
 mod docs;
+mod encryption;
 mod export;
 mod harness;
 mod hooks;

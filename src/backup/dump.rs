@@ -310,7 +310,11 @@ async fn check_committed(
             produced.sha256,
             stored.plain.size,
             stored.plain.sha256,
-            if stored.plain == stored.stored { "" } else { " before encryption" }
+            if stored.plain == stored.stored {
+                ""
+            } else {
+                " before encryption"
+            }
         ))
     } else {
         match store.head(key).await {

@@ -229,9 +229,14 @@ pub async fn backup<E: PodExecutor>(
                 Some(p) => Some(p.take().await),
                 None => None,
             };
-            let dumps =
-                dump::run_all(engine.executor(), ctx.store, &ctx.sealing, &keys, req.freeze.dumps.phase(true))
-                    .await;
+            let dumps = dump::run_all(
+                engine.executor(),
+                ctx.store,
+                &ctx.sealing,
+                &keys,
+                req.freeze.dumps.phase(true),
+            )
+            .await;
             (cut, dumps)
         })
         .await;

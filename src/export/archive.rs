@@ -71,7 +71,6 @@ impl<W: AsyncWrite + Unpin> TarWriter<W> {
 mod tests {
     use super::*;
 
-
     #[tokio::test]
     async fn given_entries_with_long_and_short_names_when_read_by_tar_crate_then_all_come_back() {
         let long = format!(

@@ -408,7 +408,9 @@ fn check_ref<'k>(
 }
 
 fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Option<Storage> {
-    let encryption = raw.encryption.map(|e| encryption(ctx, &path.key("encryption"), e));
+    let encryption = raw
+        .encryption
+        .map(|e| encryption(ctx, &path.key("encryption"), e));
     let backend = match (raw.s3, raw.filesystem) {
         (Some(s3), None) => {
             let p = path.key("s3");
@@ -456,7 +458,9 @@ fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Optio
                 credentials_secret: s3.credentials_secret,
                 server_side_encryption: s3.server_side_encryption,
                 kms_key_id: s3.kms_key_id,
-                object_lock: s3.object_lock.and_then(|l| object_lock(ctx, &p.key("objectLock"), l)),
+                object_lock: s3
+                    .object_lock
+                    .and_then(|l| object_lock(ctx, &p.key("objectLock"), l)),
             })
         }
         (None, Some(fs)) => {
@@ -492,7 +496,10 @@ fn encryption(ctx: &mut Ctx<'_>, path: &Path, raw: RawEncryption) -> Encryption 
     }
     for (i, r) in raw.recipients.iter().enumerate() {
         if let Err(e) = crate::store::crypt::Recipients::parse(&[r]) {
-            ctx.msg(&path.key("recipients").index(i), format!("{e}; allowed: an age1… public key"));
+            ctx.msg(
+                &path.key("recipients").index(i),
+                format!("{e}; allowed: an age1… public key"),
+            );
         }
     }
     if let Some(r) = &raw.identity_secret
@@ -526,7 +533,10 @@ fn object_lock(ctx: &mut Ctx<'_>, path: &Path, raw: RawObjectLock) -> Option<Obj
         _ => {
             ctx.msg(
                 &path.key("retainDays"),
-                format!("found {}; allowed: a whole number of days, at least 1", raw.retain_days),
+                format!(
+                    "found {}; allowed: a whole number of days, at least 1",
+                    raw.retain_days
+                ),
             );
             None
         }

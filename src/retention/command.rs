@@ -157,7 +157,14 @@ pub fn after_backup_summary(r: &PruneReport) -> String {
         .ok();
     }
     for p in &r.locked {
-        writeln!(out, "    not pruned yet {} ({}): {}", p.backup_id, p.reason, p.notes.join("; ")).ok();
+        writeln!(
+            out,
+            "    not pruned yet {} ({}): {}",
+            p.backup_id,
+            p.reason,
+            p.notes.join("; ")
+        )
+        .ok();
     }
     out
 }

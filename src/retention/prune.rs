@@ -365,7 +365,9 @@ pub(super) async fn execute(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    pruned.errors.push(format!("checking its Object Lock retention: {}", chain(&e)));
+                    pruned
+                        .errors
+                        .push(format!("checking its Object Lock retention: {}", chain(&e)));
                     report.failed.push(pruned);
                     continue;
                 }

@@ -165,12 +165,10 @@ impl Identities {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            keys.push(
-                x25519::Identity::from_str(line).map_err(|_| Error::Identity {
-                    origin: origin.clone(),
-                    line: n + 1,
-                })?,
-            );
+            keys.push(x25519::Identity::from_str(line).map_err(|_| Error::Identity {
+                origin: origin.clone(),
+                line: n + 1,
+            })?);
         }
         if keys.is_empty() {
             return Err(Error::NoIdentities(origin));
@@ -296,7 +294,9 @@ impl Opening {
                     what: what.to_string(),
                     source,
                 };
-                let decryptor = age::Decryptor::new_async(stored.compat()).await.map_err(decrypt)?;
+                let decryptor = age::Decryptor::new_async(stored.compat())
+                    .await
+                    .map_err(decrypt)?;
                 let plain = decryptor.decrypt_async(identities.as_dyn()).map_err(decrypt)?;
                 Ok(Box::pin(plain.compat()))
             }
@@ -356,8 +356,9 @@ pub async fn put_artifact(
     let upload = async move { store.put(key, &mut reader).await };
     let seal = async {
         let mut plain = HashingReader::new(body);
-        let encryptor = age::Encryptor::with_recipients(recipients.0.iter().map(|r| r as &dyn age::Recipient))
-            .map_err(|e| Failure::Encrypt(Error::Encrypt(e)))?;
+        let encryptor =
+            age::Encryptor::with_recipients(recipients.0.iter().map(|r| r as &dyn age::Recipient))
+                .map_err(|e| Failure::Encrypt(Error::Encrypt(e)))?;
         let mut sealed = encryptor
             .wrap_async_output(writer.compat_write())
             .await
@@ -464,9 +465,13 @@ mod tests {
         let store = FsStore::new(dir.path());
         let (identity, public) = keypair();
         let sealing = Sealing::Age(Arc::new(Recipients::parse(&[public.clone()]).unwrap()));
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| format!("marker-{i};").into_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| format!("marker-{i};").into_bytes())
+            .collect();
 
-        let stored = put_artifact(&store, "a/obj", &mut &data[..], &sealing).await.unwrap();
+        let stored = put_artifact(&store, "a/obj", &mut &data[..], &sealing)
+            .await
+            .unwrap();
 
         let raw = get_bytes(&store, "a/obj").await.unwrap();
         assert_eq!(stored.plain.size, data.len() as u64);
@@ -474,7 +479,10 @@ mod tests {
         assert!(!raw.windows(9).any(|w| w == b"marker-1;"), "plaintext stored");
         let opening =
             Opening::for_backup("p/1", sealing.record().as_ref(), Some(&identities(&[&identity]))).unwrap();
-        let mut plain = opening.reader("a/obj", store.get("a/obj").await.unwrap()).await.unwrap();
+        let mut plain = opening
+            .reader("a/obj", store.get("a/obj").await.unwrap())
+            .await
+            .unwrap();
         let mut back = Vec::new();
         plain.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, data);
@@ -489,7 +497,9 @@ mod tests {
         let (identity, public) = keypair();
         let sealing = Sealing::Age(Arc::new(Recipients::parse(&[public]).unwrap()));
         let data = vec![42u8; 200_000];
-        put_artifact(&store, "obj", &mut &data[..], &sealing).await.unwrap();
+        put_artifact(&store, "obj", &mut &data[..], &sealing)
+            .await
+            .unwrap();
         let mut raw = get_bytes(&store, "obj").await.unwrap();
         let at = raw.len() - 1000;
         raw[at] ^= 1;
@@ -511,14 +521,21 @@ mod tests {
             recipients: vec![public.clone()],
         };
 
-        let error = Opening::for_backup("shop/20261123T120000Z", Some(&record), Some(&identities(&[&other])))
-            .unwrap_err()
-            .to_string();
+        let error = Opening::for_backup(
+            "shop/20261123T120000Z",
+            Some(&record),
+            Some(&identities(&[&other])),
+        )
+        .unwrap_err()
+        .to_string();
         let missing = Opening::for_backup("shop/20261123T120000Z", Some(&record), None)
             .unwrap_err()
             .to_string();
 
-        assert!(error.contains(&format!("backup shop/20261123T120000Z is encrypted to {public}")), "{error}");
+        assert!(
+            error.contains(&format!("backup shop/20261123T120000Z is encrypted to {public}")),
+            "{error}"
+        );
         assert!(error.contains("no matching identity in file test.key"), "{error}");
         assert!(missing.contains("--identity-file"), "{missing}");
     }
@@ -535,7 +552,10 @@ mod tests {
         let opening = Opening::for_backup("p/1", Some(&record), Some(&identities(&[&new, &old])));
 
         assert!(matches!(opening, Ok(Opening::Age(_))));
-        assert!(matches!(Opening::for_backup("p/1", None, None), Ok(Opening::Plain)));
+        assert!(matches!(
+            Opening::for_backup("p/1", None, None),
+            Ok(Opening::Plain)
+        ));
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!
 //! Backends: [`fs::FsStore`] (a directory, `file:///path`) and [`s3::S3Store`] (S3 and S3-compatible).
 
-pub mod fs;
 pub mod crypt;
+pub mod fs;
 pub mod layout;
 pub mod pipe;
 pub mod s3;

@@ -40,7 +40,14 @@ async fn given_successful_command_when_dumped_then_stdout_stored_with_size_and_s
         stdout: format!("rows of {}\n", t.pod),
         stderr: "progress\n".into(),
     });
-    let records = run_all(&exec, &store, &Sealing::Plain, &keys(), [target("db-1"), target("db-0")].iter()).await;
+    let records = run_all(
+        &exec,
+        &store,
+        &Sealing::Plain,
+        &keys(),
+        [target("db-1"), target("db-0")].iter(),
+    )
+    .await;
     assert_eq!(records.len(), 2);
     let r = &records[0];
     assert_eq!(
@@ -202,7 +209,10 @@ fn sealing_and_identities() -> (Sealing, std::sync::Arc<crate::store::crypt::Ide
     let recipients = crate::store::crypt::Recipients::parse(&[identity.to_public().to_string()]).unwrap();
     let identities =
         crate::store::crypt::Identities::parse(identity.to_string().expose_secret(), "test").unwrap();
-    (Sealing::Age(std::sync::Arc::new(recipients)), std::sync::Arc::new(identities))
+    (
+        Sealing::Age(std::sync::Arc::new(recipients)),
+        std::sync::Arc::new(identities),
+    )
 }
 
 #[tokio::test]
@@ -226,12 +236,9 @@ async fn given_encryption_when_dumped_then_ciphertext_is_stored_and_recorded_and
     assert!(!String::from_utf8_lossy(&stored).contains("secret-row-marker"));
     assert_eq!(record.size, Some(stored.len() as u64));
     assert_eq!(record.sha256.as_deref(), Some(sha(&stored).as_str()));
-    let opening = crate::store::crypt::Opening::for_backup(
-        "p/1",
-        sealing.record().as_ref(),
-        Some(&identities),
-    )
-    .unwrap();
+    let opening =
+        crate::store::crypt::Opening::for_backup("p/1", sealing.record().as_ref(), Some(&identities))
+            .unwrap();
     let mut plain = opening.reader("dump", &stored[..]).await.unwrap();
     let mut text = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut plain, &mut text)
