@@ -265,7 +265,7 @@ pub async fn run_one<E: PodExecutor>(
             "the command ended with {} after {} bytes; nothing was stored",
             o.termination, produced.size
         )),
-        (Ok(_), Err(e)) => Some(format!("storing {key}: {}", error_chain(&e))),
+        (Ok(_), Err(e)) => Some(format!("storing {key}: {}", error_chain(e))),
         (Ok(_), Ok(stored)) => check_committed(store, &key, &produced, stored).await.err(),
     };
     if let Ok(o) = &out {

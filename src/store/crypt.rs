@@ -464,7 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path());
         let (identity, public) = keypair();
-        let sealing = Sealing::Age(Arc::new(Recipients::parse(&[public.clone()]).unwrap()));
+        let sealing = Sealing::Age(Arc::new(Recipients::parse(&[public]).unwrap()));
         let data: Vec<u8> = (0..300_000u32)
             .flat_map(|i| format!("marker-{i};").into_bytes())
             .collect();
