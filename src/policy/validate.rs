@@ -495,10 +495,10 @@ fn encryption(ctx: &mut Ctx<'_>, path: &Path, raw: RawEncryption) -> Encryption 
         );
     }
     for (i, r) in raw.recipients.iter().enumerate() {
-        if let Err(e) = crate::store::crypt::Recipients::parse(&[r]) {
+        if let Err(e) = r.trim().parse::<age::x25519::Recipient>() {
             ctx.msg(
                 &path.key("recipients").index(i),
-                format!("{e}; allowed: an age1… public key"),
+                format!("found {r:?}, not an age X25519 recipient ({e}); allowed: an age1… public key"),
             );
         }
     }
