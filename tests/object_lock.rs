@@ -164,7 +164,7 @@ async fn given_locked_backup_due_for_pruning_when_pruned_then_reported_locked_ke
         before,
         "every object of both backups is still there"
     );
-    let summary = freezeframe::retention::command::after_backup_summary(&report);
+    let summary = freezeframe::app::prune::after_backup_summary(&report);
     assert!(summary.contains("locked until"), "{summary}");
     Ok(())
 }
