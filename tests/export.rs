@@ -272,6 +272,7 @@ async fn back_up_shop_and_check(
         store,
         layout,
         clock: &clock,
+        sealing: Default::default(),
     };
 
     let manifest = backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default()).await?;
@@ -455,6 +456,7 @@ async fn given_1200_configmaps_when_exported_with_pages_of_500_then_every_one_is
         store: &store,
         layout: &layout,
         clock: &clock,
+        sealing: Default::default(),
     };
     let mut chosen = selection("bulk");
     chosen.filter = ResourceFilter::new(&["configmaps".into()], &[]);
@@ -547,6 +549,7 @@ async fn given_store_failing_in_the_middle_of_the_archive_upload_when_backing_up
         store: &failing,
         layout: &layout,
         clock: &clock,
+        sealing: Default::default(),
     };
 
     let error = backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default())
@@ -572,6 +575,7 @@ async fn given_api_failing_while_listing_a_kind_when_backing_up_then_partial_arc
         store: &store,
         layout: &layout,
         clock: &clock,
+        sealing: Default::default(),
     };
     env.sandbox().cluster().inject_fault(Fault {
         verb: Some("list".into()),
@@ -781,6 +785,7 @@ async fn given_three_apps_in_one_namespace_when_selector_picks_cassandra_then_ex
         store: &store,
         layout: &layout,
         clock: &clock,
+        sealing: Default::default(),
     };
     let selector: LabelSelector =
         serde_json::from_value(serde_json::json!({"matchLabels": {"app": "cassandra"}}))?;

@@ -38,6 +38,7 @@ async fn back_up(client: kube::Client, store: &dyn ObjectStore, layout: &Layout)
         store,
         layout,
         clock: &clock,
+        sealing: Default::default(),
     };
     Ok(backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default()).await?)
 }
@@ -64,6 +65,7 @@ async fn restore(
         layout,
         target: &target,
         dumps: None,
+        identities: None,
     };
     restore::run(&ctx, options).await
 }
@@ -296,6 +298,7 @@ pub(crate) async fn restore_with(
         layout,
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+        identities: None,
     };
     restore::run(&ctx, opts).await
 }
@@ -493,6 +496,7 @@ async fn given_backup_in_seaweedfs_when_restored_into_a_fresh_sandbox_then_the_s
         credentials_secret: None,
         server_side_encryption: None,
         kms_key_id: None,
+        object_lock: None,
     });
     let (source_store, layout) = store::open(&backend, Some(&test_credentials())).await;
     write_orders(&env.client(), "shop", "db-0", ORDERS).await?;
@@ -878,6 +882,7 @@ async fn backup_with_entry(
         hooks: None,
         dumps: vec![],
         volumes: None,
+        encryption: None,
     };
     store::put_bytes(store, &keys.manifest(), &serde_json::to_vec(&manifest)?).await?;
     Ok(())
@@ -1075,6 +1080,7 @@ async fn restore_db(
         layout: &Layout::new(""),
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+        identities: None,
     };
     let mut opts = options();
     opts.plan.namespace_map = [("db".to_string(), to.to_string())].into();
@@ -1270,6 +1276,7 @@ async fn given_objects_failing_with_existing_fail_when_restored_again_then_a_war
         layout: &Layout::new(""),
         target: &target,
         dumps: None,
+        identities: None,
     };
     let mut again = options();
     again.plan.namespace_map = [("db".to_string(), "db-copy".to_string())].into();

@@ -7,10 +7,12 @@ mod cron_run;
 #[cfg(feature = "demo")]
 mod demo;
 mod docs;
+mod encryption;
 mod export;
 mod harness;
 mod hooks;
 mod mover;
+mod object_lock;
 mod packaging;
 mod policy_store;
 mod report;

@@ -24,6 +24,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ClientArgs, ConfigError, PolicySource, PolicySourceArgs, Settings};
 use crate::policy::store::Loaded;
 use crate::policy::{Backend, Error as PolicyError, Policy, PolicySet};
+use crate::store::crypt::Identities;
 use crate::store::{self, Layout, ObjectStore, s3::StaticCredentials};
 
 /// Input the user got wrong (a flag, a policy name, a combination): printed as `error: <message>` and
@@ -170,6 +171,24 @@ impl Invocation {
                 .with_context(|| format!("Secret {namespace}/{name} has no AWS_SECRET_ACCESS_KEY"))?,
             session_token: value("AWS_SESSION_TOKEN"),
         })
+    }
+
+    /// Read age identities from a Secret key in freezeframe's namespace (`encryption.identitySecret`).
+    pub async fn identities(&self, secret: &crate::policy::SecretKeyRef) -> anyhow::Result<Identities> {
+        let namespace = self
+            .namespace()
+            .context("identitySecret needs freezeframe's namespace (FREEZEFRAME_NAMESPACE)")?;
+        let name = &secret.name;
+        let found = kube::Api::<Secret>::namespaced(self.client().await?, namespace)
+            .get(name)
+            .await
+            .with_context(|| format!("reading Secret {namespace}/{name}"))?;
+        let data = found.data.unwrap_or_default();
+        let value = data
+            .get(&secret.key)
+            .with_context(|| format!("Secret {namespace}/{name} has no key {}", secret.key))?;
+        let origin = format!("Secret {namespace}/{name} key {}", secret.key);
+        Ok(Identities::parse(&String::from_utf8_lossy(&value.0), origin)?)
     }
 }
 

@@ -156,6 +156,16 @@ pub fn after_backup_summary(r: &PruneReport) -> String {
         )
         .ok();
     }
+    for p in &r.locked {
+        writeln!(
+            out,
+            "    not pruned yet {} ({}): {}",
+            p.backup_id,
+            p.reason,
+            p.notes.join("; ")
+        )
+        .ok();
+    }
     out
 }
 
@@ -187,6 +197,7 @@ pub fn table(reports: &[PruneReport]) -> String {
             .iter()
             .map(|p| (p, action))
             .chain(r.failed.iter().map(|p| (p, "PRUNE FAILED")))
+            .chain(r.locked.iter().map(|p| (p, "locked")))
         {
             let row = [
                 r.policy.clone(),
@@ -360,6 +371,7 @@ mod tests {
                 notes: vec![],
                 errors: vec!["deleting VolumeSnapshot shop/x: forbidden".into()],
             }],
+            locked: vec![],
         }
     }
 

@@ -43,6 +43,8 @@ pub async fn back_up_prune_report(
     let backed_up = async {
         let client = invocation.client().await?;
         let (store, layout) = invocation.open_store(backend).await?;
+        // Refused before anything is written: a bucket that cannot lock what the storage asks to lock.
+        store.check_ready().await?;
         let m = back_up_policy(invocation, policy, store.as_ref(), &layout, cancel).await?;
         anyhow::Ok((m, store, layout, client))
     }
@@ -104,6 +106,9 @@ pub async fn back_up_policy(
         store,
         layout,
         clock: invocation.clock(),
+        // The policy's storage says whether artifacts are encrypted, even when `--storage` overrides
+        // where they go: an override never turns encryption off.
+        sealing: crate::store::crypt::Sealing::for_storage(policy.storage.encryption.as_ref())?,
     };
     let request = Request {
         policy: &policy.name,

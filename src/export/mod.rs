@@ -47,6 +47,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ClientLimits;
 use crate::policy::{Namespaces, Policy};
+use crate::store::crypt::Sealing;
 use crate::store::{self, ObjectStore, Written};
 pub use filter::ResourceFilter;
 
@@ -431,7 +432,8 @@ impl Tally {
     }
 }
 
-/// Export `selection` into `key` of `store` as a tar+zstd archive.
+/// Export `selection` into `key` of `store` as a tar+zstd archive, encrypted as `sealing` says (the
+/// report's `archive` is what is stored).
 ///
 /// The archive is complete only if this returns `Ok`: any failure (API, serialisation, upload) aborts
 /// the upload, so no object is committed under `key` by backends that commit on completion.
@@ -441,6 +443,7 @@ pub async fn export(
     options: &ExportOptions,
     store: &dyn ObjectStore,
     key: &str,
+    sealing: &Sealing,
 ) -> Result<ExportReport> {
     let kube = Kube::new(client.clone(), options.page_size).limited(options.limits);
     let discovery = Discovery::new(client.clone())
@@ -451,9 +454,9 @@ pub async fn export(
     // The reader moves into the upload so it is dropped as soon as the upload ends: a failed upload
     // then fails the writer's next write instead of leaving it blocked on a full pipe.
     let upload = async move {
-        store
-            .put(key, &mut pipe_reader)
+        store::crypt::put_artifact(store, key, &mut pipe_reader, sealing)
             .await
+            .map(|stored| stored.stored)
             .map_err(|source| Error::Store {
                 key: key.to_string(),
                 source,

@@ -24,6 +24,23 @@ pub const POLICY_SET_FIELDS: &[&str] = &[
 pub struct RawStorage {
     pub s3: Option<RawS3>,
     pub filesystem: Option<RawFilesystem>,
+    pub encryption: Option<RawEncryption>,
+}
+
+/// Client-side encryption of a storage's artifacts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEncryption {
+    pub recipients: Vec<String>,
+    pub identity_secret: Option<RawSecretKeyRef>,
+}
+
+/// S3 Object Lock retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawObjectLock {
+    pub mode: String,
+    pub retain_days: i64,
 }
 
 /// An S3 (or S3-compatible) bucket.
@@ -38,6 +55,7 @@ pub struct RawS3 {
     pub credentials_secret: Option<String>,
     pub server_side_encryption: Option<String>,
     pub kms_key_id: Option<String>,
+    pub object_lock: Option<RawObjectLock>,
 }
 
 /// A directory on a mounted volume.

@@ -429,3 +429,78 @@ fn given_several_typos_in_one_policy_when_validated_then_all_are_reported_at_onc
         set.problems
     );
 }
+
+/// The issue's storage block for encryption and Object Lock, with field names as the contract shows.
+fn storage_with(block: &str) -> String {
+    minimal("").replace(
+        "storages:\n  primary:\n    filesystem: {path: /b}\n",
+        &format!("storages:\n  primary:\n{block}"),
+    )
+}
+
+#[test]
+fn given_encryption_and_object_lock_blocks_when_validated_then_they_are_resolved() {
+    let recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let set = parse_str(
+        "p.yaml",
+        &storage_with(&format!(
+            "    s3: {{bucket: b, objectLock: {{mode: GOVERNANCE, retainDays: 30}}}}\n\
+             \x20   encryption:\n      recipients: [\"{recipient}\"]\n\
+             \x20     identitySecret: {{name: freezeframe-identity, key: identities}}\n"
+        )),
+    );
+
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    let storage = &set.policies[0].storage;
+    let encryption = storage.encryption.as_ref().unwrap();
+    assert_eq!(encryption.recipients, [recipient]);
+    assert_eq!(
+        encryption.identity_secret,
+        Some(SecretKeyRef {
+            name: "freezeframe-identity".into(),
+            key: "identities".into()
+        })
+    );
+    let Backend::S3(s3) = &storage.backend else {
+        panic!("s3")
+    };
+    assert_eq!(
+        s3.object_lock,
+        Some(ObjectLock {
+            mode: LockMode::Governance,
+            retain_days: 30
+        })
+    );
+}
+
+#[test]
+fn given_bad_recipient_and_lock_values_when_validated_then_each_is_reported_at_its_field() {
+    let set = parse_str(
+        "p.yaml",
+        &storage_with(
+            "    s3: {bucket: b, objectLock: {mode: FOREVER, retainDays: 0}}\n\
+             \x20   encryption: {recipients: [\"ssh-ed25519 AAAA\"]}\n",
+        ),
+    );
+
+    let paths: Vec<&str> = set.problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(
+        paths.contains(&"storages.primary.encryption.recipients[0]"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"storages.primary.s3.objectLock.mode"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"storages.primary.s3.objectLock.retainDays"),
+        "{paths:?}"
+    );
+    assert!(
+        set.problems
+            .iter()
+            .any(|p| p.message.contains("allowed: `GOVERNANCE`, `COMPLIANCE`")),
+        "{:#?}",
+        set.problems
+    );
+}

@@ -408,6 +408,9 @@ fn check_ref<'k>(
 }
 
 fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Option<Storage> {
+    let encryption = raw
+        .encryption
+        .map(|e| encryption(ctx, &path.key("encryption"), e));
     let backend = match (raw.s3, raw.filesystem) {
         (Some(s3), None) => {
             let p = path.key("s3");
@@ -455,6 +458,9 @@ fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Optio
                 credentials_secret: s3.credentials_secret,
                 server_side_encryption: s3.server_side_encryption,
                 kms_key_id: s3.kms_key_id,
+                object_lock: s3
+                    .object_lock
+                    .and_then(|l| object_lock(ctx, &p.key("objectLock"), l)),
             })
         }
         (None, Some(fs)) => {
@@ -477,6 +483,67 @@ fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Optio
     Some(Storage {
         name: name.to_string(),
         backend,
+        encryption,
+    })
+}
+
+fn encryption(ctx: &mut Ctx<'_>, path: &Path, raw: RawEncryption) -> Encryption {
+    if raw.recipients.is_empty() {
+        ctx.msg(
+            &path.key("recipients"),
+            "found no recipient; allowed: one or more age X25519 public keys (age1…, from `age-keygen -y`)",
+        );
+    }
+    for (i, r) in raw.recipients.iter().enumerate() {
+        if let Err(e) = r.trim().parse::<age::x25519::Recipient>() {
+            ctx.msg(
+                &path.key("recipients").index(i),
+                format!("found {r:?}, not an age X25519 recipient ({e}); allowed: an age1… public key"),
+            );
+        }
+    }
+    if let Some(r) = &raw.identity_secret
+        && let Err(e) = values::check_dns_subdomain(&r.name)
+    {
+        ctx.invalid(&path.key("identitySecret").key("name"), e);
+    }
+    Encryption {
+        recipients: raw.recipients.iter().map(|r| r.trim().to_string()).collect(),
+        identity_secret: raw.identity_secret.map(|r| SecretKeyRef {
+            name: r.name,
+            key: r.key,
+        }),
+    }
+}
+
+fn object_lock(ctx: &mut Ctx<'_>, path: &Path, raw: RawObjectLock) -> Option<ObjectLock> {
+    let mode = match raw.mode.as_str() {
+        "GOVERNANCE" => Some(LockMode::Governance),
+        "COMPLIANCE" => Some(LockMode::Compliance),
+        other => {
+            ctx.msg(
+                &path.key("mode"),
+                format!("found {other:?}; allowed: `GOVERNANCE`, `COMPLIANCE`"),
+            );
+            None
+        }
+    };
+    let days = match u32::try_from(raw.retain_days) {
+        Ok(d) if d >= 1 => Some(d),
+        _ => {
+            ctx.msg(
+                &path.key("retainDays"),
+                format!(
+                    "found {}; allowed: a whole number of days, at least 1",
+                    raw.retain_days
+                ),
+            );
+            None
+        }
+    };
+    Some(ObjectLock {
+        mode: mode?,
+        retain_days: days?,
     })
 }
 

@@ -187,12 +187,23 @@ impl<E: PodExecutor, P: Pods> Replayer<E, P> {
             }
         };
         let mut input = Verifying::new(reader, Written { size, sha256 });
+        // The stored bytes are checked as they pass (Verifying); an encrypted dump is decrypted after
+        // that check, and age authenticates every chunk before releasing its plaintext.
+        let mut plain = match located.opening.reader(&key, &mut input).await {
+            Ok(p) => p,
+            Err(e) => {
+                replay.status = ReplayStatus::Refused;
+                replay.message = Some(format!("{key}: {}", error_chain(&e)));
+                return replay;
+            }
+        };
         let argv = match restore_command {
             Exec::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
             Exec::Argv(a) => a.clone(),
         };
         tracing::info!(dump = %record.name, from = %replay.source, into = %replay.target, "replaying dump");
-        let ran = self.executor.feed(&target, &argv, &mut input, dump.timeout).await;
+        let ran = self.executor.feed(&target, &argv, &mut plain, dump.timeout).await;
+        drop(plain);
         replay.bytes = input.read;
         match ran {
             Err(e) => replay.message = Some(e.summary()),

@@ -150,6 +150,7 @@ impl TestEnv {
             store,
             layout,
             clock: &clock,
+            sealing: freezeframe::store::crypt::Sealing::for_storage(policy.storage.encryption.as_ref())?,
         };
         let request = Request {
             policy: &policy.name,
