@@ -130,7 +130,7 @@ async fn open_store(
     let backend = &policy.storage.backend;
     let creds = match backend {
         Backend::S3(s3) if s3.credentials_secret.is_some() => {
-            let client = kube::Client::try_default().await?;
+            let client = crate::k8s::connect().await?;
             credentials(&client, &settings, backend).await?
         }
         _ => None,
@@ -208,7 +208,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
         Some(url) => store::backend_from_url(url)?,
         None => policy.storage.backend.clone(),
     };
-    let client = kube::Client::try_default().await?;
+    let client = crate::k8s::connect().await?;
     let cancel = cancel_on_signals()?;
     let reporter = Reporter::for_settings(client.clone(), &settings);
     let ran = back_up_prune_report(

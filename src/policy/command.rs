@@ -86,7 +86,7 @@ pub async fn load_with_state(settings: &Settings) -> anyhow::Result<Loaded> {
             })
         }
         PolicySource::ConfigMap { namespace, name } => {
-            let client = kube::Client::try_default().await?;
+            let client = crate::k8s::connect().await?;
             let api = kube::Api::namespaced(client, namespace);
             Ok(super::store::load(&api, namespace, name).await?)
         }

@@ -145,7 +145,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         wait: args.wait.then_some(args.wait_timeout),
     };
     let (store, layout) = store::open(&backend, None).await;
-    let client = kube::Client::try_default().await?;
+    let client = crate::k8s::connect().await?;
     let target = KubeTarget::new(client.clone());
     let replayer = match &policy {
         Some(p) if !args.skip_dumps => Some(Replayer::new(

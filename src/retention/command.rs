@@ -261,7 +261,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
             .unwrap_or_else(|| p.storage.backend.clone())
     };
     let client = if policies.iter().any(|p| needs_cluster(&backend_of(p))) {
-        Some(kube::Client::try_default().await?)
+        Some(crate::k8s::connect().await?)
     } else {
         None
     };

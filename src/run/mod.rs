@@ -122,7 +122,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         );
     };
     let lease_namespace = settings.namespace.clone().unwrap_or_else(|| namespace.clone());
-    let client = kube::Client::try_default().await?;
+    let client = crate::k8s::connect().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
 
     // Load policies.
