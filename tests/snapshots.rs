@@ -304,9 +304,17 @@ async fn two_policies_in_one_second(volumes: &str) {
     assert_eq!(a.volumes.len(), 2);
     assert_eq!(b.volumes.len(), 2);
     let names = |o: &Outcome| o.volumes.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
-    assert!(names(&a).iter().all(|n| !names(&b).contains(n)), "{:?} / {:?}", names(&a), names(&b));
+    assert!(
+        names(&a).iter().all(|n| !names(&b).contains(n)),
+        "{:?} / {:?}",
+        names(&a),
+        names(&b)
+    );
     for v in a.volumes.iter().chain(&b.volumes) {
-        snapshots_api(&env).get(&v.name).await.expect("each policy's snapshot exists");
+        snapshots_api(&env)
+            .get(&v.name)
+            .await
+            .expect("each policy's snapshot exists");
     }
     for (outcome, name) in [(&a, "shop"), (&b, "whole-namespace")] {
         for g in &outcome.groups {
@@ -321,7 +329,8 @@ async fn given_two_policies_over_one_namespace_in_the_same_second_when_snapshott
 }
 
 #[tokio::test]
-async fn given_two_group_policies_over_one_namespace_in_the_same_second_when_snapshotted_then_both_complete() {
+async fn given_two_group_policies_over_one_namespace_in_the_same_second_when_snapshotted_then_both_complete()
+{
     two_policies_in_one_second("{group: true}").await;
 }
 

@@ -189,8 +189,8 @@ async fn credentials(
     }))
 }
 
-/// Run `freezeframe backup`.
-pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
+/// Run `freezeframe backup`; `cancel` is the process's [`cancel_on_signals`] token.
+pub async fn backup(args: BackupArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let settings = Settings::from_process_with_client(&args.source, &args.client)?;
     let set = crate::policy::command::load(&settings).await?;
     let Some(policy): Option<&Policy> = set.policy(&args.policy) else {
@@ -209,7 +209,6 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
         None => policy.storage.backend.clone(),
     };
     let client = crate::k8s::connect().await?;
-    let cancel = cancel_on_signals()?;
     let reporter = Reporter::for_settings(client.clone(), &settings);
     let ran = back_up_prune_report(
         &client,

@@ -55,11 +55,13 @@ mod tests {
     use kube::core::Status;
 
     fn already_exists() -> kube::Error {
-        kube::Error::Api(Box::new(Status::failure(
-            r#"volumesnapshots.snapshot.storage.k8s.io "data-ff-1" already exists"#,
-            "AlreadyExists",
-        )
-        .with_code(409)))
+        kube::Error::Api(Box::new(
+            Status::failure(
+                r#"volumesnapshots.snapshot.storage.k8s.io "data-ff-1" already exists"#,
+                "AlreadyExists",
+            )
+            .with_code(409),
+        ))
     }
 
     #[derive(Debug, thiserror::Error)]

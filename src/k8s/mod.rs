@@ -181,7 +181,10 @@ mod tests {
 
     #[test]
     fn given_no_settings_then_the_defaults_apply() {
-        assert_eq!(ClientSettings::resolve(&env(&[])).unwrap(), ClientSettings::default());
+        assert_eq!(
+            ClientSettings::resolve(&env(&[])).unwrap(),
+            ClientSettings::default()
+        );
     }
 
     #[test]
@@ -204,7 +207,10 @@ mod tests {
     fn given_a_timeout_without_unit_then_the_error_names_the_variable_and_the_fix() {
         let e = ClientSettings::resolve(&env(&[("FREEZEFRAME_KUBE_TIMEOUT", "30")])).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("FREEZEFRAME_KUBE_TIMEOUT") && text.contains("30s"), "{text}");
+        assert!(
+            text.contains("FREEZEFRAME_KUBE_TIMEOUT") && text.contains("30s"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -225,9 +231,16 @@ mod tests {
         let client = client(config, settings).unwrap();
         let started = std::time::Instant::now();
         let err = client.apiserver_version().await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         let text = describe(&err);
-        assert!(text.contains(&format!("no answer from the API server http://{addr}")), "{text}");
+        assert!(
+            text.contains(&format!("no answer from the API server http://{addr}")),
+            "{text}"
+        );
         held.abort();
     }
 }

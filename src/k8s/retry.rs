@@ -123,7 +123,10 @@ impl<B> tower::retry::Policy<Request<Body>, Response<B>, BoxError> for RetryPoli
             return None;
         }
         if !self.budget.take() {
-            tracing::warn!("the run's API retry budget is spent: not retrying {}", request.uri());
+            tracing::warn!(
+                "the run's API retry budget is spent: not retrying {}",
+                request.uri()
+            );
             return None;
         }
         self.attempt += 1;
@@ -180,7 +183,10 @@ mod tests {
             Some(Retryable::After(Duration::from_secs(3)))
         );
         for status in [500, 502, 503, 504] {
-            assert!(matches!(classify(&get(), &answer(status, None)), Some(Retryable::Backoff(_))));
+            assert!(matches!(
+                classify(&get(), &answer(status, None)),
+                Some(Retryable::Backoff(_))
+            ));
         }
         for status in [200, 400, 403, 404, 409, 410, 422] {
             assert_eq!(classify(&get(), &answer(status, None)), None, "{status}");
@@ -224,16 +230,24 @@ mod tests {
         let mut req = get();
         assert!(first.retry(&mut req, &mut answer(503, None)).is_some());
         assert!(first.retry(&mut req, &mut answer(503, None)).is_some());
-        assert!(first.retry(&mut req, &mut answer(503, None)).is_none(), "per call");
+        assert!(
+            first.retry(&mut req, &mut answer(503, None)).is_none(),
+            "per call"
+        );
         let mut second = RetryPolicy::new(2, budget);
         assert!(second.retry(&mut req, &mut answer(503, None)).is_some());
-        assert!(second.retry(&mut req, &mut answer(503, None)).is_none(), "per run");
+        assert!(
+            second.retry(&mut req, &mut answer(503, None)).is_none(),
+            "per run"
+        );
     }
 
     #[test]
     fn given_attempts_then_the_backoff_grows_jittered_and_capped() {
         for attempt in 1..=20 {
-            let full = FIRST_BACKOFF.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_BACKOFF);
+            let full = FIRST_BACKOFF
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(MAX_BACKOFF);
             let d = RetryPolicy::backoff(attempt);
             assert!(d <= full && d >= full / 2, "{attempt}: {d:?}");
         }

@@ -94,11 +94,11 @@ impl Pods for kube::Client {
         let pods = select::list_pods(self, &[namespace.to_string()], &dump.pod_selector)
             .await
             .map_err(|e| crate::k8s::errors::chain(&e))?;
-        let selection = select::select_from(&pods, Some(container), false).map_err(|e| crate::k8s::errors::chain(&e))?;
+        let selection =
+            select::select_from(&pods, Some(container), false).map_err(|e| crate::k8s::errors::chain(&e))?;
         Ok(selection.targets)
     }
 }
-
 
 /// [`Replay`] through a [`PodExecutor`], with pods from `pods` and the policy's `dumps`.
 pub struct Replayer<E, P> {

@@ -113,7 +113,8 @@ fn describe_wait(policy: &str, decision: &Decision) -> String {
 }
 
 /// Run one CronJob tick.
-pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+/// `cancel` is the process's [`backup_command::cancel_on_signals`] token.
+pub async fn run(args: RunArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let settings = Settings::from_process(&args.source)?;
     let PolicySource::ConfigMap { namespace, name } = &settings.policy_source else {
         anyhow::bail!(
@@ -153,7 +154,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let invalid = !set.is_valid() || !unknown.is_empty();
 
     // Take the run Lease.
-    let cancel = backup_command::cancel_on_signals()?;
     let me = lease::identity();
     let held = match lease::acquire(&client, &lease_namespace, &me, cancel.clone())
         .await
