@@ -112,6 +112,8 @@ pub struct SandboxOptions {
     /// emptying it (default: not at all). A real one waits 5 s (`namespaceDeletionGracePeriod`), which is
     /// why `kubectl delete -f` of a namespace and its contents finds every object still there.
     pub namespace_deletion_delay: Option<Duration>,
+    /// Random faults on the API (`sandbox --fault-rate ...`): none if `None`.
+    pub random_faults: Option<cluster::RandomFaults>,
 }
 
 /// A running sandbox API server. Dropping it stops the server.
@@ -147,6 +149,7 @@ impl Sandbox {
         let cluster = Arc::new(Cluster::new(cluster::ClusterOptions {
             state_dir: state_dir.clone(),
             limits: options.limits.unwrap_or_default(),
+            random_faults: options.random_faults,
         }));
         snapshots::spawn_readiness(&cluster);
         lifecycle::spawn(&cluster, options.namespace_deletion_delay.unwrap_or_default());

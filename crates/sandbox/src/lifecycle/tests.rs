@@ -16,6 +16,7 @@ fn fixture() -> Fixture {
     let cluster = Cluster::new(ClusterOptions {
         state_dir: dir.path().to_path_buf(),
         limits: StoreLimits::default(),
+        random_faults: None,
     });
     Fixture { cluster, _dir: dir }
 }
