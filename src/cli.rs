@@ -113,14 +113,14 @@ pub fn run() -> anyhow::Result<Outcome> {
     init_tracing();
     crate::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         // backup and run thaw on SIGTERM/SIGINT (they watch the token) and get a grace period to do so;
         // every other command simply stops.
         let grace = match cli.command {
             Command::Run(_) | Command::Backup(_) => SHUTDOWN_GRACE,
             _ => Duration::ZERO,
         };
-        let cancel = crate::app::backup::cancel_on_signals()?;
+        let cancel = crate::app::turn::cancel_on_signals()?;
         let stopped = cancel.clone();
         let work = async move {
             match cli.command {
@@ -149,7 +149,18 @@ pub fn run() -> anyhow::Result<Outcome> {
                 )
             }
         }
-    })
+    });
+    // The one place input errors become exit code 2: what to change, without a cause chain.
+    match result {
+        Err(err) => match err.downcast::<crate::app::UsageError>() {
+            Ok(usage) => {
+                eprintln!("error: {usage}");
+                Ok(Outcome::InvalidInput)
+            }
+            Err(other) => Err(other),
+        },
+        ok => ok,
+    }
 }
 
 fn init_tracing() {

@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use crate::config::{PolicySourceArgs, Settings};
+use super::{Invocation, UsageError};
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
 use crate::policy::{Policy, Webhook};
 use crate::report::{Payload, Reporter, WebhookEvent};
@@ -91,46 +92,30 @@ pub struct RestoreArgs {
 /// `--storage`, the policy is read only when `--policy-file` or `--policies` says where from.
 async fn backend(
     args: &RestoreArgs,
-) -> anyhow::Result<Result<(crate::policy::Backend, Option<Policy>), Outcome>> {
+    invocation: &Invocation,
+) -> anyhow::Result<(crate::policy::Backend, Option<Policy>)> {
     let sourced = args.source.policy_file.is_some() || args.source.policies.is_some();
     let policy = match &args.policy {
-        Some(name) if args.storage.is_none() || sourced => {
-            let settings = Settings::from_process(&args.source)?;
-            let set = crate::app::validate::load(&settings).await?;
-            let Some(policy) = set.policy(name) else {
-                eprintln!(
-                    "error: no valid policy named {name:?}; valid policies: {:?}",
-                    set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
-                );
-                return Ok(Err(Outcome::InvalidInput));
-            };
-            Some(policy.clone())
-        }
+        Some(name) if args.storage.is_none() || sourced => Some(invocation.policy(name).await?.clone()),
         _ => None,
     };
     if let Some(url) = &args.storage {
-        return Ok(Ok((store::backend_from_url(url)?, policy)));
+        return Ok((store::backend_from_url(url)?, policy));
     }
     let Some(policy) = policy else {
-        eprintln!("error: give --storage URL, or --policy NAME to read the policy's storage");
-        return Ok(Err(Outcome::InvalidInput));
+        return Err(
+            UsageError::new("give --storage URL, or --policy NAME to read the policy's storage").into(),
+        );
     };
-    Ok(Ok((policy.storage.backend.clone(), Some(policy))))
+    Ok((policy.storage.backend.clone(), Some(policy)))
 }
 
 /// Run `freezeframe restore`.
 pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
-    let (backend, policy) = match backend(&args).await? {
-        Ok(b) => b,
-        Err(outcome) => return Ok(outcome),
-    };
-    let namespace_map = match PlanOptions::parse_namespace_map(&args.namespace_map) {
-        Ok(map) => map,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(Outcome::InvalidInput);
-        }
-    };
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let (backend, policy) = backend(&args, &invocation).await?;
+    let namespace_map =
+        PlanOptions::parse_namespace_map(&args.namespace_map).map_err(|e| UsageError::new(e.to_string()))?;
     let mut options = RestoreOptions {
         backup: args.backup.clone(),
         policy: args.policy.clone(),
@@ -145,7 +130,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         wait: args.wait.then_some(args.wait_timeout),
     };
     let (store, layout) = store::open(&backend, None).await;
-    let client = crate::k8s::connect().await?;
+    let client = invocation.client().await?;
     let target = KubeTarget::new(client.clone());
     let replayer = match &policy {
         Some(p) if !args.skip_dumps => Some(Replayer::new(
@@ -176,7 +161,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
                 .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
         options.backup = BackupRef::Id(located.id.clone());
         options.policy = Some(located.policy.clone());
-        Some(Announced::start(&args, policy.as_ref(), &located, &options, client).await)
+        Some(Announced::start(&invocation, policy.as_ref(), &located, &options, client).await)
     };
     let restored = crate::restore::run(&ctx, &options).await;
     if let Ok((plan, report)) = &restored
@@ -185,14 +170,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         crate::report::restore_events::emit(ctx.target, plan, report).await;
     }
     if let Some(announced) = &announced {
-        announced.finish(&restored).await;
+        announced.finish(&restored, invocation.now()).await;
     }
     let (plan, report) = match restored {
         Ok(done) => done,
-        Err(e @ Error::InvalidOption { .. }) => {
-            eprintln!("error: {e}");
-            return Ok(Outcome::InvalidInput);
-        }
+        Err(e @ Error::InvalidOption { .. }) => return Err(UsageError::new(e.to_string()).into()),
         Err(e) => return Err(anyhow::Error::new(e).context("restore refused; nothing was written")),
     };
     match args.output {
@@ -240,15 +222,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
 /// The webhooks of the backup's policy `name`: those of the policy already read, else of the
 /// configured policies (`--policy-file`, `--policies`, or the default ConfigMap, read like `backup`
 /// reads them); none, said at debug level, when no policies can be read or none has that name.
-async fn receivers(args: &RestoreArgs, read: Option<&Policy>, name: &str) -> Vec<Webhook> {
+async fn receivers(invocation: &Invocation, read: Option<&Policy>, name: &str) -> Vec<Webhook> {
     if let Some(p) = read.filter(|p| p.name == name) {
         return p.webhooks.clone();
     }
-    let loaded = match Settings::from_process(&args.source) {
-        Ok(settings) => crate::app::validate::load(&settings).await,
-        Err(e) => Err(e.into()),
-    };
-    match loaded {
+    match invocation.policy_set().await {
         Ok(set) => match set.policy(name) {
             Some(p) => p.webhooks.clone(),
             None => {
@@ -273,17 +251,14 @@ struct Announced {
 impl Announced {
     /// Send `restore.started` for `located`, restored with `options`.
     async fn start(
-        args: &RestoreArgs,
+        invocation: &Invocation,
         read: Option<&Policy>,
         located: &Located,
         options: &RestoreOptions,
         client: kube::Client,
     ) -> Announced {
-        let webhooks = receivers(args, read, &located.policy).await;
-        let namespace = Settings::from_process(&args.source)
-            .ok()
-            .and_then(|s| s.namespace);
-        let reporter = Reporter::new(client, namespace);
+        let webhooks = receivers(invocation, read, &located.policy).await;
+        let reporter = Reporter::new(client, invocation.namespace().map(str::to_string));
         let namespaces = located
             .manifest
             .namespaces
@@ -293,7 +268,7 @@ impl Announced {
         let started = Payload::restore_started(
             &located.manifest,
             namespaces,
-            chrono::Utc::now(),
+            invocation.now(),
             reporter.cluster_identity().await,
         );
         reporter
@@ -307,8 +282,11 @@ impl Announced {
     }
 
     /// Send how the restore ended.
-    async fn finish(&self, restored: &crate::restore::Result<(Plan, Report)>) {
-        let now = chrono::Utc::now();
+    async fn finish(
+        &self,
+        restored: &crate::restore::Result<(Plan, Report)>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
         let (event, payload) = match restored {
             Ok((plan, report)) => (
                 WebhookEvent::restore_finished(report.outcome()),
