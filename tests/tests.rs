@@ -2,6 +2,7 @@
 //!
 //! Run everything with `scripts/test` (installs SeaweedFS into .venv first).
 
+mod api_calls;
 mod backup_run;
 mod cron_run;
 #[cfg(feature = "demo")]

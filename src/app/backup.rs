@@ -8,7 +8,10 @@
 
 use std::fmt::Write as _;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{Invocation, UsageError};
+
 use crate::backup::{DumpStatus, Manifest, StoredBackup};
 use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
@@ -133,15 +136,14 @@ fn stored_value(b: &StoredBackup) -> serde_json::Value {
     })
 }
 
-/// Run `freezeframe backup`.
-pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
+/// Run `freezeframe backup`; `cancel` is the process's [`super::turn::cancel_on_signals`] token.
+pub async fn backup(args: BackupArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let invocation = Invocation::from_process(&args.source, &args.client);
     let policy = invocation.policy(&args.policy).await?;
     let backend = match &args.storage {
         Some(url) => store::backend_from_url(url)?,
         None => policy.storage.backend.clone(),
     };
-    let cancel = super::turn::cancel_on_signals()?;
     let reporter = Reporter::for_settings(invocation.client().await?, invocation.settings()?);
     let ran =
         super::turn::back_up_prune_report(&invocation, policy, &backend, &cancel, &reporter, !args.no_prune)

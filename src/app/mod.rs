@@ -92,11 +92,12 @@ impl Invocation {
         self.clock.as_ref()
     }
 
-    /// The cluster client from `KUBECONFIG` or the in-cluster config, built once.
+    /// The cluster client from `KUBECONFIG` or the in-cluster config (with the retries and timeouts of
+    /// [`crate::k8s`]), built once.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         let client = self
             .client
-            .get_or_try_init(|| async { kube::Client::try_default().await })
+            .get_or_try_init(crate::k8s::connect)
             .await
             .context("connecting to the cluster (KUBECONFIG or the in-cluster config)")?;
         Ok(client.clone())

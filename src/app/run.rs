@@ -98,8 +98,8 @@ fn describe_wait(policy: &str, decision: &Decision) -> String {
     }
 }
 
-/// Run one CronJob tick.
-pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+/// Run one CronJob tick; `cancel` is the process's [`super::turn::cancel_on_signals`] token.
+pub async fn run(args: RunArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
     let settings = invocation.settings()?;
     let PolicySource::ConfigMap { namespace, name } = &settings.policy_source else {
@@ -141,7 +141,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let invalid = !set.is_valid() || !unknown.is_empty();
 
     // Take the run Lease.
-    let cancel = super::turn::cancel_on_signals()?;
     let me = lease::identity();
     let held = match lease::acquire(&client, &lease_namespace, &me, cancel.clone())
         .await

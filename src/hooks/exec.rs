@@ -47,21 +47,7 @@ pub enum Error {
 impl Error {
     /// One line for reports: what failed and the API server's own message (not kube-rs's debug dump).
     pub fn summary(&self) -> String {
-        match self {
-            Error::Open {
-                target,
-                source: kube::Error::Api(s),
-            } => format!("cannot exec in {target}: {} ({} {})", s.message, s.code, s.reason),
-            Error::Open { target, source } => {
-                let mut line = format!("cannot exec in {target}: {source}");
-                let mut cause = std::error::Error::source(source);
-                while let Some(c) = cause {
-                    line.push_str(&format!(": {c}"));
-                    cause = c.source();
-                }
-                line
-            }
-        }
+        crate::k8s::errors::chain(self)
     }
 }
 

@@ -184,15 +184,8 @@ enum StepError {
 }
 
 /// An error and its causes on one line (`a: b: c`).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::k8s::errors::chain(e)
 }
 
 /// A kept backup.
