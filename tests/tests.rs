@@ -11,6 +11,7 @@ mod harness;
 mod hooks;
 mod packaging;
 mod policy_store;
+mod replay;
 mod report;
 mod restore;
 mod restore_volumes;
