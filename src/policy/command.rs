@@ -20,6 +20,12 @@ pub struct ValidateArgs {
 /// Render the report for `set` at `now`, and the outcome it implies. Pure.
 pub fn report(set: &PolicySet, now: DateTime<Utc>) -> (String, Outcome) {
     let mut out = String::new();
+    if !set.warnings.is_empty() {
+        writeln!(out, "warnings (valid, but known to hang or fail):").ok();
+        for w in &set.warnings {
+            writeln!(out, "  {w}").ok();
+        }
+    }
     if !set.is_valid() {
         for (policy, problems) in set.problems_by_policy() {
             match policy {
