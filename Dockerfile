@@ -8,13 +8,16 @@
 FROM docker.io/library/rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # aws-lc-rs (TLS) and zstd build C code: cc and make come with the image; cmake/clang are not needed.
+# The whole workspace is copied because Cargo resolves every member's manifest, but only the product crate
+# is compiled: without the `demo` feature it depends on no sandbox code (tests/packaging.rs checks).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY benches ./benches
 COPY tests ./tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin freezeframe \
+    cargo build --release --locked -p freezeframe --bin freezeframe \
     && install -D -m 0755 target/release/freezeframe /out/freezeframe
 
 # Runtime: glibc, CA certificates and nothing else (no shell, no package manager). The nonroot user

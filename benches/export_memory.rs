@@ -10,9 +10,9 @@
 use std::time::Instant;
 
 use freezeframe::export::{ExportOptions, ResourceFilter, Selection, export};
-use freezeframe::sandbox::cluster::WriteOptions;
-use freezeframe::sandbox::{Sandbox, SandboxOptions};
 use freezeframe::store::fs::FsStore;
+use freezeframe_sandbox::cluster::WriteOptions;
+use freezeframe_sandbox::{Sandbox, SandboxOptions};
 use serde_json::json;
 
 /// A `/proc/self/status` field in KiB (`VmRSS`, `VmHWM`).

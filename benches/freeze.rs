@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use freezeframe::hooks::{Engine, KubeExecutor, plan};
-use freezeframe::sandbox::{Sandbox, SandboxOptions};
+use freezeframe_sandbox::{Sandbox, SandboxOptions};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams, WatchParams};
 use serde_json::json;
 
-use freezeframe::sandbox::cluster::WriteOptions;
-use freezeframe::sandbox::{Sandbox, SandboxOptions};
+use freezeframe_sandbox::cluster::WriteOptions;
+use freezeframe_sandbox::{Sandbox, SandboxOptions};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -14,10 +14,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The whole story on one machine: sandbox cluster, example app, group-frozen backup to a local store.
+    /// The whole story on one machine: sandbox cluster, example app, group-frozen backup to a local store
+    /// (only in builds with the `demo` feature; never in the image).
+    #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
-    /// Run the embedded Kubernetes API server (for demos and tests).
-    Sandbox(crate::sandbox::cli::SandboxArgs),
     /// Check policies and print problems (exit 2) or each policy's next fire times.
     Validate(crate::policy::command::ValidateArgs),
     /// List policies: schedule, last and next run, storage and last result (exit 2 if any is invalid).
@@ -109,8 +109,8 @@ pub fn run() -> anyhow::Result<Outcome> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
+            #[cfg(feature = "demo")]
             Command::Demo(args) => crate::demo::run(args).await,
-            Command::Sandbox(args) => crate::sandbox::cli::run(args).await,
             Command::Validate(args) => crate::policy::command::run(args).await,
             Command::Policies(args) => crate::policy::list::run(args).await,
             Command::Run(args) => crate::run::run(args).await,

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod exit;
 pub mod export;
@@ -16,8 +17,6 @@ pub mod report;
 pub mod restore;
 pub mod retention;
 pub mod run;
-pub mod sandbox;
-pub mod selector;
 pub mod snapshot;
 pub mod store;
 

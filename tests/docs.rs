@@ -671,7 +671,8 @@ fn shell_tokens(line: &str) -> Result<Vec<Tok>, String> {
 }
 
 /// The freezeframe argument vectors of one shell line: every command of a pipeline or list that runs
-/// `freezeframe ...` or `cargo run [...] -- ...`, with env prefixes and redirections removed.
+/// `freezeframe ...` or `cargo run [...] -- ...` (not `cargo run -p <other crate>`), with env prefixes and
+/// redirections removed.
 fn freezeframe_commands(line: &str) -> Result<Vec<Vec<String>>, String> {
     let tokens = shell_tokens(line)?;
     let mut commands = Vec::new();
@@ -696,7 +697,10 @@ fn freezeframe_commands(line: &str) -> Result<Vec<Vec<String>>, String> {
                 argv.drain(..env);
                 match argv.first().map(String::as_str) {
                     Some("freezeframe") => commands.push(argv),
-                    Some("cargo") if argv.get(1).is_some_and(|w| w == "run") => {
+                    Some("cargo")
+                        if argv.get(1).is_some_and(|w| w == "run")
+                            && !argv.windows(2).any(|w| w[0] == "-p" && w[1] != "freezeframe") =>
+                    {
                         let at = argv
                             .iter()
                             .position(|w| w == "--")

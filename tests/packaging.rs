@@ -157,3 +157,90 @@ fn given_manifests_when_read_then_every_freezeframe_container_runs_a_command_lin
         "the CronJob and the restore Job run freezeframe ({checked} found)"
     );
 }
+
+#[tokio::test]
+async fn given_deployment_manifests_when_applied_to_the_sandbox_then_every_object_is_accepted() {
+    let sb = freezeframe_sandbox::Sandbox::start(Default::default())
+        .await
+        .unwrap();
+    let applied = sb
+        .load_manifests(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/manifests"
+        )))
+        .unwrap();
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests"));
+    let documents: usize = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            serde_yaml::Deserializer::from_str(&text)
+                .map(|d| <serde_yaml::Value as Deserialize>::deserialize(d).unwrap())
+                .filter(|v| !v.is_null())
+                .count()
+        })
+        .sum();
+    assert!(documents >= 8, "manifests/ holds the deployment objects");
+    assert_eq!(applied, documents, "every document in manifests/ is accepted");
+}
+
+/// The `cargo build` line of the Dockerfile's build stage, continuations joined.
+fn dockerfile_build_command() -> String {
+    let text = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
+    let joined = text.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("the Dockerfile builds with cargo build");
+    let start = line.find("cargo build").unwrap();
+    line[start..].split("&&").next().unwrap().trim().to_string()
+}
+
+#[test]
+fn given_dockerfile_build_command_when_resolved_then_the_image_compiles_no_sandbox_crate() {
+    let build = dockerfile_build_command();
+    let words: Vec<&str> = build.split_whitespace().collect();
+    assert!(
+        words.windows(2).any(|w| w == ["-p", "freezeframe"]),
+        "the image builds only the product crate: {build}"
+    );
+    assert!(
+        !words
+            .iter()
+            .any(|w| w.starts_with("--features") || *w == "--all-features" || *w == "-F"),
+        "the image enables no feature (the `demo` feature pulls in the sandbox): {build}"
+    );
+    // What that command compiles: the product's normal and build dependencies, default features.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "-p",
+            "freezeframe",
+            "-e",
+            "normal,build",
+        ])
+        .args(["--prefix", "none", "--format", "{p}"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tree.contains("freezeframe-selector"), "{tree}");
+    assert!(
+        !tree.contains("freezeframe-sandbox"),
+        "the production build must not compile the sandbox:\n{tree}"
+    );
+}
+
+#[test]
+fn given_cli_when_help_is_built_then_it_offers_no_sandbox_and_demo_only_with_its_feature() {
+    let command = <Cli as clap::CommandFactory>::command();
+    let names: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+    assert!(!names.contains(&"sandbox"), "{names:?}");
+    assert_eq!(names.contains(&"demo"), cfg!(feature = "demo"), "{names:?}");
+}

@@ -18,9 +18,9 @@ use freezeframe::restore::plan::Action;
 use freezeframe::restore::{
     self, BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions,
 };
-use freezeframe::sandbox::{Sandbox, SandboxOptions};
 use freezeframe::store::fs::FsStore;
 use freezeframe::store::{self, Layout, ObjectStore};
+use freezeframe_sandbox::{Sandbox, SandboxOptions};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Pod};
 use kube::api::{Api, AttachParams, DeleteParams, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope, verbs};

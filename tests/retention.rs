@@ -13,9 +13,9 @@ use freezeframe::backup::{self, Manifest, Status};
 use freezeframe::policy::Policy;
 use freezeframe::retention::cluster::KubeSnapshots;
 use freezeframe::retention::{self, Mode, Target};
-use freezeframe::sandbox::snapshots::snapshot_dir;
 use freezeframe::snapshot::BACKUP_ID_LABEL;
 use freezeframe::store::{self, BackupId, Layout, ObjectStore, fs::FsStore, s3::S3Store};
+use freezeframe_sandbox::snapshots::snapshot_dir;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 

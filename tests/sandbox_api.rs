@@ -15,7 +15,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use freezeframe::sandbox::{Fault, Sandbox, SandboxOptions};
+use freezeframe_sandbox::{Fault, Sandbox, SandboxOptions};
 
 use crate::harness::{DELETION_TIMEOUT, crd_api, wait_until_gone};
 
@@ -382,7 +382,7 @@ async fn given_injected_throttling_when_listing_then_429_with_retry_after() {
         verb: Some("list".into()),
         resource: Some("configmaps".into()),
         name: None,
-        error: freezeframe::sandbox::ApiError::too_many_requests(2),
+        error: freezeframe_sandbox::ApiError::too_many_requests(2),
         times: 1,
     });
     let resp = reqwest::get(format!("{}/api/v1/namespaces/default/configmaps", sb.url()))

@@ -9,7 +9,7 @@ use kube::api::{Api, PostParams};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use freezeframe::sandbox::{Sandbox, SandboxOptions};
+use freezeframe_sandbox::{Sandbox, SandboxOptions};
 
 const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/shop.yaml");
 

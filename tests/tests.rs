@@ -4,6 +4,7 @@
 
 mod backup_run;
 mod cron_run;
+#[cfg(feature = "demo")]
 mod demo;
 mod docs;
 mod export;
@@ -18,7 +19,6 @@ mod restore_volumes;
 mod retention;
 mod s3;
 mod sandbox_api;
-mod sandbox_cli;
 mod sandbox_kubectl;
 mod sandbox_volumes;
 mod snapshots;

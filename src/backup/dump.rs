@@ -26,8 +26,8 @@ use super::manifest::{DumpRecord, DumpStatus};
 use crate::hooks::plan::Skipped;
 use crate::hooks::{PodExecutor, Target, select};
 use crate::policy::{Dump, Exec, OnNoPods, Policy};
-use crate::selector::query as selector_query;
 use crate::store::{self, BackupKeys, ObjectStore, Written};
+use freezeframe_selector::query as selector_query;
 
 /// Dumps streamed at the same time (each may hold an S3 multipart upload's buffers).
 pub const CONCURRENCY: usize = 4;

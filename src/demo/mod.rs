@@ -21,8 +21,8 @@ use tokio::io::AsyncReadExt;
 
 use crate::exit::Outcome;
 use crate::run::worst;
-use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::snapshot::BACKUP_ID_LABEL;
+use freezeframe_sandbox::{Sandbox, SandboxOptions};
 use receiver::{Receiver, Signature};
 
 /// Run the demo: sandbox cluster, example app, two backups with group freeze hooks to a local store (the

@@ -1,13 +1,13 @@
 //! Label selector matching for the closure (Services, NetworkPolicies, PDBs selecting pods) and for
 //! namespace selectors: which "no selector" means nothing and which means everything, per source. The
-//! matching itself is [`crate::selector`].
+//! matching itself is [`freezeframe_selector`].
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use serde_json::Value;
 
-use crate::selector::LabelSelector;
+use freezeframe_selector::LabelSelector;
 
 /// An object's labels.
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use super::exec::{Target, expand_wait_cmd};
 use super::{select, velero};
 use crate::policy::{Action, Exec, HookRule, OnNoPods, Policy, RuleOrigin};
-use crate::selector::query as selector_query;
+use freezeframe_selector::query as selector_query;
 
 /// Errors of planning.
 #[derive(Debug, thiserror::Error)]

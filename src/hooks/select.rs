@@ -11,7 +11,7 @@ use kube::core::ObjectList;
 
 use super::exec::Target;
 use crate::policy::Namespaces;
-use crate::selector::query as selector_query;
+use freezeframe_selector::query as selector_query;
 
 /// The annotation kubectl uses to choose a pod's default container.
 pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";

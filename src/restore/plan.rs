@@ -44,7 +44,7 @@ use super::volumes::{self, ClaimSource, Snapshots};
 use super::{Error, Result};
 use crate::backup::Manifest;
 use crate::export::{ResourceFilter, RestoreAction, filter};
-use crate::selector::LabelSelector;
+use freezeframe_selector::LabelSelector;
 
 /// What to do with objects that already exist in the target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]

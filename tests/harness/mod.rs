@@ -14,7 +14,7 @@
 pub mod seaweed;
 pub mod webhook;
 
-use freezeframe::sandbox::{Sandbox, SandboxOptions};
+use freezeframe_sandbox::{Sandbox, SandboxOptions};
 use std::fmt::Debug;
 use std::path::Path;
 use std::process::Command;

@@ -43,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::sandbox::status::ApiError;
+use crate::status::ApiError;
 
 /// Subprotocols served, in the server's order of preference. `channel.k8s.io` is the kubelet's
 /// pre-v4 protocol (status as plain text, nothing on success); a client offering no subprotocol at all

@@ -1,6 +1,6 @@
 //! Field selectors parsed and matched the way apimachinery does (`fields.ParseSelector`); API-server only.
 //!
-//! Label selectors are a product concept and live in [`crate::selector`]; field selectors only exist
+//! Label selectors are a product concept and live in [`freezeframe_selector`]; field selectors only exist
 //! here because the sandbox serves `?fieldSelector=` on lists and watches. Which fields each kind
 //! supports is decided by the API layer (`api.rs`), which also wraps these errors into a `BadRequest`.
 //! Error messages follow the wording of the real API server.

@@ -210,8 +210,21 @@ fn ready_delay(objects: &[&Value]) -> Duration {
     objects
         .iter()
         .find_map(|o| annotation(o, READY_AFTER_ANNOTATION))
-        .and_then(|d| crate::policy::values::parse_duration(d).ok())
+        .and_then(parse_delay)
         .unwrap_or_default()
+}
+
+/// A delay as the annotation is written: a whole number with a unit, `1500ms`, `30s` or `2m`.
+fn parse_delay(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = text[..split].parse().ok()?;
+    match &text[split..] {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        _ => None,
+    }
 }
 
 fn nanos(t: DateTime<Utc>) -> i64 {

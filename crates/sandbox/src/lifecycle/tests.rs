@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::sandbox::cluster::{ClusterOptions, Part, WriteOptions};
-use crate::sandbox::store::StoreLimits;
+use crate::cluster::{ClusterOptions, Part, WriteOptions};
+use crate::store::StoreLimits;
 
 struct Fixture {
     cluster: Cluster,
@@ -32,7 +32,7 @@ impl Fixture {
         self.cluster.type_by_kind(api_version, kind).unwrap()
     }
 
-    fn create(&self, obj: Value) -> Result<Value, crate::sandbox::ApiError> {
+    fn create(&self, obj: Value) -> Result<Value, crate::ApiError> {
         let rt = self.rt(obj["apiVersion"].as_str().unwrap(), obj["kind"].as_str().unwrap());
         let ns = obj["metadata"]["namespace"]
             .as_str()
@@ -54,13 +54,7 @@ impl Fixture {
         self.get("v1", "Namespace", "", name)
     }
 
-    fn delete(
-        &self,
-        api_version: &str,
-        kind: &str,
-        ns: &str,
-        name: &str,
-    ) -> Result<Value, crate::sandbox::ApiError> {
+    fn delete(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> Result<Value, crate::ApiError> {
         self.cluster
             .delete(&self.rt(api_version, kind), ns, name, &DeleteOptions::default())
     }
@@ -87,7 +81,7 @@ impl Fixture {
         .unwrap();
     }
 
-    fn widget(&self, ns: &str, name: &str, finalizers: &[&str]) -> Result<Value, crate::sandbox::ApiError> {
+    fn widget(&self, ns: &str, name: &str, finalizers: &[&str]) -> Result<Value, crate::ApiError> {
         self.create(json!({"apiVersion": "example.com/v1", "kind": "Widget",
             "metadata": {"name": name, "namespace": ns, "finalizers": finalizers}}))
     }
@@ -227,7 +221,7 @@ fn given_terminating_namespace_when_creating_then_forbidden_naming_the_object_or
         &rt,
         "shop",
         "applied",
-        crate::sandbox::cluster::PatchKind::Apply,
+        crate::cluster::PatchKind::Apply,
         &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"}}),
         Part::Main,
         &opts(),

@@ -1,11 +1,10 @@
-//! `freezeframe sandbox`: run the embedded API server until SIGINT/SIGTERM.
+//! The `sandbox` binary's command line: run the embedded API server until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
 use super::{Sandbox, SandboxOptions};
-use crate::exit::Outcome;
 
 /// Start an in-memory Kubernetes API server on 127.0.0.1 and write a kubeconfig for it.
 ///
@@ -14,10 +13,10 @@ use crate::exit::Outcome;
 /// under the state dir (with POD_NAME, POD_NAMESPACE and CONTAINER_NAME set).
 ///
 /// Example:
-///   freezeframe sandbox --kubeconfig /tmp/sandbox.kubeconfig --manifests ./examples &
+///   sandbox --kubeconfig /tmp/sandbox.kubeconfig --manifests ./examples &
 ///   kubectl --kubeconfig /tmp/sandbox.kubeconfig get pods -A
-#[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[derive(Debug, clap::Parser)]
+#[command(name = "sandbox", version, verbatim_doc_comment)]
 pub struct SandboxArgs {
     /// Where to write the kubeconfig that kubectl and kube-rs use to reach the sandbox.
     #[arg(long, value_name = "PATH")]
@@ -33,7 +32,8 @@ pub struct SandboxArgs {
     pub manifests: Option<PathBuf>,
 }
 
-pub async fn run(args: SandboxArgs) -> anyhow::Result<Outcome> {
+/// Start the sandbox, apply `--manifests`, print `sandbox ready: …`, serve until SIGINT/SIGTERM.
+pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let sandbox = Sandbox::start(SandboxOptions {
         port: args.port,
         state_dir: args.state_dir,
@@ -56,7 +56,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<Outcome> {
     );
     wait_for_signal().await?;
     tracing::info!("signal received; stopping the sandbox");
-    Ok(Outcome::Success)
+    Ok(())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

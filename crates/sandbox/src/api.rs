@@ -21,7 +21,7 @@ use super::field_selector::FieldSelector;
 use super::registry::ResourceType;
 use super::status::ApiError;
 use super::store::{Change, ChangeKind, StoreError, Table, namespace_range};
-use crate::selector::LabelSelector;
+use freezeframe_selector::LabelSelector;
 
 /// One stored object with its key, as table iterators yield it.
 type Entry<'a> = (&'a (String, String), &'a Arc<Value>);

@@ -12,7 +12,7 @@ use super::cluster::{Cluster, DeleteOptions, Event, Part, Work, WriteOptions, no
 use super::registry::{ResourceId, ResourceType};
 use super::snapshots::{self, Provisioning};
 use super::store::ChangeKind;
-use crate::selector::LabelSelector;
+use freezeframe_selector::LabelSelector;
 
 const MANAGER: &str = "sandbox-controller-manager";
 

@@ -1399,7 +1399,7 @@ fn validate(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     }
     if let Some(labels) = obj["metadata"]["labels"].as_object() {
         for (k, v) in labels {
-            if crate::selector::LabelSelector::parse(&format!("{k}={}", v.as_str().unwrap_or("\u{0}")))
+            if freezeframe_selector::LabelSelector::parse(&format!("{k}={}", v.as_str().unwrap_or("\u{0}")))
                 .is_err()
             {
                 causes.push((
@@ -1496,7 +1496,7 @@ fn validate_selector_matches_template(obj: &Value, causes: &mut Vec<(String, Str
         causes.push(("spec.selector".into(), "Required value".into()));
         return;
     }
-    match crate::selector::LabelSelector::from_label_selector(sel) {
+    match freezeframe_selector::LabelSelector::from_label_selector(sel) {
         Ok(s) => {
             if s.is_empty() {
                 causes.push((

@@ -1,6 +1,7 @@
 //! The sandbox: an embedded Kubernetes API server over real HTTP that kubectl and kube-rs talk to.
 //!
-//! It is the foundation of every integration test and of `freezeframe demo`: objects live in memory,
+//! It is the foundation of freezeframe's integration tests and of `freezeframe demo` (never of the product
+//! image: the `freezeframe` crate depends on it only for tests and the `demo` feature): objects live in memory,
 //! workload controllers create the pods and claims a real cluster would, and `pods/exec` runs host
 //! processes inside a per-pod directory under the state dir.
 
@@ -205,7 +206,7 @@ impl Sandbox {
 
     /// A kube client built from the kubeconfig the sandbox wrote (so that file is exercised too).
     pub async fn client(&self) -> Result<kube::Client> {
-        crate::install_crypto_provider();
+        install_crypto_provider();
         let kc =
             kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|source| Error::Kubeconfig {
                 path: self.kubeconfig.clone(),
@@ -455,4 +456,14 @@ current-context: freezeframe-sandbox\nusers:\n- name: freezeframe-sandbox\n  use
         path: path.into(),
         source,
     })
+}
+
+/// Choose rustls' crypto provider once per process. kube's and the AWS SDK's TLS stacks pull in both
+/// aws-lc-rs and ring, so rustls cannot pick one itself and a `kube::Client` would panic without this.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first, which is just as good.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
 }
