@@ -4,6 +4,7 @@
 
 mod backup_run;
 mod cron_run;
+mod databases;
 #[cfg(feature = "demo")]
 mod demo;
 mod docs;
