@@ -10,7 +10,7 @@ use freezeframe::store::Layout;
 use freezeframe::store::fs::FsStore;
 
 use crate::harness::TestEnv;
-use crate::harness::databases::Postgres;
+use crate::harness::databases::{Postgres, Redis};
 use crate::restore::{options, restore_with};
 
 /// `policies/postgresql.yaml` pointed at `pg` (its commands name no host: in a real pod the server is
@@ -84,5 +84,63 @@ async fn given_real_postgresql_when_backed_up_dropped_and_restored_with_the_reci
     assert_eq!(replay.status, ReplayStatus::Succeeded, "{replay:?}");
     assert_eq!(replay.exit_code, Some(0), "{replay:?}");
     assert_eq!(fingerprint(&pg)?, before);
+    Ok(())
+}
+
+/// `policies/redis.yaml` pointed at `redis` and at the sandbox's `cache` namespace.
+fn redis_policy(redis: &Redis) -> freezeframe::policy::Policy {
+    let text = include_str!("../policies/redis.yaml").replace(
+        "redis-cli",
+        &format!("redis-cli -h 127.0.0.1 -p {}", redis.port()),
+    );
+    let set = freezeframe::policy::parse_str("redis.yaml", &text);
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    assert!(set.warnings.is_empty(), "{:#?}", set.warnings);
+    set.policies.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn given_real_redis_when_its_rdb_dump_is_restored_then_key_count_and_digest_are_equal()
+-> anyhow::Result<()> {
+    let redis = Redis::start()?;
+    redis.cli(&["DEBUG", "POPULATE", "200000", "key", "32"])?;
+    redis.cli(&["SET", "greeting", "hello"])?;
+    redis.cli(&["HSET", "cart:1", "apples", "3", "pears", "2"])?;
+    let keys = redis.cli(&["DBSIZE"])?;
+    assert_eq!(keys, "200002");
+    let digest = redis.cli(&["DEBUG", "DIGEST"])?;
+
+    let env = TestEnv::new().await?;
+    env.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: cache}\n---\n\
+         apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: redis, namespace: cache}\n\
+         spec:\n  replicas: 1\n  serviceName: redis\n  selector: {matchLabels: {app: redis}}\n\
+         \x20 template:\n    metadata: {labels: {app: redis}}\n\
+         \x20   spec: {containers: [{name: redis, image: redis:7}]}\n",
+    )?;
+    let policy = redis_policy(&redis);
+    let store = FsStore::new(env.dir().join("store"));
+    let layout = Layout::new("");
+    let manifest = env.back_up(&policy, &store, &layout, chrono::Utc::now()).await?;
+    assert_eq!(
+        manifest.status,
+        freezeframe::backup::Status::Completed,
+        "{:?}",
+        manifest.problems
+    );
+    let [dump] = &manifest.dumps[..] else {
+        panic!("one dump: {:?}", manifest.dumps)
+    };
+    assert_eq!(dump.status, DumpStatus::Succeeded, "{dump:?}");
+    let id = freezeframe::store::BackupId::parse(&manifest.backup_id).unwrap();
+    let key = layout.backup(&policy.name, &id).dump("rdb", "cache", "redis-0");
+    let rdb = std::fs::read(env.dir().join("store").join(key))?;
+    assert_eq!(Some(rdb.len() as u64), dump.size);
+
+    // Disaster: every key is gone; the RDB file is put in place and the server started on it.
+    redis.cli(&["FLUSHALL"])?;
+    let restored = redis.restart_from(&rdb)?;
+    assert_eq!(restored.cli(&["DBSIZE"])?, keys);
+    assert_eq!(restored.cli(&["DEBUG", "DIGEST"])?, digest);
     Ok(())
 }

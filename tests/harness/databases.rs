@@ -142,3 +142,83 @@ impl Drop for Postgres {
         );
     }
 }
+
+/// A Redis 7 server owned by the test, on a free port of 127.0.0.1 with its own directory (removed
+/// after the server stopped).
+pub struct Redis {
+    server: std::process::Child,
+    _dir: TempDir,
+    port: u16,
+}
+
+impl Redis {
+    /// `redis-server` in the foreground; waits until it answers PING.
+    pub fn start() -> anyhow::Result<Redis> {
+        let dir = tempfile::Builder::new().prefix("ff-redis-").tempdir()?;
+        Self::start_in(dir)
+    }
+
+    /// Start on `dir` (its `dump.rdb`, if any, is loaded).
+    fn start_in(dir: TempDir) -> anyhow::Result<Redis> {
+        let port = free_port()?;
+        let server = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--enable-debug-command", "local", "--dir"])
+            .arg(dir.path())
+            .stdout(std::fs::File::create(dir.path().join("server.log"))?)
+            .spawn()
+            .context(
+                "starting redis-server: is Redis 7 installed? run scripts/test, which installs it, \
+                 or apt-get install -y redis-server",
+            )?;
+        let redis = Redis {
+            server,
+            _dir: dir,
+            port,
+        };
+        for _ in 0..100 {
+            if redis.cli(&["PING"]).is_ok_and(|r| r == "PONG") {
+                return Ok(redis);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("redis-server on port {port} did not answer PING within 5 s")
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Run one `redis-cli` command against it; its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .context("running redis-cli")?;
+        if !out.status.success() {
+            bail!("redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Stop this server and start a fresh one whose `dump.rdb` is `rdb`: how an RDB file is restored.
+    pub fn restart_from(mut self, rdb: &[u8]) -> anyhow::Result<Redis> {
+        self.stop();
+        let dir = tempfile::Builder::new().prefix("ff-redis-").tempdir()?;
+        std::fs::write(dir.path().join("dump.rdb"), rdb)?;
+        Self::start_in(dir)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
