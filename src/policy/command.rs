@@ -138,7 +138,7 @@ mod tests {
         let (out, outcome) = report(&set, now());
         assert_eq!(outcome, Outcome::InvalidInput);
         assert!(
-            out.starts_with("policy `redis-cache`:\n  redis.yaml (data.policies.yaml):18:19: "),
+            out.starts_with("policy `redis-cache`:\n  redis.yaml (data.policies.yaml):20:19: "),
             "{out}"
         );
         assert!(out.contains("policies[0].schedule"), "{out}");
