@@ -5,13 +5,12 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
-use super::cluster::KubeSnapshots;
-use super::{Error, Mode, PruneReport, Target};
-use crate::backup::command::open_backend;
-use crate::clock::{Clock, SystemClock};
-use crate::config::{PolicySourceArgs, Settings};
+use super::{Invocation, UsageError};
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
 use crate::policy::{Backend, Policy};
+use crate::retention::cluster::KubeSnapshots;
+use crate::retention::{Error, Mode, PruneReport, Target};
 use crate::store;
 
 /// Output format of `freezeframe prune`.
@@ -87,15 +86,16 @@ Examples:
 /// snapshots through the cluster. The manifest just written is never changed by this.
 pub async fn after_backup(
     client: &kube::Client,
+    invocation: &Invocation,
     policy: &Policy,
     target: Target<'_>,
 ) -> Result<PruneReport, Error> {
     let snapshots = KubeSnapshots::new(client.clone()).await.map_err(Error::Cluster)?;
-    super::prune(
+    crate::retention::prune(
         target,
         &policy.name,
         &policy.retention,
-        SystemClock.now(),
+        invocation.now(),
         Mode::Delete(&snapshots),
     )
     .await
@@ -117,7 +117,7 @@ pub fn report_after_backup(policy: &str, result: &Result<PruneReport, Error>) ->
         Err(e) => {
             eprintln!(
                 "error: {policy}: retention was not applied: {}",
-                super::prune::chain(e)
+                crate::retention::prune::chain(e)
             );
             Outcome::PartiallyFailed
         }
@@ -231,20 +231,19 @@ pub fn table(reports: &[PruneReport]) -> String {
 
 /// Run `freezeframe prune`.
 pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
-    let set = crate::policy::command::load(&settings).await?;
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let set = invocation.policy_set().await?;
     let unknown: Vec<&String> = args.policy.iter().filter(|n| set.policy(n).is_none()).collect();
     if !unknown.is_empty() {
         if !set.is_valid() {
-            eprint!("{}", crate::policy::command::report(&set, chrono::Utc::now()).0);
+            eprint!("{}", super::validate::report(set, invocation.now()).0);
         }
-        for n in unknown {
-            eprintln!(
-                "error: --policy {n}: no valid policy of that name; valid policies: {:?}",
-                set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
-            );
-        }
-        return Ok(Outcome::InvalidInput);
+        let valid: Vec<&String> = set.policies.iter().map(|p| &p.name).collect();
+        let lines: Vec<String> = unknown
+            .iter()
+            .map(|n| format!("--policy {n}: no valid policy of that name; valid policies: {valid:?}"))
+            .collect();
+        return Err(UsageError::new(lines.join("\nerror: ")).into());
     }
     let policies: Vec<&Policy> = if args.all {
         set.policies.iter().collect()
@@ -261,7 +260,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
             .unwrap_or_else(|| p.storage.backend.clone())
     };
     let client = if policies.iter().any(|p| needs_cluster(&backend_of(p))) {
-        Some(kube::Client::try_default().await?)
+        Some(invocation.client().await?)
     } else {
         None
     };
@@ -280,7 +279,10 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
 
     // A real prune is reported like the one after a backup (prune.* webhooks); a dry run is not.
     let reporter = match (&client, args.dry_run) {
-        (Some(c), false) => Some(crate::report::Reporter::for_settings(c.clone(), &settings)),
+        (Some(c), false) => Some(crate::report::Reporter::for_settings(
+            c.clone(),
+            invocation.settings()?,
+        )),
         _ => None,
     };
 
@@ -289,15 +291,15 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
     for policy in policies {
         let backend = backend_of(policy);
         let (store, layout) = match &client {
-            Some(c) => open_backend(c, &settings, &backend).await?,
+            Some(_) => invocation.open_store(&backend).await?,
             None => store::open(&backend, None).await,
         };
         let target = Target {
             store: store.as_ref(),
             layout: &layout,
         };
-        let now = SystemClock.now();
-        let result = super::prune(target, &policy.name, &policy.retention, now, mode).await;
+        let result =
+            crate::retention::prune(target, &policy.name, &policy.retention, invocation.now(), mode).await;
         if let Some(reporter) = &reporter {
             reporter.prune_finished(policy, &result).await;
         }
@@ -317,13 +319,13 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
     }
     if args.all && !set.is_valid() {
-        eprintln!(
-            "error: invalid policies were not pruned: {}; `freezeframe validate` says why",
+        return Err(UsageError::new(format!(
+            "invalid policies were not pruned: {}; `freezeframe validate` says why",
             set.invalid_policies.join(", ")
-        );
-        return Ok(Outcome::InvalidInput);
+        ))
+        .into());
     }
-    Ok(crate::run::worst(outcomes))
+    Ok(crate::exit::worst(outcomes))
 }
 
 #[cfg(test)]

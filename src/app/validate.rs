@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use super::store::Loaded;
-use super::{Error, PolicySet};
-use crate::config::{PolicySource, PolicySourceArgs, Settings};
+use super::Invocation;
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
+use crate::policy::PolicySet;
 
 /// Arguments of `freezeframe validate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -71,39 +71,11 @@ pub fn report(set: &PolicySet, now: DateTime<Utc>) -> (String, Outcome) {
     (out, Outcome::Success)
 }
 
-/// Load the policies named by `source` (file or ConfigMap).
-pub async fn load(settings: &Settings) -> anyhow::Result<PolicySet> {
-    Ok(load_with_state(settings).await?.set)
-}
-
-/// Load the policies named by `source` with their run state (the ConfigMap's annotations; a local file
-/// has none).
-pub async fn load_with_state(settings: &Settings) -> anyhow::Result<Loaded> {
-    match &settings.policy_source {
-        PolicySource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
-                path: path.display().to_string(),
-                source,
-            })?;
-            Ok(Loaded {
-                set: super::parse_str(&path.display().to_string(), &text),
-                last_scheduled: Default::default(),
-                last_results: Default::default(),
-            })
-        }
-        PolicySource::ConfigMap { namespace, name } => {
-            let client = kube::Client::try_default().await?;
-            let api = kube::Api::namespaced(client, namespace);
-            Ok(super::store::load(&api, namespace, name).await?)
-        }
-    }
-}
-
 /// Run `freezeframe validate`.
 pub async fn run(args: ValidateArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
-    let set = load(&settings).await?;
-    let (text, outcome) = report(&set, Utc::now());
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let set = invocation.policy_set().await?;
+    let (text, outcome) = report(set, invocation.now());
     print!("{text}");
     Ok(outcome)
 }
@@ -120,7 +92,7 @@ mod tests {
 
     #[test]
     fn given_valid_policies_when_reported_then_one_line_each_with_next_three_fire_times() {
-        let set = super::super::parse_str("redis.yaml", include_str!("../../policies/redis.yaml"));
+        let set = crate::policy::parse_str("redis.yaml", include_str!("../../policies/redis.yaml"));
         let (text, outcome) = report(&set, now());
         assert_eq!(outcome, Outcome::Success);
         assert_eq!(
@@ -134,7 +106,7 @@ mod tests {
     fn given_problems_when_reported_then_grouped_by_policy_and_invalid_input() {
         let text =
             include_str!("../../policies/redis.yaml").replace("schedule: \"*/30 * * * *\"", "schedule: 30");
-        let set = super::super::parse_str("redis.yaml", &text);
+        let set = crate::policy::parse_str("redis.yaml", &text);
         let (out, outcome) = report(&set, now());
         assert_eq!(outcome, Outcome::InvalidInput);
         assert!(

@@ -11,17 +11,18 @@
 
 use std::time::Duration;
 
-use crate::config::{PolicySourceArgs, Settings};
+use super::{Invocation, UsageError};
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
 use crate::policy::{Policy, Webhook};
 use crate::report::{Payload, Reporter, WebhookEvent};
 use crate::store;
 
-use super::apply::KubeTarget;
-use super::dumps::Replayer;
-use super::source::Located;
-use super::{BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions};
 use crate::hooks::KubeExecutor;
+use crate::restore::apply::KubeTarget;
+use crate::restore::dumps::Replayer;
+use crate::restore::source::Located;
+use crate::restore::{BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions};
 
 /// Output format of `freezeframe restore`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,46 +92,30 @@ pub struct RestoreArgs {
 /// `--storage`, the policy is read only when `--policy-file` or `--policies` says where from.
 async fn backend(
     args: &RestoreArgs,
-) -> anyhow::Result<Result<(crate::policy::Backend, Option<Policy>), Outcome>> {
+    invocation: &Invocation,
+) -> anyhow::Result<(crate::policy::Backend, Option<Policy>)> {
     let sourced = args.source.policy_file.is_some() || args.source.policies.is_some();
     let policy = match &args.policy {
-        Some(name) if args.storage.is_none() || sourced => {
-            let settings = Settings::from_process(&args.source)?;
-            let set = crate::policy::command::load(&settings).await?;
-            let Some(policy) = set.policy(name) else {
-                eprintln!(
-                    "error: no valid policy named {name:?}; valid policies: {:?}",
-                    set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
-                );
-                return Ok(Err(Outcome::InvalidInput));
-            };
-            Some(policy.clone())
-        }
+        Some(name) if args.storage.is_none() || sourced => Some(invocation.policy(name).await?.clone()),
         _ => None,
     };
     if let Some(url) = &args.storage {
-        return Ok(Ok((store::backend_from_url(url)?, policy)));
+        return Ok((store::backend_from_url(url)?, policy));
     }
     let Some(policy) = policy else {
-        eprintln!("error: give --storage URL, or --policy NAME to read the policy's storage");
-        return Ok(Err(Outcome::InvalidInput));
+        return Err(
+            UsageError::new("give --storage URL, or --policy NAME to read the policy's storage").into(),
+        );
     };
-    Ok(Ok((policy.storage.backend.clone(), Some(policy))))
+    Ok((policy.storage.backend.clone(), Some(policy)))
 }
 
 /// Run `freezeframe restore`.
 pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
-    let (backend, policy) = match backend(&args).await? {
-        Ok(b) => b,
-        Err(outcome) => return Ok(outcome),
-    };
-    let namespace_map = match PlanOptions::parse_namespace_map(&args.namespace_map) {
-        Ok(map) => map,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(Outcome::InvalidInput);
-        }
-    };
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let (backend, policy) = backend(&args, &invocation).await?;
+    let namespace_map =
+        PlanOptions::parse_namespace_map(&args.namespace_map).map_err(|e| UsageError::new(e.to_string()))?;
     let mut options = RestoreOptions {
         backup: args.backup.clone(),
         policy: args.policy.clone(),
@@ -145,7 +130,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         wait: args.wait.then_some(args.wait_timeout),
     };
     let (store, layout) = store::open(&backend, None).await;
-    let client = kube::Client::try_default().await?;
+    let client = invocation.client().await?;
     let target = KubeTarget::new(client.clone());
     let replayer = match &policy {
         Some(p) if !args.skip_dumps => Some(Replayer::new(
@@ -164,30 +149,32 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         store: store.as_ref(),
         layout: &layout,
         target: &target,
-        dumps: replayer.as_ref().map(|r| r as &dyn super::dumps::Replay),
+        dumps: replayer.as_ref().map(|r| r as &dyn crate::restore::dumps::Replay),
     };
     // Find the backup once, so restore.started and the restore name the same one (`latest` moves).
     let announced = if args.dry_run {
         None
     } else {
         let located =
-            super::source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup)
+            crate::restore::source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup)
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
         options.backup = BackupRef::Id(located.id.clone());
         options.policy = Some(located.policy.clone());
-        Some(Announced::start(&args, policy.as_ref(), &located, &options, client).await)
+        Some(Announced::start(&invocation, policy.as_ref(), &located, &options, client).await)
     };
-    let restored = super::run(&ctx, &options).await;
+    let restored = crate::restore::run(&ctx, &options).await;
+    if let Ok((plan, report)) = &restored
+        && !options.dry_run
+    {
+        crate::report::restore_events::emit(ctx.target, plan, report).await;
+    }
     if let Some(announced) = &announced {
-        announced.finish(&restored).await;
+        announced.finish(&restored, invocation.now()).await;
     }
     let (plan, report) = match restored {
         Ok(done) => done,
-        Err(e @ Error::InvalidOption { .. }) => {
-            eprintln!("error: {e}");
-            return Ok(Outcome::InvalidInput);
-        }
+        Err(e @ Error::InvalidOption { .. }) => return Err(UsageError::new(e.to_string()).into()),
         Err(e) => return Err(anyhow::Error::new(e).context("restore refused; nothing was written")),
     };
     match args.output {
@@ -235,15 +222,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
 /// The webhooks of the backup's policy `name`: those of the policy already read, else of the
 /// configured policies (`--policy-file`, `--policies`, or the default ConfigMap, read like `backup`
 /// reads them); none, said at debug level, when no policies can be read or none has that name.
-async fn receivers(args: &RestoreArgs, read: Option<&Policy>, name: &str) -> Vec<Webhook> {
+async fn receivers(invocation: &Invocation, read: Option<&Policy>, name: &str) -> Vec<Webhook> {
     if let Some(p) = read.filter(|p| p.name == name) {
         return p.webhooks.clone();
     }
-    let loaded = match Settings::from_process(&args.source) {
-        Ok(settings) => crate::policy::command::load(&settings).await,
-        Err(e) => Err(e.into()),
-    };
-    match loaded {
+    match invocation.policy_set().await {
         Ok(set) => match set.policy(name) {
             Some(p) => p.webhooks.clone(),
             None => {
@@ -268,17 +251,14 @@ struct Announced {
 impl Announced {
     /// Send `restore.started` for `located`, restored with `options`.
     async fn start(
-        args: &RestoreArgs,
+        invocation: &Invocation,
         read: Option<&Policy>,
         located: &Located,
         options: &RestoreOptions,
         client: kube::Client,
     ) -> Announced {
-        let webhooks = receivers(args, read, &located.policy).await;
-        let namespace = Settings::from_process(&args.source)
-            .ok()
-            .and_then(|s| s.namespace);
-        let reporter = Reporter::new(client, namespace);
+        let webhooks = receivers(invocation, read, &located.policy).await;
+        let reporter = Reporter::new(client, invocation.namespace().map(str::to_string));
         let namespaces = located
             .manifest
             .namespaces
@@ -288,7 +268,7 @@ impl Announced {
         let started = Payload::restore_started(
             &located.manifest,
             namespaces,
-            chrono::Utc::now(),
+            invocation.now(),
             reporter.cluster_identity().await,
         );
         reporter
@@ -302,15 +282,20 @@ impl Announced {
     }
 
     /// Send how the restore ended.
-    async fn finish(&self, restored: &super::Result<(Plan, Report)>) {
-        let now = chrono::Utc::now();
+    async fn finish(
+        &self,
+        restored: &crate::restore::Result<(Plan, Report)>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
         let (event, payload) = match restored {
             Ok((plan, report)) => (
                 WebhookEvent::restore_finished(report.outcome()),
                 Payload::restore_finished(
                     &self.started,
                     report,
-                    super::events::target_namespaces(plan).into_iter().collect(),
+                    crate::report::restore_events::target_namespaces(plan)
+                        .into_iter()
+                        .collect(),
                     now,
                 ),
             ),

@@ -2,7 +2,7 @@
 //!
 //! load policies → report invalid ones (annotation, Event, `policy.invalid` webhooks) → take the run
 //! Lease → for each valid policy: due? → record the scheduled time → back up, prune and report it
-//! ([`crate::backup::command::back_up_prune_report`]: `backup.started` → backup → commit manifest →
+//! ([`crate::app::backup::back_up_prune_report`]: `backup.started` → backup → commit manifest →
 //! prune by its retention → Events, annotations, webhooks) → record the result → release the Lease →
 //! exit code.
 //!
@@ -14,17 +14,17 @@
 //! last-result annotation (they describe the backup); it prints the failure and makes the tick's exit
 //! code at least PartiallyFailed (3).
 
-pub mod lease;
-
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{Manifest, Status, command as backup_command};
-use crate::config::{PolicySource, PolicySourceArgs, Settings};
-use crate::exit::Outcome;
+use super::{Invocation, UsageError};
+use crate::backup::{Manifest, Status};
+use crate::config::{ClientArgs, PolicySource, PolicySourceArgs};
+use crate::exit::{Outcome, worst};
+use crate::lease;
 use crate::policy::store::{self, LastResult, ResultPhase};
 use crate::policy::{Decision, DueInput, Policy, decide};
 use crate::report::Reporter;
@@ -37,20 +37,6 @@ pub struct RunArgs {
     /// Run this policy now, whatever its schedule says (repeatable; the schedule is not moved).
     #[arg(long = "now", value_name = "POLICY")]
     pub now: Vec<String>,
-}
-
-/// The worst of several backup outcomes: Failed over PartiallyFailed over Success. Pure.
-pub fn worst(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
-    let rank = |o: Outcome| match o {
-        Outcome::Success => 0,
-        Outcome::PartiallyFailed => 1,
-        Outcome::Failed => 2,
-        Outcome::InvalidInput => 3,
-    };
-    outcomes
-        .into_iter()
-        .max_by_key(|o| rank(*o))
-        .unwrap_or(Outcome::Success)
 }
 
 /// The schedule input for `policy` at `now`. Pure.
@@ -114,15 +100,17 @@ fn describe_wait(policy: &str, decision: &Decision) -> String {
 
 /// Run one CronJob tick.
 pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let settings = invocation.settings()?;
     let PolicySource::ConfigMap { namespace, name } = &settings.policy_source else {
-        anyhow::bail!(
+        return Err(UsageError::new(
             "freezeframe run needs the policy ConfigMap (it stores each policy's schedule state); \
-             use --policies <namespace>/<name> or FREEZEFRAME_POLICY_CONFIGMAP, not a policy file"
-        );
+             use --policies <namespace>/<name> or FREEZEFRAME_POLICY_CONFIGMAP, not a policy file",
+        )
+        .into());
     };
     let lease_namespace = settings.namespace.clone().unwrap_or_else(|| namespace.clone());
-    let client = kube::Client::try_default().await?;
+    let client = invocation.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
 
     // Load policies.
@@ -132,11 +120,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("reading the policy ConfigMap {namespace}/{name}"))?;
     let loaded = store::from_configmap(&cm);
     let set = &loaded.set;
-    let now = Utc::now();
+    let now = invocation.now();
 
     // Report invalid policies (and clear the marks of fixed ones); a failure here must not stop backups.
     if !set.is_valid() {
-        eprint!("{}", crate::policy::command::report(set, now).0);
+        eprint!("{}", crate::app::validate::report(set, now).0);
     }
     // Webhooks hear of a policy when it becomes invalid (or invalid for another reason), not every tick:
     // the status annotation remembers what was last reported.
@@ -144,7 +132,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if let Err(e) = crate::policy::status::report(&client, &cm, set, now).await {
         tracing::warn!(error = %format!("{e:#}"), "could not record policy status");
     }
-    let reporter = Reporter::for_settings(client.clone(), &settings);
+    let reporter = Reporter::for_settings(client.clone(), settings);
     reporter.policies_invalid(set, &newly_invalid).await;
     let unknown: Vec<&String> = args.now.iter().filter(|n| set.policy(n).is_none()).collect();
     for n in &unknown {
@@ -153,7 +141,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let invalid = !set.is_valid() || !unknown.is_empty();
 
     // Take the run Lease.
-    let cancel = backup_command::cancel_on_signals()?;
+    let cancel = super::turn::cancel_on_signals()?;
     let me = lease::identity();
     let held = match lease::acquire(&client, &lease_namespace, &me, cancel.clone())
         .await
@@ -173,8 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
     // Each valid policy: due? → record scheduled time → back up → record result.
     let tick = Tick {
-        client: &client,
-        settings: &settings,
+        invocation: &invocation,
         cms: &cms,
         configmap: (namespace, name),
         cancel: &cancel,
@@ -191,7 +178,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         let input = due_input(
             policy,
             loaded.last_scheduled.get(&policy.name).copied(),
-            Utc::now(),
+            invocation.now(),
             force,
         );
         let decision = decide(&policy.schedule, &input);
@@ -225,8 +212,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
 /// What every backup of one tick shares.
 struct Tick<'a> {
-    client: &'a kube::Client,
-    settings: &'a Settings,
+    invocation: &'a Invocation,
     /// ConfigMaps in the policy ConfigMap's namespace.
     cms: &'a Api<ConfigMap>,
     /// The policy ConfigMap: `(namespace, name)`.
@@ -239,9 +225,8 @@ struct Tick<'a> {
 /// manifest counts as Failed (and nothing is pruned).
 async fn back_up(tick: &Tick<'_>, policy: &Policy, decision: &Decision) -> Outcome {
     tracing::info!(policy = %policy.name, ?decision, "running backup");
-    let ran = backup_command::back_up_prune_report(
-        tick.client,
-        tick.settings,
+    let ran = super::turn::back_up_prune_report(
+        tick.invocation,
         policy,
         &policy.storage.backend,
         tick.cancel,
@@ -253,7 +238,7 @@ async fn back_up(tick: &Tick<'_>, policy: &Policy, decision: &Decision) -> Outco
         Some(m) => last_result(m),
         None => LastResult {
             phase: ResultPhase::Failed,
-            finished_at: Utc::now(),
+            finished_at: tick.invocation.now(),
             backup_id: "-".to_string(),
         },
     };
@@ -267,19 +252,6 @@ async fn back_up(tick: &Tick<'_>, policy: &Policy, decision: &Decision) -> Outco
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn given_mixed_outcomes_when_combined_then_worst_wins_and_none_is_success() {
-        assert_eq!(worst([]), Outcome::Success);
-        assert_eq!(
-            worst([Outcome::Success, Outcome::PartiallyFailed]),
-            Outcome::PartiallyFailed
-        );
-        assert_eq!(
-            worst([Outcome::PartiallyFailed, Outcome::Failed, Outcome::Success]),
-            Outcome::Failed
-        );
-    }
 
     #[test]
     fn given_skipped_run_when_described_then_line_says_late_and_next() {
