@@ -115,4 +115,23 @@ mod tests {
         );
         assert!(out.contains("policies[0].schedule"), "{out}");
     }
+
+    #[test]
+    fn given_warnings_when_reported_then_each_is_printed_and_the_outcome_stays_success() {
+        let text =
+            include_str!("../../policies/mysql.yaml").replace("--single-transaction --skip-lock-tables", "");
+        let set = crate::policy::parse_str("mysql.yaml", &text);
+        assert!(set.is_valid(), "{:#?}", set.problems);
+        let [warning] = &set.warnings[..] else {
+            panic!("one warning: {:#?}", set.warnings)
+        };
+        let (out, outcome) = report(&set, now());
+        assert_eq!(outcome, Outcome::Success);
+        assert!(
+            out.starts_with(&format!(
+                "warnings (valid, but known to hang or fail):\n  {warning}\n"
+            )),
+            "{out}"
+        );
+    }
 }
