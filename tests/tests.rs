@@ -5,6 +5,7 @@
 mod api_calls;
 mod backup_run;
 mod cron_run;
+mod databases;
 #[cfg(feature = "demo")]
 mod demo;
 mod docs;
@@ -16,6 +17,7 @@ mod mover;
 mod object_lock;
 mod packaging;
 mod policy_store;
+mod replay;
 mod report;
 mod restore;
 mod restore_volumes;

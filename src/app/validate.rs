@@ -20,6 +20,12 @@ pub struct ValidateArgs {
 /// Render the report for `set` at `now`, and the outcome it implies. Pure.
 pub fn report(set: &PolicySet, now: DateTime<Utc>) -> (String, Outcome) {
     let mut out = String::new();
+    if !set.warnings.is_empty() {
+        writeln!(out, "warnings (valid, but known to hang or fail):").ok();
+        for w in &set.warnings {
+            writeln!(out, "  {w}").ok();
+        }
+    }
     if !set.is_valid() {
         for (policy, problems) in set.problems_by_policy() {
             match policy {
@@ -104,9 +110,28 @@ mod tests {
         let (out, outcome) = report(&set, now());
         assert_eq!(outcome, Outcome::InvalidInput);
         assert!(
-            out.starts_with("policy `redis-cache`:\n  redis.yaml (data.policies.yaml):18:19: "),
+            out.starts_with("policy `redis-cache`:\n  redis.yaml (data.policies.yaml):20:19: "),
             "{out}"
         );
         assert!(out.contains("policies[0].schedule"), "{out}");
+    }
+
+    #[test]
+    fn given_warnings_when_reported_then_each_is_printed_and_the_outcome_stays_success() {
+        let text =
+            include_str!("../../policies/mysql.yaml").replace("--single-transaction --skip-lock-tables", "");
+        let set = crate::policy::parse_str("mysql.yaml", &text);
+        assert!(set.is_valid(), "{:#?}", set.problems);
+        let [warning] = &set.warnings[..] else {
+            panic!("one warning: {:#?}", set.warnings)
+        };
+        let (out, outcome) = report(&set, now());
+        assert_eq!(outcome, Outcome::Success);
+        assert!(
+            out.starts_with(&format!(
+                "warnings (valid, but known to hang or fail):\n  {warning}\n"
+            )),
+            "{out}"
+        );
     }
 }

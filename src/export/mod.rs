@@ -252,6 +252,20 @@ pub fn archive_path(resource: &ApiResource, namespace: Option<&str>, name: &str)
     }
 }
 
+/// The legacy annotation that names the StorageClass of a claim or volume (still in many manifests).
+pub const BETA_STORAGE_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
+
+/// The StorageClass a PersistentVolumeClaim or PersistentVolume belongs to, as Kubernetes reads it
+/// (`GetPersistentVolumeClaimClass`): the [`BETA_STORAGE_CLASS`] annotation when set, else
+/// `spec.storageClassName`; `None` for none or `""`.
+pub fn storage_class(obj: &Value) -> Option<String> {
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    match &obj["metadata"]["annotations"][BETA_STORAGE_CLASS] {
+        Value::Null => text(&obj["spec"]["storageClassName"]),
+        annotated => text(annotated),
+    }
+}
+
 /// The cluster-scoped objects `obj` depends on.
 fn cluster_refs(resource: &ApiResource, obj: &Value) -> Vec<ClusterRef> {
     let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
@@ -259,7 +273,7 @@ fn cluster_refs(resource: &ApiResource, obj: &Value) -> Vec<ClusterRef> {
     match (resource.group.as_str(), resource.kind.as_str()) {
         ("", "PersistentVolumeClaim") => {
             refs.extend(text(&obj["spec"]["volumeName"]).map(ClusterRef::Volume));
-            refs.extend(text(&obj["spec"]["storageClassName"]).map(ClusterRef::StorageClass));
+            refs.extend(storage_class(obj).map(ClusterRef::StorageClass));
         }
         ("rbac.authorization.k8s.io", "RoleBinding") if obj["roleRef"]["kind"] == "ClusterRole" => {
             refs.extend(text(&obj["roleRef"]["name"]).map(ClusterRef::ClusterRole));
@@ -600,13 +614,30 @@ async fn write_cluster_objects<W: tokio::io::AsyncWrite + Unpin>(
     for (resource, name) in &wanted {
         let obj = append(resource, name, &mut counts).await?;
         if resource.kind == "PersistentVolume"
-            && let Some(sc) = obj.as_ref().and_then(|o| o["spec"]["storageClassName"].as_str())
+            && let Some(sc) = obj.as_ref().and_then(storage_class)
         {
-            classes.insert(sc.to_string());
+            classes.insert(sc);
         }
     }
     for name in &classes {
         append(&class, name, &mut counts).await?;
     }
     Ok(counts.kinds)
+}
+
+#[cfg(test)]
+mod storage_class_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn given_beta_annotation_then_it_names_the_class_over_the_spec_field() {
+        let annotated = json!({"metadata": {"annotations": {BETA_STORAGE_CLASS: "legacy"}},
+                               "spec": {"storageClassName": "fast"}});
+        assert_eq!(storage_class(&annotated).as_deref(), Some("legacy"));
+        let spec_only = json!({"metadata": {}, "spec": {"storageClassName": "fast"}});
+        assert_eq!(storage_class(&spec_only).as_deref(), Some("fast"));
+        let none = json!({"metadata": {}, "spec": {"storageClassName": ""}});
+        assert_eq!(storage_class(&none), None);
+    }
 }

@@ -11,6 +11,7 @@
     reason = "shared by all test modules; not every test uses every helper"
 )]
 
+pub mod databases;
 pub mod seaweed;
 pub mod webhook;
 
