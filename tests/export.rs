@@ -1160,6 +1160,7 @@ async fn given_a_sandbox_failing_a_fifth_of_requests_when_backed_up_ten_times_th
                 store,
                 layout,
                 clock: &clock,
+                sealing: Default::default(),
             };
             let manifest = backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default())
                 .await

@@ -46,6 +46,7 @@ fn s3_repository(env: &TestEnv) -> RepositoryLocation {
         credentials_secret: None,
         server_side_encryption: None,
         kms_key_id: None,
+        object_lock: None,
     }))
 }
 

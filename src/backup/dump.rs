@@ -27,7 +27,7 @@ use crate::hooks::plan::Skipped;
 use crate::hooks::{PodExecutor, Target, select};
 use crate::policy::{Dump, Exec, OnNoPods, Policy};
 use crate::store::crypt::{Sealing, Stored, put_artifact};
-use crate::store::{self, BackupKeys, ObjectStore, Written};
+use crate::store::{BackupKeys, ObjectStore, Written};
 use freezeframe_selector::query as selector_query;
 
 /// Dumps streamed at the same time (each may hold an S3 multipart upload's buffers).
@@ -265,7 +265,7 @@ pub async fn run_one<E: PodExecutor>(
             "the command ended with {} after {} bytes; nothing was stored",
             o.termination, produced.size
         )),
-        (Ok(_), Err(e)) => Some(format!("storing {key}: {}", error_chain(e))),
+        (Ok(_), Err(e)) => Some(format!("storing {key}: {}", crate::k8s::errors::chain(e))),
         (Ok(_), Ok(stored)) => check_committed(store, &key, &produced, stored).await.err(),
     };
     if let Ok(o) = &out {
@@ -285,7 +285,7 @@ pub async fn run_one<E: PodExecutor>(
         }
         (error, put) => {
             let e = error.unwrap_or_else(|| match put {
-                Err(e) => format!("storing {key}: {}", error_chain(&e)),
+                Err(e) => format!("storing {key}: {}", crate::k8s::errors::chain(&e)),
                 Ok(_) => "unknown failure".into(),
             });
             tracing::warn!(dump = %dump.name, pod = %t.pod_ref(), error = %e, stderr = %record.stderr_tail, "dump failed");
@@ -324,28 +324,18 @@ async fn check_committed(
                 stored.stored.size
             )),
             Ok(None) => Some(format!("{key} is missing after upload")),
-            Err(e) => Some(format!("checking {key}: {}", error_chain(&e))),
+            Err(e) => Some(format!("checking {key}: {}", crate::k8s::errors::chain(&e))),
         }
     };
     match problem {
         None => Ok(()),
         Some(p) => {
             if let Err(e) = store.delete(&[key.to_string()]).await {
-                tracing::warn!(key, error = %error_chain(&e), "could not delete an untrusted dump");
+                tracing::warn!(key, error = %crate::k8s::errors::chain(&e), "could not delete an untrusted dump");
             }
             Err(p)
         }
     }
-}
-
-fn error_chain(e: &store::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        line.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    line
 }
 
 /// Counts and hashes every byte accepted by the inner writer.

@@ -184,7 +184,7 @@ impl<E: PodExecutor, P: Pods> Replayer<E, P> {
             Ok(p) => p,
             Err(e) => {
                 replay.status = ReplayStatus::Refused;
-                replay.message = Some(format!("{key}: {}", error_chain(&e)));
+                replay.message = Some(format!("{key}: {}", crate::k8s::errors::chain(&e)));
                 return replay;
             }
         };

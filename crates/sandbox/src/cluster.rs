@@ -1704,6 +1704,7 @@ mod random_fault_tests {
             state_dir: dir.path().to_path_buf(),
             limits: StoreLimits::default(),
             random_faults: Some(faults),
+            own_image: Default::default(),
         });
         (dir, cluster)
     }

@@ -7,7 +7,7 @@ use chrono::{TimeZone, Utc};
 use super::*;
 use crate::hooks::fake::{FakeExecutor, Script};
 use crate::store::fs::FsStore;
-use crate::store::{BackupId, Layout};
+use crate::store::{self, BackupId, Layout};
 
 fn target(pod: &str) -> DumpTarget {
     DumpTarget {
