@@ -12,6 +12,7 @@ pub mod demo;
 pub mod exit;
 pub mod export;
 pub mod hooks;
+pub mod offsite;
 pub mod policy;
 pub mod report;
 pub mod restore;
