@@ -53,6 +53,8 @@ pub struct Env {
     pub kube_qps: Option<f64>,
     /// `FREEZEFRAME_KUBE_BURST`: API calls of the export allowed at once after a quiet spell.
     pub kube_burst: Option<u32>,
+    /// `FREEZEFRAME_IMAGE`: freezeframe's own image, run by the mover Jobs of `volumes.moveData`.
+    pub image: Option<String>,
 }
 
 impl Env {
@@ -168,6 +170,9 @@ pub struct Settings {
     pub policy_source: PolicySource,
     /// Rate limit of the export's API calls.
     pub client: ClientLimits,
+    /// freezeframe's own image (`FREEZEFRAME_IMAGE`, default [`crate::offsite::DEFAULT_IMAGE`]): the
+    /// mover Jobs run it.
+    pub image: String,
 }
 
 fn parse_ref(
@@ -226,6 +231,11 @@ impl Settings {
             namespace,
             policy_source,
             client: ClientLimits::resolve(env, client)?,
+            image: env
+                .image
+                .clone()
+                .filter(|i| !i.trim().is_empty())
+                .unwrap_or_else(|| crate::offsite::DEFAULT_IMAGE.to_string()),
         })
     }
 

@@ -35,7 +35,7 @@ use crate::store::{self, BackupId, BackupKeys, Layout, ObjectStore, layout};
 pub use dump::{DumpPlan, DumpTarget};
 pub use manifest::{
     ClusterIdentity, DumpRecord, DumpStatus, FORMAT_VERSION, HooksRecord, HooksStatus, Manifest,
-    ManifestError, Status, VolumesRecord,
+    ManifestError, MovedClaim, Status, VolumesRecord,
 };
 
 /// Errors of a backup run.
@@ -118,6 +118,8 @@ pub struct Freeze {
     pub dumps: DumpPlan,
     /// Volume snapshot settings; `None` = no snapshots.
     pub volumes: Option<Volumes>,
+    /// The movers that copy the snapshots into the repository after the thaw; `None` = no `moveData`.
+    pub moves: Option<crate::offsite::MovePlan>,
 }
 
 impl Freeze {
@@ -129,6 +131,7 @@ impl Freeze {
                 .map_err(Error::Hooks)?,
             dumps: dump::plan(client, policy).await.map_err(Error::Dumps)?,
             volumes: (policy.volumes.snapshot != SnapshotMode::None).then(|| policy.volumes.clone()),
+            moves: None,
         })
     }
 }
@@ -243,8 +246,27 @@ pub async fn backup<E: PodExecutor>(
         Some(p) => Some(p.complete(cut).await),
         None => None,
     };
+    // After the thaw and the cut, never inside the freeze: the movers copy the ready snapshots into the
+    // repository (only when the freeze went through: an aborted freeze captured nothing).
+    let moved = match (&req.freeze.moves, volumes.as_mut()) {
+        (Some(plan), Some(outcome))
+            if matches!(
+                hooks.status,
+                GroupStatus::Succeeded | GroupStatus::PartiallyFailed
+            ) && !outcome.volumes.is_empty() =>
+        {
+            let spec = plan.for_backup(req.policy, id.as_str());
+            let cluster = crate::offsite::KubeMoverCluster::new(ctx.client.clone());
+            Some(crate::offsite::move_volumes(&cluster, &spec, &mut outcome.volumes, cancel).await)
+        }
+        _ => None,
+    };
     if let Some(outcome) = &volumes {
         record_volumes(ctx, &keys, &mut manifest, outcome).await?;
+    }
+    if let Some(moved) = &moved {
+        let on_error = req.freeze.volumes.as_ref().map(|v| v.on_error);
+        record_moves(&mut manifest, moved, on_error);
     }
 
     if matches!(
@@ -314,6 +336,17 @@ async fn record_volumes(
             .map(|c| format!("{}/{}", c.namespace, c.name))
             .collect(),
         note: outcome.cut_at.map(|t| format!("cut at {}", t.to_rfc3339())),
+        moved: outcome
+            .volumes
+            .iter()
+            .filter_map(|v| {
+                Some(MovedClaim {
+                    namespace: v.namespace.clone(),
+                    pvc: v.pvc.clone(),
+                    mover: v.moved.clone()?,
+                })
+            })
+            .collect(),
     });
     for f in &outcome.failures {
         manifest.problems.push(format!(
@@ -329,6 +362,30 @@ async fn record_volumes(
         _ => {}
     }
     Ok(())
+}
+
+/// The movers' verdict: a failed claim is named, and makes the backup PartiallyFailed
+/// (`volumes.onError: partial`) or Failed (`fail`); a cancellation fails it; cleanup problems are told.
+fn record_moves(
+    manifest: &mut Manifest,
+    moved: &crate::offsite::Moved,
+    on_error: Option<crate::policy::VolumeOnError>,
+) {
+    manifest.problems.extend(moved.cleanup_problems.iter().cloned());
+    if moved.cancelled {
+        manifest.problems.extend(moved.failures.iter().cloned());
+        cancelled(manifest, "moving volume data (temporary mover objects deleted)");
+        return;
+    }
+    if moved.failures.is_empty() {
+        return;
+    }
+    manifest.problems.extend(moved.failures.iter().cloned());
+    match on_error {
+        Some(crate::policy::VolumeOnError::Fail) => manifest.status = Status::Failed,
+        _ if manifest.status == Status::Completed => manifest.status = Status::PartiallyFailed,
+        _ => {}
+    }
 }
 
 /// Export the selection's resources into `resources.tar.zst`, verify it, and record it. Cancellation

@@ -171,6 +171,70 @@ fn access(storage: &Storage) -> RepositoryAccess {
     }
 }
 
+/// The movers of one policy, decided before its backup starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovePlan {
+    /// freezeframe's namespace.
+    pub namespace: String,
+    /// freezeframe's own image.
+    pub image: String,
+    /// The repository.
+    pub repository: RepositoryAccess,
+    /// `volumes.mover`.
+    pub mover: crate::policy::Mover,
+}
+
+/// Why a policy's data cannot be moved.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The mover Jobs run in freezeframe's namespace, which is unknown.
+    #[error(
+        "policy {policy}: volumes.moveData needs freezeframe's namespace for its mover Jobs: run in a pod or set FREEZEFRAME_NAMESPACE"
+    )]
+    NoNamespace {
+        /// The policy.
+        policy: String,
+    },
+}
+
+impl MovePlan {
+    /// The movers of `policy` (`None` = `moveData` is off), running `image` in `namespace`.
+    pub fn for_policy(
+        policy: &Policy,
+        namespace: Option<&str>,
+        image: &str,
+    ) -> Result<Option<MovePlan>, PlanError> {
+        if !policy.volumes.move_data || policy.volumes.snapshot == crate::policy::SnapshotMode::None {
+            return Ok(None);
+        }
+        // Validation guarantees a repository when moveData is on.
+        let Some(repository) = repository_access(policy) else {
+            return Ok(None);
+        };
+        let namespace = namespace.ok_or_else(|| PlanError::NoNamespace {
+            policy: policy.name.clone(),
+        })?;
+        Ok(Some(MovePlan {
+            namespace: namespace.to_string(),
+            image: image.to_string(),
+            repository,
+            mover: policy.volumes.mover.clone(),
+        }))
+    }
+
+    /// The movers of one backup.
+    pub fn for_backup(&self, policy: &str, backup_id: &str) -> MoverSpec {
+        MoverSpec {
+            namespace: self.namespace.clone(),
+            image: self.image.clone(),
+            policy: policy.to_string(),
+            backup_id: backup_id.to_string(),
+            repository: self.repository.clone(),
+            mover: self.mover.clone(),
+        }
+    }
+}
+
 /// What moving a backup's volumes came to.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Moved {
