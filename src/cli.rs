@@ -19,25 +19,25 @@ pub enum Command {
     #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
     /// Check policies and print problems (exit 2) or each policy's next fire times.
-    Validate(crate::policy::command::ValidateArgs),
+    Validate(crate::app::validate::ValidateArgs),
     /// List policies: schedule, last and next run, storage and last result (exit 2 if any is invalid).
     #[command(after_help = POLICIES_HELP)]
-    Policies(crate::policy::list::PoliciesArgs),
+    Policies(crate::app::policies::PoliciesArgs),
     /// One CronJob tick: back up every policy that is due (or forced with --now), one run at a time.
     #[command(after_help = RUN_HELP)]
-    Run(crate::run::RunArgs),
+    Run(crate::app::run::RunArgs),
     /// Back up one policy now: freeze hooks, dumps, resources export, manifest, then prune, Events,
     /// annotations and webhooks (exit 0/3/1; webhook failures never change it).
-    Backup(crate::backup::command::BackupArgs),
+    Backup(crate::app::backup::BackupArgs),
     /// Apply a policy's retention now: keep or prune each stored backup, saying why (--dry-run: only say).
-    #[command(after_help = crate::retention::command::PRUNE_HELP)]
-    Prune(crate::retention::command::PruneArgs),
+    #[command(after_help = crate::app::prune::PRUNE_HELP)]
+    Prune(crate::app::prune::PruneArgs),
     /// List the backups in a store, flagging incomplete ones.
-    List(crate::backup::command::ListArgs),
+    List(crate::app::backup::ListArgs),
     /// Show one stored backup: status, counts, artifacts, hooks, dumps, snapshots (incomplete ones too).
-    Describe(crate::backup::command::DescribeArgs),
+    Describe(crate::app::backup::DescribeArgs),
     /// Verify a stored backup and restore it here, into other namespaces, or into another cluster.
-    Restore(crate::restore::command::RestoreArgs),
+    Restore(crate::app::restore::RestoreArgs),
 }
 
 const POLICIES_HELP: &str = "\
@@ -111,14 +111,14 @@ pub fn run() -> anyhow::Result<Outcome> {
         match cli.command {
             #[cfg(feature = "demo")]
             Command::Demo(args) => crate::demo::run(args).await,
-            Command::Validate(args) => crate::policy::command::run(args).await,
-            Command::Policies(args) => crate::policy::list::run(args).await,
-            Command::Run(args) => crate::run::run(args).await,
-            Command::Backup(args) => crate::backup::command::backup(args).await,
-            Command::Prune(args) => crate::retention::command::run(args).await,
-            Command::List(args) => crate::backup::command::list(args).await,
-            Command::Describe(args) => crate::backup::command::describe(args).await,
-            Command::Restore(args) => crate::restore::command::run(args).await,
+            Command::Validate(args) => crate::app::validate::run(args).await,
+            Command::Policies(args) => crate::app::policies::run(args).await,
+            Command::Run(args) => crate::app::run::run(args).await,
+            Command::Backup(args) => crate::app::backup::backup(args).await,
+            Command::Prune(args) => crate::app::prune::run(args).await,
+            Command::List(args) => crate::app::backup::list(args).await,
+            Command::Describe(args) => crate::app::backup::describe(args).await,
+            Command::Restore(args) => crate::app::restore::run(args).await,
         }
     })
 }

@@ -33,6 +33,20 @@ impl From<Outcome> for ExitCode {
     }
 }
 
+/// The worst of several backup outcomes: Failed over PartiallyFailed over Success. Pure.
+pub fn worst(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
+    let rank = |o: Outcome| match o {
+        Outcome::Success => 0,
+        Outcome::PartiallyFailed => 1,
+        Outcome::Failed => 2,
+        Outcome::InvalidInput => 3,
+    };
+    outcomes
+        .into_iter()
+        .max_by_key(|o| rank(*o))
+        .unwrap_or(Outcome::Success)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +63,18 @@ mod tests {
         .map(|o| o.code())
         .collect();
         assert_eq!(codes, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn given_mixed_outcomes_when_combined_then_worst_wins_and_none_is_success() {
+        assert_eq!(worst([]), Outcome::Success);
+        assert_eq!(
+            worst([Outcome::Success, Outcome::PartiallyFailed]),
+            Outcome::PartiallyFailed
+        );
+        assert_eq!(
+            worst([Outcome::PartiallyFailed, Outcome::Failed, Outcome::Success]),
+            Outcome::Failed
+        );
     }
 }

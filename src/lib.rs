@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) only parses the CLI and maps [`run`](cli::run)'s result to an exit code;
 //! everything else lives here so integration tests can drive it.
 
+pub mod app;
 pub mod backup;
 pub mod cli;
 pub mod clock;
@@ -12,12 +13,12 @@ pub mod demo;
 pub mod exit;
 pub mod export;
 pub mod hooks;
+pub mod lease;
 pub mod offsite;
 pub mod policy;
 pub mod report;
 pub mod restore;
 pub mod retention;
-pub mod run;
 pub mod snapshot;
 pub mod store;
 

@@ -1079,7 +1079,10 @@ async fn restore_db(
     let mut opts = options();
     opts.plan.namespace_map = [("db".to_string(), to.to_string())].into();
     opts.wait = Some(Duration::from_secs(60));
-    restore::run(&ctx, &opts).await
+    let (plan, report) = restore::run(&ctx, &opts).await?;
+    // Events are the reporter's part, as `freezeframe restore` emits them after the run.
+    freezeframe::report::restore_events::emit(&target, &plan, &report).await;
+    Ok((plan, report))
 }
 
 fn pod_file(env: &TestEnv, namespace: &str, pod: &str, file: &str) -> std::path::PathBuf {
@@ -1271,7 +1274,8 @@ async fn given_objects_failing_with_existing_fail_when_restored_again_then_a_war
     let mut again = options();
     again.plan.namespace_map = [("db".to_string(), "db-copy".to_string())].into();
     again.plan.existing = Existing::Fail;
-    let (_, report) = restore::run(&ctx, &again).await?;
+    let (plan, report) = restore::run(&ctx, &again).await?;
+    freezeframe::report::restore_events::emit(&target, &plan, &report).await;
 
     assert_eq!(report.outcome(), Outcome::PartiallyFailed, "{}", report.table());
     let events = restore_events(&client, "db-copy").await?;

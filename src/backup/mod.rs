@@ -18,7 +18,6 @@
 //! - An error of the export or the store: no manifest at all (the artifact could not be committed), as
 //!   before hooks existed; the error is returned.
 
-pub mod command;
 pub mod dump;
 pub mod manifest;
 

@@ -20,7 +20,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use tokio::io::AsyncReadExt;
 
 use crate::exit::Outcome;
-use crate::run::worst;
+use crate::exit::worst;
 use crate::snapshot::BACKUP_ID_LABEL;
 use freezeframe_sandbox::{Sandbox, SandboxOptions};
 use receiver::{Receiver, Signature};

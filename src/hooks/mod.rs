@@ -16,6 +16,7 @@
 
 pub mod engine;
 pub mod exec;
+#[cfg(test)]
 pub mod fake;
 pub mod plan;
 pub mod report;

@@ -7,8 +7,6 @@
 //! (one invalid policy does not stop the valid ones). Loading from and writing schedule state to the
 //! cluster is in [`store`]; the `validate` command in [`command`], the `policies` command in [`list`].
 
-pub mod command;
-pub mod list;
 pub mod model;
 pub mod raw;
 pub mod schedule;

@@ -1,5 +1,5 @@
 //! Kubernetes Events freezeframe writes: the one builder every Event goes through ([`event`]; restores
-//! use it from [`crate::restore::events`]) and the Events of a finished backup — one on each backed-up
+//! use it from [`crate::report::restore_events`]) and the Events of a finished backup — one on each backed-up
 //! Namespace and one on the policy ConfigMap: `Normal BackupSucceeded`, `Warning
 //! BackupPartiallyFailed` or `Warning BackupFailed`, with the one-line summary as message. Pure.
 

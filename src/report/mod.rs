@@ -22,8 +22,10 @@
 pub mod annotations;
 pub mod cluster;
 pub mod events;
+#[cfg(test)]
 pub mod fake;
 pub mod payload;
+pub mod restore_events;
 pub mod summary;
 pub mod webhook;
 

@@ -311,7 +311,7 @@ impl Payload {
             phase: report.outcome().into(),
             finished_at: Some(finished_at),
             namespaces,
-            message: crate::restore::events::summary(report),
+            message: crate::report::restore_events::summary(report),
             ..started.clone()
         }
         .with_problems(

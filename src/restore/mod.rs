@@ -21,9 +21,7 @@
 //! and `secrets` get (HMAC keys) in freezeframe's namespace. Mirrored in `manifests/restore-job.yaml` (checked by a test).
 
 pub mod apply;
-pub mod command;
 pub mod dumps;
-pub mod events;
 pub mod plan;
 pub mod rebind;
 pub mod source;
@@ -252,7 +250,6 @@ pub async fn run(ctx: &Context<'_>, options: &RestoreOptions) -> Result<(Plan, R
     if let Some(replay) = ctx.dumps {
         replay.replay(ctx.store, &located, &plan, &mut report).await;
     }
-    events::emit(ctx.target, &plan, &report).await;
     tracing::info!(failed = report.failed(), "restore: done");
     Ok((plan, report))
 }

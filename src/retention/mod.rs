@@ -6,7 +6,6 @@
 //! See docs/retention.md for the rules, the safety guarantees and the order of deletion.
 
 pub mod cluster;
-pub mod command;
 pub mod prune;
 pub mod rules;
 

@@ -5,13 +5,13 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
-use super::cluster::KubeSnapshots;
-use super::{Error, Mode, PruneReport, Target};
-use crate::backup::command::open_backend;
+use crate::app::backup::open_backend;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{PolicySourceArgs, Settings};
 use crate::exit::Outcome;
 use crate::policy::{Backend, Policy};
+use crate::retention::cluster::KubeSnapshots;
+use crate::retention::{Error, Mode, PruneReport, Target};
 use crate::store;
 
 /// Output format of `freezeframe prune`.
@@ -91,7 +91,7 @@ pub async fn after_backup(
     target: Target<'_>,
 ) -> Result<PruneReport, Error> {
     let snapshots = KubeSnapshots::new(client.clone()).await.map_err(Error::Cluster)?;
-    super::prune(
+    crate::retention::prune(
         target,
         &policy.name,
         &policy.retention,
@@ -117,7 +117,7 @@ pub fn report_after_backup(policy: &str, result: &Result<PruneReport, Error>) ->
         Err(e) => {
             eprintln!(
                 "error: {policy}: retention was not applied: {}",
-                super::prune::chain(e)
+                crate::retention::prune::chain(e)
             );
             Outcome::PartiallyFailed
         }
@@ -232,11 +232,11 @@ pub fn table(reports: &[PruneReport]) -> String {
 /// Run `freezeframe prune`.
 pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
     let settings = Settings::from_process(&args.source)?;
-    let set = crate::policy::command::load(&settings).await?;
+    let set = crate::app::validate::load(&settings).await?;
     let unknown: Vec<&String> = args.policy.iter().filter(|n| set.policy(n).is_none()).collect();
     if !unknown.is_empty() {
         if !set.is_valid() {
-            eprint!("{}", crate::policy::command::report(&set, chrono::Utc::now()).0);
+            eprint!("{}", crate::app::validate::report(&set, chrono::Utc::now()).0);
         }
         for n in unknown {
             eprintln!(
@@ -297,7 +297,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
             layout: &layout,
         };
         let now = SystemClock.now();
-        let result = super::prune(target, &policy.name, &policy.retention, now, mode).await;
+        let result = crate::retention::prune(target, &policy.name, &policy.retention, now, mode).await;
         if let Some(reporter) = &reporter {
             reporter.prune_finished(policy, &result).await;
         }
@@ -323,7 +323,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
         );
         return Ok(Outcome::InvalidInput);
     }
-    Ok(crate::run::worst(outcomes))
+    Ok(crate::exit::worst(outcomes))
 }
 
 #[cfg(test)]

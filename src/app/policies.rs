@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use super::schedule::{Decision, DueInput, decide};
-use super::store::LastResult;
-use super::{Policy, PolicySet};
 use crate::config::{PolicySourceArgs, Settings};
 use crate::exit::Outcome;
+use crate::policy::schedule::{Decision, DueInput, decide};
+use crate::policy::store::LastResult;
+use crate::policy::{Policy, PolicySet};
 
 /// Output formats of `freezeframe policies`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -264,7 +264,7 @@ pub fn report(
 /// Run `freezeframe policies`.
 pub async fn run(args: PoliciesArgs) -> anyhow::Result<Outcome> {
     let settings = Settings::from_process(&args.source)?;
-    let loaded = super::command::load_with_state(&settings).await?;
+    let loaded = crate::app::validate::load_with_state(&settings).await?;
     let (text, outcome) = report(
         &loaded.set,
         &loaded.last_scheduled,
@@ -319,7 +319,7 @@ policies:
         BTreeMap<String, DateTime<Utc>>,
         BTreeMap<String, LastResult>,
     ) {
-        let set = super::super::parse_str("p.yaml", MIXED);
+        let set = crate::policy::parse_str("p.yaml", MIXED);
         let scheduled = BTreeMap::from([
             ("hourly".to_string(), t("2026-11-23T12:00:00Z")),
             ("paused".to_string(), t("2026-11-23T02:00:00Z")),
@@ -356,7 +356,7 @@ policies:
 
     #[test]
     fn given_cassandra_policy_with_run_state_when_listed_then_table_shows_last_and_next_run() {
-        let set = super::super::parse_str("cassandra.yaml", include_str!("../../policies/cassandra.yaml"));
+        let set = crate::policy::parse_str("cassandra.yaml", include_str!("../../policies/cassandra.yaml"));
         let scheduled = BTreeMap::from([("cassandra-ring".to_string(), t("2026-11-23T12:00:00Z"))]);
         let results = BTreeMap::from([(
             "cassandra-ring".to_string(),
@@ -466,7 +466,7 @@ PartiallyFailed 2026-11-20T00:00:09Z broken-20261120-000000
 
     #[test]
     fn given_no_policies_when_listed_then_it_says_so_and_succeeds() {
-        let set = super::super::parse_str(
+        let set = crate::policy::parse_str(
             "p.yaml",
             "apiVersion: freezeframe.dev/v1alpha1\nkind: PolicySet\npolicies: []\n",
         );
@@ -480,7 +480,7 @@ PartiallyFailed 2026-11-20T00:00:09Z broken-20261120-000000
 
     #[test]
     fn given_unreadable_document_when_listed_then_only_the_hint_and_exit_2() {
-        let set = super::super::parse_str("p.yaml", "policies: [unclosed\n");
+        let set = crate::policy::parse_str("p.yaml", "policies: [unclosed\n");
         let none = BTreeMap::new();
         let (text, outcome) = report(&set, &none, &BTreeMap::new(), now(), OutputFormat::Table).unwrap();
         assert_eq!(outcome, Outcome::InvalidInput);

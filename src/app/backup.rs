@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, DumpStatus, Freeze, Manifest, Request, StoredBackup};
+use crate::backup::{Context, DumpStatus, Freeze, Manifest, Request, StoredBackup};
 use crate::clock::SystemClock;
 use crate::config::{ClientArgs, PolicySourceArgs, Settings};
 use crate::exit::Outcome;
@@ -119,7 +119,7 @@ async fn open_store(
         return Ok(Err(Outcome::InvalidInput));
     };
     let settings = Settings::from_process(&args.source)?;
-    let set = crate::policy::command::load(&settings).await?;
+    let set = crate::app::validate::load(&settings).await?;
     let Some(policy): Option<&Policy> = set.policy(name) else {
         eprintln!(
             "error: no valid policy named {name:?}; valid policies: {:?}",
@@ -192,10 +192,10 @@ async fn credentials(
 /// Run `freezeframe backup`.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
     let settings = Settings::from_process_with_client(&args.source, &args.client)?;
-    let set = crate::policy::command::load(&settings).await?;
+    let set = crate::app::validate::load(&settings).await?;
     let Some(policy): Option<&Policy> = set.policy(&args.policy) else {
         if !set.is_valid() {
-            eprint!("{}", crate::policy::command::report(&set, chrono::Utc::now()).0);
+            eprint!("{}", crate::app::validate::report(&set, chrono::Utc::now()).0);
         }
         eprintln!(
             "error: no valid policy named {:?}; valid policies: {:?}",
@@ -280,10 +280,10 @@ pub async fn back_up_prune_report(
             store: store.as_ref(),
             layout: &layout,
         };
-        let pruned = crate::retention::command::after_backup(client, policy, target).await;
-        outcome = crate::run::worst([
+        let pruned = crate::app::prune::after_backup(client, policy, target).await;
+        outcome = crate::exit::worst([
             outcome,
-            crate::retention::command::report_after_backup(&policy.name, &pruned),
+            crate::app::prune::report_after_backup(&policy.name, &pruned),
         ]);
         Some(pruned)
     } else {
@@ -312,7 +312,7 @@ pub async fn open_backend(
 }
 
 /// One backup of `policy` into `store` with the real cluster and wall clock: selection, freeze plan and
-/// hook engine, then [`super::backup`]. Shared by `freezeframe backup` and `freezeframe run`; `cancel`
+/// hook engine, then [`crate::backup::backup`]. Shared by `freezeframe backup` and `freezeframe run`; `cancel`
 /// is the process's [`cancel_on_signals`] token.
 pub async fn back_up_policy(
     client: &kube::Client,
@@ -342,7 +342,7 @@ pub async fn back_up_policy(
         freeze: &freeze,
     };
     let engine = Engine::new(KubeExecutor::new(client.clone()));
-    Ok(super::backup(&ctx, &engine, request, cancel).await?)
+    Ok(crate::backup::backup(&ctx, &engine, request, cancel).await?)
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT (the Job deleted, `activeDeadlineSeconds`, Ctrl-C):
@@ -432,7 +432,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<Outcome> {
         Ok(opened) => opened,
         Err(outcome) => return Ok(outcome),
     };
-    let backups = super::list(store.as_ref(), &layout, args.store.policy.as_deref()).await?;
+    let backups = crate::backup::list(store.as_ref(), &layout, args.store.policy.as_deref()).await?;
     match args.output {
         Format::Table => print!("{}", table(&backups)),
         Format::Json | Format::Yaml => {
@@ -450,7 +450,7 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<Outcome> {
         Ok(opened) => opened,
         Err(outcome) => return Ok(outcome),
     };
-    let found = super::find(
+    let found = crate::backup::find(
         store.as_ref(),
         &layout,
         args.store.policy.as_deref(),

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use super::store::Loaded;
-use super::{Error, PolicySet};
 use crate::config::{PolicySource, PolicySourceArgs, Settings};
 use crate::exit::Outcome;
+use crate::policy::store::Loaded;
+use crate::policy::{Error, PolicySet};
 
 /// Arguments of `freezeframe validate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -80,7 +80,7 @@ pub async fn load_with_state(settings: &Settings) -> anyhow::Result<Loaded> {
                 source,
             })?;
             Ok(Loaded {
-                set: super::parse_str(&path.display().to_string(), &text),
+                set: crate::policy::parse_str(&path.display().to_string(), &text),
                 last_scheduled: Default::default(),
                 last_results: Default::default(),
             })
@@ -88,7 +88,7 @@ pub async fn load_with_state(settings: &Settings) -> anyhow::Result<Loaded> {
         PolicySource::ConfigMap { namespace, name } => {
             let client = kube::Client::try_default().await?;
             let api = kube::Api::namespaced(client, namespace);
-            Ok(super::store::load(&api, namespace, name).await?)
+            Ok(crate::policy::store::load(&api, namespace, name).await?)
         }
     }
 }
@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn given_valid_policies_when_reported_then_one_line_each_with_next_three_fire_times() {
-        let set = super::super::parse_str("redis.yaml", include_str!("../../policies/redis.yaml"));
+        let set = crate::policy::parse_str("redis.yaml", include_str!("../../policies/redis.yaml"));
         let (text, outcome) = report(&set, now());
         assert_eq!(outcome, Outcome::Success);
         assert_eq!(
@@ -128,7 +128,7 @@ mod tests {
     fn given_problems_when_reported_then_grouped_by_policy_and_invalid_input() {
         let text =
             include_str!("../../policies/redis.yaml").replace("schedule: \"*/30 * * * *\"", "schedule: 30");
-        let set = super::super::parse_str("redis.yaml", &text);
+        let set = crate::policy::parse_str("redis.yaml", &text);
         let (out, outcome) = report(&set, now());
         assert_eq!(outcome, Outcome::InvalidInput);
         assert!(

@@ -17,11 +17,11 @@ use crate::policy::{Policy, Webhook};
 use crate::report::{Payload, Reporter, WebhookEvent};
 use crate::store;
 
-use super::apply::KubeTarget;
-use super::dumps::Replayer;
-use super::source::Located;
-use super::{BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions};
 use crate::hooks::KubeExecutor;
+use crate::restore::apply::KubeTarget;
+use crate::restore::dumps::Replayer;
+use crate::restore::source::Located;
+use crate::restore::{BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions};
 
 /// Output format of `freezeframe restore`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,7 +96,7 @@ async fn backend(
     let policy = match &args.policy {
         Some(name) if args.storage.is_none() || sourced => {
             let settings = Settings::from_process(&args.source)?;
-            let set = crate::policy::command::load(&settings).await?;
+            let set = crate::app::validate::load(&settings).await?;
             let Some(policy) = set.policy(name) else {
                 eprintln!(
                     "error: no valid policy named {name:?}; valid policies: {:?}",
@@ -164,21 +164,26 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         store: store.as_ref(),
         layout: &layout,
         target: &target,
-        dumps: replayer.as_ref().map(|r| r as &dyn super::dumps::Replay),
+        dumps: replayer.as_ref().map(|r| r as &dyn crate::restore::dumps::Replay),
     };
     // Find the backup once, so restore.started and the restore name the same one (`latest` moves).
     let announced = if args.dry_run {
         None
     } else {
         let located =
-            super::source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup)
+            crate::restore::source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup)
                 .await
                 .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
         options.backup = BackupRef::Id(located.id.clone());
         options.policy = Some(located.policy.clone());
         Some(Announced::start(&args, policy.as_ref(), &located, &options, client).await)
     };
-    let restored = super::run(&ctx, &options).await;
+    let restored = crate::restore::run(&ctx, &options).await;
+    if let Ok((plan, report)) = &restored
+        && !options.dry_run
+    {
+        crate::report::restore_events::emit(ctx.target, plan, report).await;
+    }
     if let Some(announced) = &announced {
         announced.finish(&restored).await;
     }
@@ -240,7 +245,7 @@ async fn receivers(args: &RestoreArgs, read: Option<&Policy>, name: &str) -> Vec
         return p.webhooks.clone();
     }
     let loaded = match Settings::from_process(&args.source) {
-        Ok(settings) => crate::policy::command::load(&settings).await,
+        Ok(settings) => crate::app::validate::load(&settings).await,
         Err(e) => Err(e.into()),
     };
     match loaded {
@@ -302,7 +307,7 @@ impl Announced {
     }
 
     /// Send how the restore ended.
-    async fn finish(&self, restored: &super::Result<(Plan, Report)>) {
+    async fn finish(&self, restored: &crate::restore::Result<(Plan, Report)>) {
         let now = chrono::Utc::now();
         let (event, payload) = match restored {
             Ok((plan, report)) => (
@@ -310,7 +315,9 @@ impl Announced {
                 Payload::restore_finished(
                     &self.started,
                     report,
-                    super::events::target_namespaces(plan).into_iter().collect(),
+                    crate::report::restore_events::target_namespaces(plan)
+                        .into_iter()
+                        .collect(),
                     now,
                 ),
             ),

@@ -2,7 +2,7 @@
 //!
 //! load policies → report invalid ones (annotation, Event, `policy.invalid` webhooks) → take the run
 //! Lease → for each valid policy: due? → record the scheduled time → back up, prune and report it
-//! ([`crate::backup::command::back_up_prune_report`]: `backup.started` → backup → commit manifest →
+//! ([`crate::app::backup::back_up_prune_report`]: `backup.started` → backup → commit manifest →
 //! prune by its retention → Events, annotations, webhooks) → record the result → release the Lease →
 //! exit code.
 //!
@@ -14,17 +14,17 @@
 //! last-result annotation (they describe the backup); it prints the failure and makes the tick's exit
 //! code at least PartiallyFailed (3).
 
-pub mod lease;
-
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{Manifest, Status, command as backup_command};
+use crate::app::backup as backup_command;
+use crate::backup::{Manifest, Status};
 use crate::config::{PolicySource, PolicySourceArgs, Settings};
-use crate::exit::Outcome;
+use crate::exit::{Outcome, worst};
+use crate::lease;
 use crate::policy::store::{self, LastResult, ResultPhase};
 use crate::policy::{Decision, DueInput, Policy, decide};
 use crate::report::Reporter;
@@ -37,20 +37,6 @@ pub struct RunArgs {
     /// Run this policy now, whatever its schedule says (repeatable; the schedule is not moved).
     #[arg(long = "now", value_name = "POLICY")]
     pub now: Vec<String>,
-}
-
-/// The worst of several backup outcomes: Failed over PartiallyFailed over Success. Pure.
-pub fn worst(outcomes: impl IntoIterator<Item = Outcome>) -> Outcome {
-    let rank = |o: Outcome| match o {
-        Outcome::Success => 0,
-        Outcome::PartiallyFailed => 1,
-        Outcome::Failed => 2,
-        Outcome::InvalidInput => 3,
-    };
-    outcomes
-        .into_iter()
-        .max_by_key(|o| rank(*o))
-        .unwrap_or(Outcome::Success)
 }
 
 /// The schedule input for `policy` at `now`. Pure.
@@ -136,7 +122,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
     // Report invalid policies (and clear the marks of fixed ones); a failure here must not stop backups.
     if !set.is_valid() {
-        eprint!("{}", crate::policy::command::report(set, now).0);
+        eprint!("{}", crate::app::validate::report(set, now).0);
     }
     // Webhooks hear of a policy when it becomes invalid (or invalid for another reason), not every tick:
     // the status annotation remembers what was last reported.
@@ -267,19 +253,6 @@ async fn back_up(tick: &Tick<'_>, policy: &Policy, decision: &Decision) -> Outco
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn given_mixed_outcomes_when_combined_then_worst_wins_and_none_is_success() {
-        assert_eq!(worst([]), Outcome::Success);
-        assert_eq!(
-            worst([Outcome::Success, Outcome::PartiallyFailed]),
-            Outcome::PartiallyFailed
-        );
-        assert_eq!(
-            worst([Outcome::PartiallyFailed, Outcome::Failed, Outcome::Success]),
-            Outcome::Failed
-        );
-    }
 
     #[test]
     fn given_skipped_run_when_described_then_line_says_late_and_next() {

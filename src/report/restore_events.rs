@@ -10,12 +10,12 @@ use std::collections::BTreeSet;
 use kube::discovery::ApiResource;
 use serde_json::Value;
 
-use super::apply::{Report, Target};
-use super::dumps::ReplayStatus;
-use super::plan::Plan;
 use crate::exit::Outcome;
 use crate::report::events::{EventSpec, Involved};
 use crate::report::summary::{MESSAGE_BYTES, bounded};
+use crate::restore::apply::{Report, Target};
+use crate::restore::dumps::ReplayStatus;
+use crate::restore::plan::Plan;
 
 /// Core v1 Events.
 fn events() -> ApiResource {
@@ -47,7 +47,7 @@ pub fn reason(report: &Report) -> (&'static str, &'static str) {
 
 /// One line: what was restored, per-object counts, dumps replayed, the first failure.
 pub fn summary(report: &Report) -> String {
-    let sum = |f: fn(&super::KindSummary) -> u64| report.kinds.values().map(f).sum::<u64>();
+    let sum = |f: fn(&crate::restore::KindSummary) -> u64| report.kinds.values().map(f).sum::<u64>();
     let mut line = format!(
         "restore of {}/{}: {:?}: {} created, {} updated, {} skipped, {} failed",
         report.policy,
