@@ -38,6 +38,9 @@ pub enum Command {
     Describe(crate::app::backup::DescribeArgs),
     /// Verify a stored backup and restore it here, into other namespaces, or into another cluster.
     Restore(crate::app::restore::RestoreArgs),
+    /// Move volume data to and from the restic-format repository (what mover Jobs run): `mover backup`
+    /// a directory into a snapshot, `mover restore` a snapshot into a directory.
+    Mover(crate::mover::command::MoverArgs),
 }
 
 const POLICIES_HELP: &str = "\
@@ -119,6 +122,7 @@ pub fn run() -> anyhow::Result<Outcome> {
             Command::List(args) => crate::app::backup::list(args).await,
             Command::Describe(args) => crate::app::backup::describe(args).await,
             Command::Restore(args) => crate::app::restore::run(args).await,
+            Command::Mover(args) => crate::mover::command::run(args).await,
         }
     })
 }

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod export;
 pub mod hooks;
 pub mod lease;
+pub mod mover;
 pub mod offsite;
 pub mod policy;
 pub mod report;

@@ -812,7 +812,14 @@ fn given_examples_in_after_help_texts_when_parsed_then_the_cli_accepts_them() {
     let mut findings = Vec::new();
     let mut checked = 0;
     let cli = Cli::command();
-    for sub in cli.get_subcommands() {
+    // Subcommands and the members of subcommand groups (`mover backup`), with their full names.
+    let subs = cli.get_subcommands().flat_map(|sub| {
+        std::iter::once((sub.get_name().to_string(), sub)).chain(
+            sub.get_subcommands()
+                .map(move |nested| (format!("{} {}", sub.get_name(), nested.get_name()), nested)),
+        )
+    });
+    for (name, sub) in subs {
         for help in [sub.get_after_help(), sub.get_after_long_help()]
             .into_iter()
             .flatten()
@@ -822,7 +829,6 @@ fn given_examples_in_after_help_texts_when_parsed_then_the_cli_accepts_them() {
                 .into_iter()
                 .filter(|(_, l)| l.starts_with("freezeframe ") || l.starts_with("cargo run"))
                 .collect();
-            let name = sub.get_name().to_string();
             checked += check_command_lines(
                 &lines,
                 &|n| format!("`freezeframe {name} --help` (after_help line {n})"),
@@ -854,11 +860,19 @@ fn flags_of(cmd: &clap::Command) -> BTreeSet<String> {
     out
 }
 
+/// Each subcommand's flags; a group of subcommands (`mover backup|restore`) counts with the flags of
+/// all its members, as docs write `freezeframe mover backup --source DIR`.
 fn subcommand_flags() -> BTreeMap<String, BTreeSet<String>> {
     let mut cli = Cli::command();
     cli.build();
     cli.get_subcommands()
-        .map(|s| (s.get_name().to_string(), flags_of(s)))
+        .map(|s| {
+            let mut flags = flags_of(s);
+            for nested in s.get_subcommands() {
+                flags.extend(flags_of(nested));
+            }
+            (s.get_name().to_string(), flags)
+        })
         .collect()
 }
 

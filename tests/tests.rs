@@ -10,6 +10,7 @@ mod docs;
 mod export;
 mod harness;
 mod hooks;
+mod mover;
 mod packaging;
 mod policy_store;
 mod report;

@@ -144,25 +144,11 @@ fn access(storage: &Storage) -> RepositoryAccess {
         .repository
         .as_ref()
         .expect("called for a storage with a repository");
-    let (url, credentials_secret, region) = match &storage.backend {
-        Backend::S3(s3) => {
-            let host = s3
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| "s3.amazonaws.com".to_string());
-            let mut path = vec![s3.bucket.as_str()];
-            if !s3.prefix.is_empty() {
-                path.push(s3.prefix.as_str());
-            }
-            path.push("repository");
-            (
-                format!("s3:{}/{}", host.trim_end_matches('/'), path.join("/")),
-                s3.credentials_secret.clone(),
-                s3.region.clone(),
-            )
-        }
-        Backend::Filesystem { path } => (format!("{}/repository", path.trim_end_matches('/')), None, None),
+    let (credentials_secret, region) = match &storage.backend {
+        Backend::S3(s3) => (s3.credentials_secret.clone(), s3.region.clone()),
+        Backend::Filesystem { .. } => (None, None),
     };
+    let url = crate::mover::RepositoryLocation::for_storage(&storage.backend).to_string();
     RepositoryAccess {
         url,
         password_secret: repository.password_secret.clone(),

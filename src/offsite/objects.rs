@@ -205,10 +205,12 @@ impl MoverSpec {
             format!("namespace={}", volume.namespace),
             "--tag".to_string(),
             format!("pvc={}", volume.pvc),
+            // The same host and path for every backup of a claim: the mover's parent snapshot (and so
+            // an unchanged volume's fast second run) is found by them.
             "--host".to_string(),
-            self.policy.clone(),
+            volume.namespace.clone(),
             "--path-label".to_string(),
-            format!("{}/{}", volume.namespace, volume.pvc),
+            volume.pvc.clone(),
         ];
         let job = self.job(&name, &labels, args, true);
         vec![

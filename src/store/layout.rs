@@ -5,6 +5,7 @@
 //!                                      /dumps/<dump>/<namespace>/<pod>
 //!                                      /volumes.json
 //!                                      /manifest.json      (written last: a backup without it is incomplete)
+//! <prefix>/repository/                     the restic-format repository of moved volume data (`crate::mover`)
 //! ```
 
 use std::fmt;
@@ -23,6 +24,7 @@ pub const MANIFEST: &str = "manifest.json";
 pub const DUMPS: &str = "dumps";
 
 const BACKUPS: &str = "backups";
+const REPOSITORY: &str = "repository";
 const ID_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// The key layout under a store prefix (e.g. an S3 storage's `prefix`; empty for the store root).
@@ -47,6 +49,12 @@ impl Layout {
     /// `<prefix>/backups/<policy>/`: every backup of one policy.
     pub fn policy(&self, policy: &str) -> String {
         self.join(&format!("{BACKUPS}/{policy}/"))
+    }
+
+    /// `<prefix>/repository/`: the restic-format repository that moved volume data lives in, shared by
+    /// every policy and backup of this storage (deduplicated across them).
+    pub fn repository(&self) -> String {
+        self.join(&format!("{REPOSITORY}/"))
     }
 
     /// The keys of one backup.
@@ -212,6 +220,16 @@ mod tests {
             keys.dump("pg", "shop", "db-0"),
             "clusters/prod/backups/shop/20261123T120000Z/dumps/pg/shop/db-0"
         );
+    }
+
+    #[test]
+    fn given_prefix_when_repository_asked_then_it_sits_beside_backups() {
+        assert_eq!(
+            Layout::new("/clusters/prod/").repository(),
+            "clusters/prod/repository/"
+        );
+        assert_eq!(Layout::new("").repository(), "repository/");
+        assert!(Layout::new("x").parse("x/repository/config").is_none());
     }
 
     #[test]
