@@ -20,6 +20,7 @@ mod retention;
 mod s3;
 mod sandbox_api;
 mod sandbox_kubectl;
+mod sandbox_kubelet;
 mod sandbox_volumes;
 mod snapshots;
 mod webhook;

@@ -70,8 +70,12 @@ pub struct TestEnv {
 impl TestEnv {
     /// A sandbox API server (with a client built from its kubeconfig), a webhook receiver and a temp dir.
     pub async fn new() -> anyhow::Result<TestEnv> {
-        let sandbox = Sandbox::start(SandboxOptions::default())
-            .await
+        let sandbox = Sandbox::start(SandboxOptions {
+            // Pods of freezeframe's image (mover Jobs) run this build's binary.
+            own_image_binary: Some(env!("CARGO_BIN_EXE_freezeframe").into()),
+            ..Default::default()
+        })
+        .await
             .context("starting the sandbox")?;
         let client = sandbox.client().await.context("client for the sandbox")?;
         let dir = tempfile::Builder::new()

@@ -164,7 +164,7 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
     if target.sub.as_deref() == Some("log") && parts.method == Method::GET {
         let ns = target.namespace.as_deref().unwrap_or_default();
         return match cluster.get(&target.rt, ns, target.name.as_deref().unwrap_or_default()) {
-            Ok(pod) => pod_log(&cluster, ns, &pod, &query),
+            Ok(pod) => pod_log(&cluster, ns, &pod, &query).unwrap_or_else(IntoResponse::into_response),
             Err(e) => e.into_response(),
         };
     }
@@ -713,7 +713,23 @@ async fn exec_pod(
     let name = t.name.as_deref().unwrap_or_default();
     let pod = cluster.get(&t.rt, ns, name)?;
     let req = exec::ExecRequest::from_query(&q.0)?;
-    let target = exec::resolve(&pod, req, &cluster.state_dir)?;
+    let mut target = exec::resolve(&pod, req, &cluster.state_dir)?;
+    target.tracker = Some(cluster.kubelet.tracker());
+    if let Some(container) = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|f| pod["spec"][f].as_array().into_iter().flatten())
+        .find(|c| c["name"] == target.container.as_str())
+    {
+        // Volumes at their mount paths (a mount that cannot be prepared is left out, not fatal).
+        let mounts = super::kubelet::container_mounts(cluster, &pod, container, false).unwrap_or_else(|e| {
+            tracing::warn!(pod = name, error = %e, "exec without the pod's volumes");
+            Vec::new()
+        });
+        target.mounts = super::kubelet::plan_for(cluster, &mounts, &target.workdir).unwrap_or_else(|e| {
+            tracing::warn!(pod = name, error = %e, "exec without a mount namespace");
+            None
+        });
+    }
     let ws = ws.map_err(|_| {
         ApiError::bad_request(
             "Upgrade request required: the sandbox serves exec over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io) only",
@@ -722,17 +738,111 @@ async fn exec_pod(
     Ok(exec::upgrade(ws, target))
 }
 
-/// Serve `GET .../pods/{name}/log`: the pod's `<container>.log` file in its directory, if any.
-pub fn pod_log(cluster: &Cluster, ns: &str, pod: &Value, q: &Query) -> Response {
-    let container = q
-        .get("container")
-        .map(str::to_string)
-        .or_else(|| pod["spec"]["containers"][0]["name"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let path = super::controllers::pod_dir(cluster, ns, name).join(format!("{container}.log"));
-    let text = std::fs::read(path).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain")], text).into_response()
+/// Serve `GET .../pods/{name}/log`: the container's log file in the pod's directory (`container`,
+/// `tailLines`, `limitBytes`, `follow` until the container is no longer running).
+#[allow(clippy::result_large_err)]
+pub fn pod_log(cluster: &Arc<Cluster>, ns: &str, pod: &Value, q: &Query) -> Result<Response, ApiError> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let names: Vec<&str> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|f| pod["spec"][f].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match q.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(&c) => c.to_string(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None => match pod["spec"]["containers"].as_array().map(Vec::as_slice) {
+            Some([only]) => only["name"].as_str().unwrap_or_default().to_string(),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    names.join(" ")
+                )));
+            }
+        },
+    };
+    let state = ["initContainerStatuses", "containerStatuses"]
+        .iter()
+        .flat_map(|f| pod["status"][f].as_array().into_iter().flatten())
+        .find(|s| s["name"] == container.as_str())
+        .map(|s| s["state"].clone());
+    if let Some(reason) = state.as_ref().and_then(|s| s["waiting"]["reason"].as_str())
+        && reason != "CrashLoopBackOff"
+    {
+        return Err(ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"
+        )));
+    }
+    let path = super::controllers::pod_dir(cluster, ns, &name).join(format!("{container}.log"));
+    let mut text = std::fs::read(&path).unwrap_or_default();
+    let mut offset = text.len() as u64;
+    if let Some(n) = q.get("tailLines").and_then(|s| s.parse::<usize>().ok()) {
+        text = super::kubelet::tail_lines(&text, n).to_vec();
+    }
+    if let Some(n) = q.get("limitBytes").and_then(|s| s.parse::<usize>().ok()) {
+        text.truncate(n);
+        offset = text.len() as u64;
+    }
+    let running = state.as_ref().is_some_and(|s| s.get("running").is_some());
+    if !q.flag("follow") || !running {
+        return Ok(([(header::CONTENT_TYPE, "text/plain")], text).into_response());
+    }
+    // Follow: what is there, then what is appended, until the container stops running.
+    let uid = pod["metadata"]["uid"].clone();
+    let weak = Arc::downgrade(cluster);
+    let ns = ns.to_string();
+    let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(text)) });
+    let rest = futures::stream::unfold(Some(offset), move |offset| {
+        let (weak, path, ns, name, container, uid) = (
+            weak.clone(),
+            path.clone(),
+            ns.clone(),
+            name.clone(),
+            container.clone(),
+            uid.clone(),
+        );
+        async move {
+            let mut offset = offset?;
+            loop {
+                let data = std::fs::read(&path).unwrap_or_default();
+                if (data.len() as u64) > offset {
+                    let chunk = Bytes::copy_from_slice(&data[offset as usize..]);
+                    offset = data.len() as u64;
+                    return Some((Ok(chunk), Some(offset)));
+                }
+                let cluster = weak.upgrade()?;
+                let still = cluster
+                    .store
+                    .get(&super::registry::ResourceId::new("", "pods"), &ns, &name)
+                    .filter(|p| p["metadata"]["uid"] == uid)
+                    .is_some_and(|p| {
+                        ["initContainerStatuses", "containerStatuses"]
+                            .iter()
+                            .flat_map(|f| p["status"][f].as_array().cloned().unwrap_or_default())
+                            .any(|s| s["name"] == container.as_str() && s["state"].get("running").is_some())
+                    });
+                drop(cluster);
+                if !still {
+                    // One last read: output written just before the exit.
+                    let data = std::fs::read(&path).unwrap_or_default();
+                    if (data.len() as u64) > offset {
+                        let chunk = Bytes::copy_from_slice(&data[offset as usize..]);
+                        return Some((Ok(chunk), None));
+                    }
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(futures::StreamExt::chain(first, rest)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
 }
 
 /// Does the watch's filter select this object?

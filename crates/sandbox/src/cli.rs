@@ -10,7 +10,8 @@ use super::{Sandbox, SandboxOptions};
 ///
 /// kubectl and kube-rs clients reach it through the kubeconfig; workloads applied to it get their
 /// ReplicaSets, Pods and PVCs, and `kubectl exec` runs commands as host processes in the pod's directory
-/// under the state dir (with POD_NAME, POD_NAMESPACE and CONTAINER_NAME set).
+/// under the state dir (with POD_NAME, POD_NAMESPACE and CONTAINER_NAME set), the pod's volumes at their
+/// mount paths. Pods of freezeframe's own image (--image-name) really run, as --image-binary.
 ///
 /// Example:
 ///   sandbox --kubeconfig /tmp/sandbox.kubeconfig --manifests ./examples &
@@ -30,6 +31,14 @@ pub struct SandboxArgs {
     /// Apply every *.yaml / *.yml / *.json file in this directory at start (like `kubectl apply -f`).
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
+    /// Repository name (last path segment) of freezeframe's image: pods of it run for real as host
+    /// processes [default: freezeframe].
+    #[arg(long, value_name = "NAME")]
+    pub image_name: Option<String>,
+    /// The binary that image's /usr/local/bin/freezeframe maps to [default: env
+    /// FREEZEFRAME_SANDBOX_IMAGE_BINARY, else freezeframe next to this executable].
+    #[arg(long, value_name = "PATH")]
+    pub image_binary: Option<PathBuf>,
 }
 
 /// Start the sandbox, apply `--manifests`, print `sandbox ready: …`, serve until SIGINT/SIGTERM.
@@ -38,6 +47,8 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         port: args.port,
         state_dir: args.state_dir,
         kubeconfig: Some(args.kubeconfig.clone()),
+        own_image_name: args.image_name,
+        own_image_binary: args.image_binary,
         ..Default::default()
     })
     .await

@@ -160,6 +160,8 @@ pub struct Fault {
 pub struct ClusterOptions {
     pub state_dir: PathBuf,
     pub limits: StoreLimits,
+    /// The image whose pods really run (see `kubelet`).
+    pub own_image: super::kubelet::OwnImage,
 }
 
 /// The sandbox cluster: store, served types, controllers.
@@ -167,6 +169,8 @@ pub struct Cluster {
     pub store: Store,
     registry: RwLock<Registry>,
     pub state_dir: PathBuf,
+    /// The node agent for pods of freezeframe's own image.
+    pub kubelet: super::kubelet::Kubelet,
     faults: Mutex<Vec<Fault>>,
     ip_counter: std::sync::atomic::AtomicU32,
 }
@@ -229,6 +233,7 @@ impl Cluster {
             store: Store::new(options.limits),
             registry: RwLock::new(Registry::with_builtins()),
             state_dir: options.state_dir,
+            kubelet: super::kubelet::Kubelet::new(options.own_image),
             faults: Mutex::new(Vec::new()),
             ip_counter: std::sync::atomic::AtomicU32::new(10),
         }
@@ -1079,6 +1084,31 @@ impl Cluster {
             return;
         }
         obj["spec"]["nodeName"] = json!("sandbox-node");
+        if self.kubelet.own_image.runs(obj) {
+            // The kubelet starts it (see `kubelet`): scheduled, containers being created.
+            let t = now();
+            let waiting = |cs: &Value| -> Vec<Value> {
+                cs.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        json!({"name": c["name"], "image": c["image"],
+                            "imageID": format!("sandbox://{}", c["image"].as_str().unwrap_or_default()),
+                            "ready": false, "started": false, "restartCount": 0,
+                            "state": {"waiting": {"reason": "ContainerCreating"}}})
+                    })
+                    .collect()
+            };
+            let statuses = waiting(&obj["spec"]["containers"]);
+            let cond = |t2: &str, v: &str| json!({"type": t2, "status": v, "lastTransitionTime": t});
+            let ip = self.next_ip("10.244");
+            obj["status"] = json!({"phase": "Pending",
+                "conditions": [cond("PodReadyToStartContainers", "True"), cond("Initialized", "True"),
+                               cond("Ready", "False"), cond("ContainersReady", "False"), cond("PodScheduled", "True")],
+                "hostIP": "10.0.0.1", "hostIPs": [{"ip": "10.0.0.1"}], "podIP": ip, "podIPs": [{"ip": ip}],
+                "qosClass": "BestEffort", "startTime": t, "containerStatuses": statuses});
+            return;
+        }
         let started = now();
         let statuses: Vec<Value> = obj["spec"]["containers"]
             .as_array()

@@ -1,7 +1,8 @@
 //! The sandbox's controllers: what kube-controller-manager and the kubelet would do, as far as a backup
 //! tool can see it — workloads get their ReplicaSets, Pods and PVCs (with the names, labels and
 //! ownerReferences the real controllers set), claims bind to volumes, namespaces get their default
-//! ServiceAccount. (Deleted namespaces and CRDs are finalized in the background: see `lifecycle`.)
+//! ServiceAccount, Jobs follow their pods (which the `kubelet` really runs for freezeframe's image).
+//! (Deleted namespaces and CRDs are finalized in the background: see `lifecycle`.)
 
 use std::sync::Arc;
 
@@ -193,6 +194,15 @@ fn write_status(cluster: &Cluster, work: &mut Work, rt: &ResourceType, current: 
     let mut changed = false;
     for (k, v) in status.as_object().into_iter().flatten() {
         if k == "conditions" && conditions_equal(&merged[k.as_str()], v) {
+            continue;
+        }
+        // Null: the field is omitted now (a count that went to zero).
+        if v.is_null() {
+            if let Some(m) = merged.as_object_mut()
+                && m.remove(k.as_str()).is_some()
+            {
+                changed = true;
+            }
             continue;
         }
         if merged[k.as_str()] != *v {
@@ -605,6 +615,61 @@ pub fn default_job(job: &mut Value) {
     }
 }
 
+/// Whether a Job has finished: its `Complete` or `Failed` condition is `True`.
+fn job_finished(job: &Value) -> Option<&'static str> {
+    let conds = job["status"]["conditions"].as_array()?;
+    ["Complete", "Failed"]
+        .into_iter()
+        .find(|t| conds.iter().any(|c| c["type"] == *t && c["status"] == "True"))
+}
+
+fn seconds_since(t: &Value) -> Option<i64> {
+    let t = chrono::DateTime::parse_from_rfc3339(t.as_str()?).ok()?;
+    Some((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+}
+
+/// The Job controller's timers: `activeDeadlineSeconds` of running Jobs, `ttlSecondsAfterFinished` of
+/// finished ones (the kubelet task calls this a few times a second).
+pub(super) fn job_timers(cluster: &Cluster, work: &mut Work) {
+    for job in cluster.store.list(&ResourceId::new("batch", "jobs"), None) {
+        if is_deleting(&job) {
+            continue;
+        }
+        let spec = &job["spec"];
+        match job_finished(&job) {
+            None if spec["activeDeadlineSeconds"].is_i64() => reconcile_job(cluster, &job, work),
+            Some(_) => {
+                if let Some(ttl) = spec["ttlSecondsAfterFinished"].as_i64()
+                    && seconds_since(&job["status"]["completionTime"])
+                        .or_else(|| {
+                            job["status"]["conditions"]
+                                .as_array()
+                                .and_then(|cs| cs.last())
+                                .and_then(|c| seconds_since(&c["lastTransitionTime"]))
+                        })
+                        .is_some_and(|s| s >= ttl)
+                {
+                    let opts = DeleteOptions {
+                        propagation: super::cluster::Propagation::Background,
+                        ..Default::default()
+                    };
+                    let _ = cluster.delete_in(
+                        work,
+                        &rt(cluster, "batch", "v1", "jobs"),
+                        ns(&job),
+                        name(&job),
+                        &opts,
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// The Job controller: pods until `completions` succeeded (at most `parallelism` at once), failed pods
+/// (and container restarts) counted against `backoffLimit`, `activeDeadlineSeconds`; a finished Job keeps
+/// its status and its pods, and its running pods are deleted.
 fn reconcile_job(cluster: &Cluster, job: &Value, work: &mut Work) {
     let job = match cluster
         .store
@@ -613,22 +678,59 @@ fn reconcile_job(cluster: &Cluster, job: &Value, work: &mut Work) {
         Some(j) if !is_deleting(&j) => j,
         _ => return,
     };
-    if job["spec"]["suspend"] == true {
+    if job["spec"]["suspend"] == true || job_finished(&job).is_some() {
         return;
     }
     let all: Vec<Arc<Value>> = owned_pods(cluster, ns(&job), uid(&job));
-    let succeeded = all.iter().filter(|p| p["status"]["phase"] == "Succeeded").count() as i64;
-    let failed = all.iter().filter(|p| p["status"]["phase"] == "Failed").count() as i64;
+    let phase = |p: &Value| p["status"]["phase"].as_str().map(str::to_string);
+    let succeeded = all
+        .iter()
+        .filter(|p| phase(p).as_deref() == Some("Succeeded"))
+        .count() as i64;
+    let restarts: i64 = all
+        .iter()
+        .flat_map(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+        .sum();
+    let mut failed = all
+        .iter()
+        .filter(|p| phase(p).as_deref() == Some("Failed"))
+        .count() as i64;
     let active: Vec<Arc<Value>> = all
         .iter()
-        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+        .filter(|p| !matches!(phase(p).as_deref(), Some("Succeeded" | "Failed")))
         .cloned()
         .collect();
     let completions = job["spec"]["completions"].as_i64().unwrap_or(1);
     let parallelism = job["spec"]["parallelism"].as_i64().unwrap_or(1);
+    let t = now();
+    let start_time = job["status"]["startTime"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| t.clone());
     let done = succeeded >= completions;
-    let failed_out = failed > job["spec"]["backoffLimit"].as_i64().unwrap_or(6);
-    if !done && !failed_out {
+    let failure = if failed + restarts > job["spec"]["backoffLimit"].as_i64().unwrap_or(6) {
+        Some((
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        ))
+    } else if let Some(deadline) = job["spec"]["activeDeadlineSeconds"].as_i64()
+        && seconds_since(&json!(start_time)).is_some_and(|s| s >= deadline)
+    {
+        Some((
+            "DeadlineExceeded",
+            "Job was active longer than specified deadline",
+        ))
+    } else {
+        None
+    };
+    let pod_rt = rt(cluster, "", "v1", "pods");
+    if !done && failure.is_none() {
         let want = parallelism.min(completions - succeeded).max(0) as usize;
         let owner = owner_ref(&job, "batch/v1", "Job");
         let job_name = name(&job).to_string();
@@ -641,29 +743,45 @@ fn reconcile_job(cluster: &Cluster, job: &Value, work: &mut Work) {
                 &[],
             )
         });
+    } else {
+        // A finished Job's running pods are terminated (and counted as failed when the Job failed).
+        for p in &active {
+            let _ = cluster.delete_in(work, &pod_rt, ns(p), name(p), &DeleteOptions::default());
+        }
+        if failure.is_some() {
+            failed += active.len() as i64;
+        }
     }
-    let active_now = owned_pods(cluster, ns(&job), uid(&job))
+    let active_now = if done || failure.is_some() {
+        0
+    } else {
+        owned_pods(cluster, ns(&job), uid(&job))
+            .iter()
+            .filter(|p| !matches!(phase(p).as_deref(), Some("Succeeded" | "Failed")))
+            .count()
+    };
+    let ready = owned_pods(cluster, ns(&job), uid(&job))
         .iter()
-        .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+        .filter(|p| pod_ready(p))
         .count();
-    let t = now();
     let mut status = json!({
-        "startTime": job["status"]["startTime"].as_str().map(str::to_string).unwrap_or_else(|| t.clone()),
+        "startTime": start_time,
         "active": active_now, "succeeded": succeeded, "failed": failed,
-        "ready": active_now, "terminating": 0, "uncountedTerminatedPods": {}
+        "ready": if active_now == 0 { 0 } else { ready }, "terminating": 0, "uncountedTerminatedPods": {}
     });
     if done {
         status["completionTime"] = json!(job["status"]["completionTime"].as_str().unwrap_or(&t));
         status["conditions"] = json!([
             {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": "Reached expected number of succeeded pods", "lastProbeTime": t, "lastTransitionTime": t},
             {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": "Reached expected number of succeeded pods", "lastProbeTime": t, "lastTransitionTime": t}]);
-    } else if failed_out {
+    } else if let Some((reason, message)) = failure {
         status["conditions"] = json!([
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit", "lastProbeTime": t, "lastTransitionTime": t}]);
+            {"type": "FailureTarget", "status": "True", "reason": reason, "message": message, "lastProbeTime": t, "lastTransitionTime": t},
+            {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastProbeTime": t, "lastTransitionTime": t}]);
     }
-    for k in ["active", "succeeded", "failed"] {
+    for k in ["active", "succeeded", "failed", "ready"] {
         if status[k] == 0 {
-            status.as_object_mut().expect("status is an object").remove(k);
+            status[k] = Value::Null;
         }
     }
     write_status(cluster, work, &rt(cluster, "batch", "v1", "jobs"), &job, status);

@@ -22,6 +22,10 @@
 //! - The route should run [`ExecRequest::from_query`] and [`resolve`] before requiring the upgrade
 //!   (extract `Result<WebSocketUpgrade, _>`): kubectl retries a non-101 answer as a SPDY `POST`, and that
 //!   retry must get the same `Status` to print.
+//! - The command runs in its own process group, in a private mount namespace that shows the pod's
+//!   volumes at their absolute mount paths (see `mountns`; the route prepares it), with the pod
+//!   directory as working directory, so relative paths such as `var/lib/data` work too. The sandbox
+//!   shutting down kills the group.
 //! - Simplified: `tty=true` allocates no terminal (stderr is merged into the stdout channel, resize
 //!   frames are ignored); the base64 protocols and SPDY are not served.
 
@@ -158,6 +162,10 @@ pub struct ExecTarget {
     pub container: String,
     pub workdir: PathBuf,
     pub request: ExecRequest,
+    /// The mount namespace showing the pod's volumes at their mount paths (none: the host's).
+    pub mounts: Option<std::sync::Arc<crate::mountns::MountPlan>>,
+    /// Where the command's process group is recorded, to be killed when the sandbox shuts down.
+    pub tracker: Option<crate::kubelet::ProcessTracker>,
 }
 
 /// Names of all containers of the pod spec, in the API server's visiting order (init, regular, ephemeral).
@@ -250,6 +258,8 @@ pub fn resolve(pod: &Value, req: ExecRequest, state_dir: &Path) -> Result<ExecTa
         container,
         workdir,
         request: req,
+        mounts: None,
+        tracker: None,
     })
 }
 
@@ -339,7 +349,9 @@ async fn run(
 ) -> Result<Option<Outcome>, ExecError> {
     let req = &target.request;
     let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
-    let spawned = Command::new(&req.command[0])
+    let mut cmd = Command::new(&req.command[0]);
+    crate::kubelet::prepare_command(&mut cmd, target.mounts.clone());
+    let spawned = cmd
         .args(&req.command[1..])
         .current_dir(&target.workdir)
         .env("POD_NAME", &target.pod)
@@ -353,6 +365,11 @@ async fn run(
         Ok(child) => child,
         Err(e) => return Ok(Some(Outcome::NotStarted(e))),
     };
+    let _tracked = target
+        .tracker
+        .as_ref()
+        .zip(child.id())
+        .map(|(t, pid)| t.track(pid as i32));
     // Cancelled when the client side ends: closed, disconnected, or the reader task is gone.
     let client_gone = CancellationToken::new();
     let reader = tokio::spawn(read_client(

@@ -2,8 +2,9 @@
 //!
 //! It is the foundation of freezeframe's integration tests and of `freezeframe demo` (never of the product
 //! image: the `freezeframe` crate depends on it only for tests and the `demo` feature): objects live in memory,
-//! workload controllers create the pods and claims a real cluster would, and `pods/exec` runs host
-//! processes inside a per-pod directory under the state dir.
+//! workload controllers create the pods and claims a real cluster would, pods of freezeframe's own image
+//! really run (see [`kubelet`]), and `pods/exec` runs host processes inside a per-pod directory under the
+//! state dir, with the pod's volumes at their mount paths (see [`mountns`]).
 
 pub mod api;
 pub mod binder;
@@ -13,7 +14,9 @@ pub mod controllers;
 pub mod discovery;
 pub mod exec;
 pub mod field_selector;
+pub mod kubelet;
 pub mod lifecycle;
+pub mod mountns;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
@@ -112,6 +115,12 @@ pub struct SandboxOptions {
     /// emptying it (default: not at all). A real one waits 5 s (`namespaceDeletionGracePeriod`), which is
     /// why `kubectl delete -f` of a namespace and its contents finds every object still there.
     pub namespace_deletion_delay: Option<Duration>,
+    /// The repository name (last path segment) of freezeframe's image, whose pods really run as host
+    /// processes (default `freezeframe`; see [`kubelet`]).
+    pub own_image_name: Option<String>,
+    /// The binary that image's `/usr/local/bin/freezeframe` maps to (default: env
+    /// `FREEZEFRAME_SANDBOX_IMAGE_BINARY`, else `freezeframe` next to the current executable).
+    pub own_image_binary: Option<PathBuf>,
 }
 
 /// A running sandbox API server. Dropping it stops the server.
@@ -147,9 +156,11 @@ impl Sandbox {
         let cluster = Arc::new(Cluster::new(cluster::ClusterOptions {
             state_dir: state_dir.clone(),
             limits: options.limits.unwrap_or_default(),
+            own_image: kubelet::OwnImage::new(options.own_image_name, options.own_image_binary),
         }));
         snapshots::spawn_readiness(&cluster);
         lifecycle::spawn(&cluster, options.namespace_deletion_delay.unwrap_or_default());
+        kubelet::spawn(&cluster);
         bootstrap(&cluster, options.snapshot_ready_delay);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
             .await
@@ -176,6 +187,7 @@ impl Sandbox {
         });
         let kubeconfig = options.kubeconfig.unwrap_or_else(|| state_dir.join("kubeconfig"));
         write_kubeconfig(&kubeconfig, addr)?;
+        cluster.kubelet.set_kubeconfig(kubeconfig.clone());
         Ok(Sandbox {
             addr,
             cluster,
@@ -323,11 +335,12 @@ impl Sandbox {
         }
     }
 
-    /// Stop serving (also done on drop).
+    /// Stop serving and kill every process the sandbox started (also done on drop).
     pub fn shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        self.cluster.kubelet.kill_all();
     }
 }
 

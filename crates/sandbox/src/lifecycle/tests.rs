@@ -16,6 +16,7 @@ fn fixture() -> Fixture {
     let cluster = Cluster::new(ClusterOptions {
         state_dir: dir.path().to_path_buf(),
         limits: StoreLimits::default(),
+        own_image: Default::default(),
     });
     Fixture { cluster, _dir: dir }
 }
