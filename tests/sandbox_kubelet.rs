@@ -58,7 +58,8 @@ fn config_map(policy: &str) -> String {
 
 /// The PolicySet of a shipped example (the `policies.yaml` key of its ConfigMap).
 fn example_policy_set() -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/postgresql.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/postgresql.yaml")).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .filter_map(|d| serde::Deserialize::deserialize(d).ok())
         .find_map(|v: Value| v["data"]["policies.yaml"].as_str().map(str::to_string))
@@ -66,7 +67,8 @@ fn example_policy_set() -> String {
 }
 
 #[tokio::test]
-async fn given_freezeframe_image_job_when_validating_mounted_policy_then_job_completes_and_kubectl_logs_show_it() {
+async fn given_freezeframe_image_job_when_validating_mounted_policy_then_job_completes_and_kubectl_logs_show_it()
+ {
     let env = TestEnv::new().await.unwrap();
     env.apply(&config_map(&example_policy_set())).unwrap();
     let (status, logs) = run_job(

@@ -11,6 +11,7 @@ mod export;
 mod harness;
 mod hooks;
 mod mover;
+mod offsite;
 mod packaging;
 mod policy_store;
 mod report;

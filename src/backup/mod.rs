@@ -580,3 +580,83 @@ async fn scan(
     out.sort_by(|a, b| (&a.id, &a.policy).cmp(&(&b.id, &b.policy)));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offsite::Moved;
+    use crate::policy::VolumeOnError;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            freezeframe_version: "test".into(),
+            backup_id: "20261204T170000Z".into(),
+            policy: "shop".into(),
+            cluster: ClusterIdentity {
+                kube_system_uid: "uid".into(),
+            },
+            namespaces: vec!["shop".into()],
+            selector: None,
+            started_at: chrono::DateTime::UNIX_EPOCH,
+            finished_at: chrono::DateTime::UNIX_EPOCH,
+            status: Status::Completed,
+            objects: BTreeMap::new(),
+            cluster_objects: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
+            problems: Vec::new(),
+            hooks: None,
+            dumps: Vec::new(),
+            volumes: None,
+        }
+    }
+
+    fn failed_mover() -> Moved {
+        Moved {
+            failures: vec![
+                "moving claim shop/data-db-1 into the repository failed (mover Job j): DeadlineExceeded"
+                    .into(),
+            ],
+            ..Moved::default()
+        }
+    }
+
+    #[test]
+    fn given_failed_mover_and_on_error_partial_when_recording_then_partially_failed_naming_the_claim() {
+        let mut m = manifest();
+        record_moves(&mut m, &failed_mover(), Some(VolumeOnError::Partial));
+        assert_eq!(m.status, Status::PartiallyFailed);
+        assert!(m.problems[0].contains("shop/data-db-1"), "{:?}", m.problems);
+    }
+
+    #[test]
+    fn given_failed_mover_and_on_error_fail_when_recording_then_the_backup_fails() {
+        let mut m = manifest();
+        record_moves(&mut m, &failed_mover(), Some(VolumeOnError::Fail));
+        assert_eq!(m.status, Status::Failed);
+    }
+
+    #[test]
+    fn given_sigterm_while_moving_when_recording_then_failed_with_cancellation_told() {
+        let mut m = manifest();
+        let moved = Moved {
+            cancelled: true,
+            ..failed_mover()
+        };
+        record_moves(&mut m, &moved, Some(VolumeOnError::Partial));
+        assert_eq!(m.status, Status::Failed);
+        assert!(
+            m.problems.iter().any(|p| p.contains("cancelled")),
+            "{:?}",
+            m.problems
+        );
+    }
+
+    #[test]
+    fn given_every_mover_succeeded_when_recording_then_status_is_unchanged() {
+        let mut m = manifest();
+        record_moves(&mut m, &Moved::default(), Some(VolumeOnError::Fail));
+        assert_eq!(m.status, Status::Completed);
+        assert!(m.problems.is_empty());
+    }
+}

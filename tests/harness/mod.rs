@@ -76,7 +76,7 @@ impl TestEnv {
             ..Default::default()
         })
         .await
-            .context("starting the sandbox")?;
+        .context("starting the sandbox")?;
         let client = sandbox.client().await.context("client for the sandbox")?;
         let dir = tempfile::Builder::new()
             .prefix("ff-test-")

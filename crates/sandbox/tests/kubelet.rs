@@ -205,7 +205,10 @@ async fn given_failing_command_when_job_runs_then_backoff_limit_pods_fail_and_jo
     assert_eq!(done["condition"]["type"], "Failed", "{done}");
     assert_eq!(done["condition"]["reason"], "BackoffLimitExceeded", "{done}");
     assert_eq!(done["status"]["failed"], 3, "{done}");
-    assert!(done["status"].get("active").is_none(), "no pod is active any more: {done}");
+    assert!(
+        done["status"].get("active").is_none(),
+        "no pod is active any more: {done}"
+    );
     let pods = env.job_pods("failing").await;
     assert_eq!(pods.len(), 3, "backoffLimit 2 = three attempts");
     for p in &pods {
