@@ -256,7 +256,10 @@ pub async fn backup<E: PodExecutor>(
         {
             let spec = plan.for_backup(req.policy, id.as_str());
             let cluster = crate::offsite::KubeMoverCluster::new(ctx.client.clone());
-            Some(crate::offsite::move_volumes(&cluster, &spec, &mut outcome.volumes, cancel).await)
+            // The repository lives in this store (`<prefix>/repository/`); unknown counts as absent.
+            let config = format!("{}config", ctx.layout.repository());
+            let exists = matches!(ctx.store.head(&config).await, Ok(Some(_)));
+            Some(crate::offsite::move_volumes(&cluster, &spec, &mut outcome.volumes, exists, cancel).await)
         }
         _ => None,
     };

@@ -32,6 +32,8 @@ pub struct FakeCluster {
     pub running: Mutex<(usize, usize)>,
     /// Objects left by an earlier, crashed run.
     pub leftovers: Vec<TempObject>,
+    /// `create <Kind> <name>` and `end <job>`, in order.
+    pub events: Mutex<Vec<String>>,
 }
 
 impl FakeCluster {
@@ -88,6 +90,10 @@ impl MoverCluster for FakeCluster {
 
     async fn create(&self, object: &TempObject) -> Result<()> {
         self.created.lock().unwrap().push(object.clone());
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("create {} {}", object.kind.kind(), object.name));
         self.live.lock().unwrap().insert(
             (object.kind.kind().to_string(), object.name.clone()),
             object.clone(),
@@ -130,6 +136,7 @@ impl MoverCluster for FakeCluster {
             }
         };
         self.running.lock().unwrap().0 -= 1;
+        self.events.lock().unwrap().push(format!("end {name}"));
         end
     }
 

@@ -237,22 +237,26 @@ pub struct Moved {
 /// Copy every volume of `volumes` into the repository: sweep what earlier runs left, run the movers
 /// (at most `spec.mover.concurrency` at once), record each result in its [`VolumeRecord::moved`], and
 /// delete every temporary object, also when `cancel` fires.
+///
+/// When the repository does not exist yet (`repository_exists` false), the first mover runs alone: a
+/// mover creates the repository when it finds none, and two doing so at once would each write their
+/// own key and config, leaving snapshots one of them cannot decrypt.
 pub async fn move_volumes(
     cluster: &dyn MoverCluster,
     spec: &MoverSpec,
     volumes: &mut [VolumeRecord],
+    repository_exists: bool,
     cancel: &CancellationToken,
 ) -> Moved {
     let mut moved = Moved::default();
     sweep(cluster, spec, &spec.earlier_runs(), &mut moved).await;
     let concurrency = spec.mover.concurrency.max(1) as usize;
-    let work = futures::stream::iter(volumes.iter_mut())
-        .map(|v| async move {
-            let record = move_one(cluster, spec, v).await;
-            v.moved = Some(record);
-        })
-        .buffer_unordered(concurrency)
-        .collect::<Vec<()>>();
+    let alone = usize::from(!repository_exists).min(volumes.len());
+    let (first, rest) = volumes.split_at_mut(alone);
+    let work = async {
+        run_batch(cluster, spec, first, 1).await;
+        run_batch(cluster, spec, rest, concurrency).await;
+    };
     tokio::select! {
         biased;
         _ = cancel.cancelled() => moved.cancelled = true,
@@ -284,6 +288,18 @@ pub async fn move_volumes(
         }
     }
     moved
+}
+
+/// Move `batch`, `at_once` movers at a time.
+async fn run_batch(cluster: &dyn MoverCluster, spec: &MoverSpec, batch: &mut [VolumeRecord], at_once: usize) {
+    futures::stream::iter(batch.iter_mut())
+        .map(|v| async move {
+            let record = move_one(cluster, spec, v).await;
+            v.moved = Some(record);
+        })
+        .buffer_unordered(at_once)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 async fn sweep(cluster: &dyn MoverCluster, spec: &MoverSpec, selector: &str, moved: &mut Moved) {

@@ -16,7 +16,7 @@ fn volumes(n: usize) -> Vec<VolumeRecord> {
 async fn given_three_volumes_when_moving_then_each_records_its_repository_snapshot_and_nothing_stays() {
     let cluster = FakeCluster::default();
     let mut vols = volumes(3);
-    let moved = move_volumes(&cluster, &spec(), &mut vols, &CancellationToken::new()).await;
+    let moved = move_volumes(&cluster, &spec(), &mut vols, true, &CancellationToken::new()).await;
     assert!(moved.failures.is_empty(), "{moved:?}");
     for v in &vols {
         let m = v.moved.as_ref().unwrap();
@@ -43,7 +43,7 @@ async fn given_three_volumes_when_moving_then_each_records_its_repository_snapsh
 async fn given_concurrency_two_when_moving_five_volumes_then_at_most_two_jobs_run_at_once() {
     let cluster = FakeCluster::default();
     let mut vols = volumes(5);
-    move_volumes(&cluster, &spec(), &mut vols, &CancellationToken::new()).await;
+    move_volumes(&cluster, &spec(), &mut vols, true, &CancellationToken::new()).await;
     let (now, most) = *cluster.running.lock().unwrap();
     assert_eq!(now, 0);
     assert_eq!(most, 2);
@@ -60,7 +60,7 @@ async fn given_a_failing_mover_when_moving_then_the_claim_is_named_and_the_other
         ),
     );
     let mut vols = volumes(3);
-    let moved = move_volumes(&cluster, &spec(), &mut vols, &CancellationToken::new()).await;
+    let moved = move_volumes(&cluster, &spec(), &mut vols, true, &CancellationToken::new()).await;
     assert_eq!(moved.failures.len(), 1, "{moved:?}");
     assert!(
         moved.failures[0].contains("shop/data-db-1"),
@@ -92,7 +92,7 @@ async fn given_a_completed_job_without_summary_when_moving_then_it_is_a_failure_
         .scripts
         .insert("data-db-0".into(), Script::Complete("done, no json".into()));
     let mut vols = volumes(1);
-    let moved = move_volumes(&cluster, &spec(), &mut vols, &CancellationToken::new()).await;
+    let moved = move_volumes(&cluster, &spec(), &mut vols, true, &CancellationToken::new()).await;
     assert_eq!(moved.failures.len(), 1);
     assert!(
         moved.failures[0].contains("no summary line"),
@@ -108,7 +108,7 @@ async fn given_a_claim_that_never_binds_when_moving_then_the_run_gives_up_after_
     let mut s = spec();
     s.mover.timeout = Duration::from_secs(60);
     let mut vols = volumes(2);
-    let moved = move_volumes(&cluster, &s, &mut vols, &CancellationToken::new()).await;
+    let moved = move_volumes(&cluster, &s, &mut vols, true, &CancellationToken::new()).await;
     assert_eq!(moved.failures.len(), 1);
     assert!(
         moved.failures[0].contains("data-db-0") && moved.failures[0].contains("did not finish"),
@@ -130,7 +130,7 @@ async fn given_sigterm_while_moving_when_cancelled_then_nothing_is_left_and_the_
         trigger.cancel();
     });
     let mut vols = volumes(2);
-    let moved = move_volumes(&cluster, &spec(), &mut vols, &cancel).await;
+    let moved = move_volumes(&cluster, &spec(), &mut vols, true, &cancel).await;
     assert!(moved.cancelled);
     assert_eq!(moved.failures.len(), 2);
     assert!(vols.iter().all(|v| {
@@ -161,7 +161,7 @@ async fn given_leftovers_of_a_crashed_run_when_moving_then_they_are_swept_first(
     all.extend(foreign.clone());
     let cluster = FakeCluster::with_leftovers(all);
     let mut vols = volumes(1);
-    let moved = move_volumes(&cluster, &spec(), &mut vols, &CancellationToken::new()).await;
+    let moved = move_volumes(&cluster, &spec(), &mut vols, true, &CancellationToken::new()).await;
     assert_eq!(
         moved.swept, 4,
         "the crashed run's four (this run's go as each mover ends)"
@@ -217,4 +217,27 @@ fn given_storages_when_locating_the_repository_then_it_is_under_the_prefix_in_re
     }));
     assert_eq!(fs.url, "/backups/repository");
     assert_eq!(fs.password_secret.name, "pw");
+}
+
+#[tokio::test]
+async fn given_no_repository_yet_when_moving_then_the_first_mover_creates_it_alone_before_the_others_start() {
+    let cluster = FakeCluster::default();
+    let mut vols = volumes(3);
+    let moved = move_volumes(&cluster, &spec(), &mut vols, false, &CancellationToken::new()).await;
+    assert!(moved.failures.is_empty(), "{moved:?}");
+    let events = cluster.events.lock().unwrap().clone();
+    let first_end = events.iter().position(|e| e.starts_with("end ")).unwrap();
+    let second_job = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.starts_with("create Job"))
+        .nth(1)
+        .unwrap()
+        .0;
+    assert!(first_end < second_job, "{events:#?}");
+    assert_eq!(
+        cluster.running.lock().unwrap().1,
+        2,
+        "the others still run two at once"
+    );
 }
