@@ -1,5 +1,7 @@
 //! Command-line interface: clap definitions and dispatch to one module per subcommand.
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 
 use crate::exit::Outcome;
@@ -40,7 +42,7 @@ pub enum Command {
     Restore(crate::app::restore::RestoreArgs),
     /// Move volume data to and from the restic-format repository (what mover Jobs run): `mover backup`
     /// a directory into a snapshot, `mover restore` a snapshot into a directory.
-    Mover(crate::mover::command::MoverArgs),
+    Mover(crate::app::mover::MoverArgs),
 }
 
 const POLICIES_HELP: &str = "\
@@ -104,27 +106,65 @@ Examples:
   # set the container's args to [run, --now, cassandra-ring], then `kubectl create -f` it.
   freezeframe run --now cassandra-ring --now postgres";
 
+/// How long `backup` and `run` may take to thaw and record the result after SIGTERM or SIGINT before
+/// the process ends regardless: within Kubernetes' default `terminationGracePeriodSeconds` of 30 s.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
 /// Parse the process arguments and run the chosen subcommand.
 pub fn run() -> anyhow::Result<Outcome> {
     let cli = Cli::parse();
     init_tracing();
     crate::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
-        match cli.command {
-            #[cfg(feature = "demo")]
-            Command::Demo(args) => crate::demo::run(args).await,
-            Command::Validate(args) => crate::app::validate::run(args).await,
-            Command::Policies(args) => crate::app::policies::run(args).await,
-            Command::Run(args) => crate::app::run::run(args).await,
-            Command::Backup(args) => crate::app::backup::backup(args).await,
-            Command::Prune(args) => crate::app::prune::run(args).await,
-            Command::List(args) => crate::app::backup::list(args).await,
-            Command::Describe(args) => crate::app::backup::describe(args).await,
-            Command::Restore(args) => crate::app::restore::run(args).await,
-            Command::Mover(args) => crate::mover::command::run(args).await,
+    let result = rt.block_on(async move {
+        // backup and run thaw on SIGTERM/SIGINT (they watch the token) and get a grace period to do so;
+        // every other command simply stops.
+        let grace = match cli.command {
+            Command::Run(_) | Command::Backup(_) => SHUTDOWN_GRACE,
+            _ => Duration::ZERO,
+        };
+        let cancel = crate::app::turn::cancel_on_signals()?;
+        let stopped = cancel.clone();
+        let work = async move {
+            match cli.command {
+                #[cfg(feature = "demo")]
+                Command::Demo(args) => crate::demo::run(args).await,
+                Command::Validate(args) => crate::app::validate::run(args).await,
+                Command::Policies(args) => crate::app::policies::run(args).await,
+                Command::Run(args) => crate::app::run::run(args, cancel).await,
+                Command::Backup(args) => crate::app::backup::backup(args, cancel).await,
+                Command::Prune(args) => crate::app::prune::run(args).await,
+                Command::List(args) => crate::app::backup::list(args).await,
+                Command::Describe(args) => crate::app::backup::describe(args).await,
+                Command::Restore(args) => crate::app::restore::run(args).await,
+                Command::Mover(args) => crate::app::mover::run(args).await,
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            () = async {
+                stopped.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                // Dropping the work closes its exec sessions and connections: nothing keeps running.
+                anyhow::bail!(
+                    "stopped by a signal; work still in progress {}s later was abandoned",
+                    grace.as_secs()
+                )
+            }
         }
-    })
+    });
+    // The one place input errors become exit code 2: what to change, without a cause chain.
+    match result {
+        Err(err) => match err.downcast::<crate::app::UsageError>() {
+            Ok(usage) => {
+                eprintln!("error: {usage}");
+                Ok(Outcome::InvalidInput)
+            }
+            Err(other) => Err(other),
+        },
+        ok => ok,
+    }
 }
 
 fn init_tracing() {

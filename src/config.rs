@@ -53,6 +53,10 @@ pub struct Env {
     pub kube_qps: Option<f64>,
     /// `FREEZEFRAME_KUBE_BURST`: API calls of the export allowed at once after a quiet spell.
     pub kube_burst: Option<u32>,
+    /// `FREEZEFRAME_KUBE_RETRIES`: retries of one failed API call (see [`crate::k8s`]).
+    pub kube_retries: Option<u32>,
+    /// `FREEZEFRAME_KUBE_TIMEOUT`: how long one API call may wait for the server's answer (`30s`).
+    pub kube_timeout: Option<String>,
     /// `FREEZEFRAME_IMAGE`: freezeframe's own image, run by the mover Jobs of `volumes.moveData`.
     pub image: Option<String>,
 }

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod exit;
 pub mod export;
 pub mod hooks;
+pub mod k8s;
 pub mod lease;
 pub mod mover;
 pub mod offsite;

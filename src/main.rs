@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     match freezeframe::cli::run() {
         Ok(outcome) => outcome.into(),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", freezeframe::k8s::errors::chain(err.as_ref()));
             freezeframe::exit::Outcome::Failed.into()
         }
     }

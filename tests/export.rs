@@ -11,6 +11,7 @@ use freezeframe::export::{ExportOptions, ResourceFilter, Selection};
 use freezeframe::store::fs::FsStore;
 use freezeframe::store::s3::{MIN_PART_SIZE, S3Store};
 use freezeframe::store::{self, BackupId, ByteReader, Layout, ObjectInfo, ObjectStore, Written};
+use freezeframe_sandbox::cluster::RandomFaults;
 use freezeframe_sandbox::{ApiError, Fault};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -272,6 +273,7 @@ async fn back_up_shop_and_check(
         store,
         layout,
         clock: &clock,
+        sealing: Default::default(),
     };
 
     let manifest = backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default()).await?;
@@ -455,6 +457,7 @@ async fn given_1200_configmaps_when_exported_with_pages_of_500_then_every_one_is
         store: &store,
         layout: &layout,
         clock: &clock,
+        sealing: Default::default(),
     };
     let mut chosen = selection("bulk");
     chosen.filter = ResourceFilter::new(&["configmaps".into()], &[]);
@@ -547,6 +550,7 @@ async fn given_store_failing_in_the_middle_of_the_archive_upload_when_backing_up
         store: &failing,
         layout: &layout,
         clock: &clock,
+        sealing: Default::default(),
     };
 
     let error = backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default())
@@ -572,6 +576,7 @@ async fn given_api_failing_while_listing_a_kind_when_backing_up_then_partial_arc
         store: &store,
         layout: &layout,
         clock: &clock,
+        sealing: Default::default(),
     };
     env.sandbox().cluster().inject_fault(Fault {
         verb: Some("list".into()),
@@ -781,6 +786,7 @@ async fn given_three_apps_in_one_namespace_when_selector_picks_cassandra_then_ex
         store: &store,
         layout: &layout,
         clock: &clock,
+        sealing: Default::default(),
     };
     let selector: LabelSelector =
         serde_json::from_value(serde_json::json!({"matchLabels": {"app": "cassandra"}}))?;
@@ -1121,4 +1127,72 @@ async fn given_complete_and_incomplete_backups_when_described_then_manifest_deta
     let (code, _, err) = freezeframe(&env, &["describe", &id]).await?;
     assert_eq!(code, 2, "{err}");
     Ok(())
+}
+
+/// The product's client (retries, timeouts) for the sandbox of `env`, with `retries` per call.
+async fn product_client(env: &TestEnv, retries: u32) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.sandbox().kubeconfig_path()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let settings = freezeframe::k8s::ClientSettings {
+        retries,
+        ..Default::default()
+    };
+    freezeframe::k8s::client(config, settings).unwrap()
+}
+
+#[tokio::test]
+async fn given_a_sandbox_failing_a_fifth_of_requests_when_backed_up_ten_times_then_every_archive_equals_a_clean_one()
+ {
+    let env = TestEnv::new().await.unwrap();
+    shop_env(&env).await.unwrap();
+    let client = product_client(&env, 8).await;
+    let store = FsStore::new(env.dir().join("backups"));
+    let layout = Layout::new("");
+    let back_up = |hours: i64| {
+        let client = client.clone();
+        let (store, layout) = (&store, &layout);
+        async move {
+            let clock = ManualClock::new(start_time() + chrono::Duration::hours(hours));
+            let ctx = Context {
+                client,
+                store,
+                layout,
+                clock: &clock,
+                sealing: Default::default(),
+            };
+            let manifest = backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default())
+                .await
+                .map_err(|e| freezeframe::report::chain(&e))?;
+            assert_eq!(manifest.status, Status::Completed);
+            let id = BackupId::parse(&manifest.backup_id).unwrap();
+            unpack(store, &layout.backup("shop", &id).resources())
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let clean = back_up(0).await.unwrap();
+    assert!(clean.len() > 20, "{:?}", clean.keys());
+
+    env.sandbox().cluster().set_random_faults(Some(RandomFaults {
+        rate: 0.2,
+        seed: 13,
+        latency: std::time::Duration::ZERO,
+        verbs: Vec::new(),
+        after: 0,
+    }));
+    // All ten at once: each waits out its own Retry-Afters, the test does not wait them out in turn.
+    let archives = futures::future::join_all((1..=10).map(&back_up)).await;
+    for (n, archive) in (1..=10).zip(archives) {
+        let archive = archive.unwrap_or_else(|e| panic!("backup {n} under faults: {e}"));
+        assert_eq!(
+            archive.keys().collect::<Vec<_>>(),
+            clean.keys().collect::<Vec<_>>(),
+            "backup {n}: object set"
+        );
+        assert!(archive == clean, "backup {n}: bodies differ from the clean run's");
+    }
+    let injected = env.sandbox().cluster().random_faults_injected();
+    assert!(injected >= 20, "only {injected} faults were injected");
 }

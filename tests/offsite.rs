@@ -184,6 +184,7 @@ async fn back_up(env: &TestEnv, policy: &Policy, store: &dyn ObjectStore, layout
         store,
         layout,
         clock: &clock,
+        sealing: freezeframe::store::crypt::Sealing::for_storage(None).unwrap(),
     };
     let request = Request {
         policy: &policy.name,

@@ -38,6 +38,7 @@ async fn back_up(client: kube::Client, store: &dyn ObjectStore, layout: &Layout)
         store,
         layout,
         clock: &clock,
+        sealing: Default::default(),
     };
     Ok(backup::run(&ctx, "shop", &selection("shop"), &ExportOptions::default()).await?)
 }
@@ -64,6 +65,7 @@ async fn restore(
         layout,
         target: &target,
         dumps: None,
+        identities: None,
     };
     restore::run(&ctx, options).await
 }
@@ -296,6 +298,7 @@ pub(crate) async fn restore_with(
         layout,
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+        identities: None,
     };
     restore::run(&ctx, opts).await
 }
@@ -493,6 +496,7 @@ async fn given_backup_in_seaweedfs_when_restored_into_a_fresh_sandbox_then_the_s
         credentials_secret: None,
         server_side_encryption: None,
         kms_key_id: None,
+        object_lock: None,
     });
     let (source_store, layout) = store::open(&backend, Some(&test_credentials())).await;
     write_orders(&env.client(), "shop", "db-0", ORDERS).await?;
@@ -878,6 +882,7 @@ async fn backup_with_entry(
         hooks: None,
         dumps: vec![],
         volumes: None,
+        encryption: None,
     };
     store::put_bytes(store, &keys.manifest(), &serde_json::to_vec(&manifest)?).await?;
     Ok(())
@@ -1075,6 +1080,7 @@ async fn restore_db(
         layout: &Layout::new(""),
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+        identities: None,
     };
     let mut opts = options();
     opts.plan.namespace_map = [("db".to_string(), to.to_string())].into();
@@ -1270,6 +1276,7 @@ async fn given_objects_failing_with_existing_fail_when_restored_again_then_a_war
         layout: &Layout::new(""),
         target: &target,
         dumps: None,
+        identities: None,
     };
     let mut again = options();
     again.plan.namespace_map = [("db".to_string(), "db-copy".to_string())].into();
@@ -1298,6 +1305,72 @@ async fn given_objects_failing_with_existing_fail_when_restored_again_then_a_war
             && message.contains(&format!("{} failed", report.failed()))
             && message.contains("already exists (--existing fail)"),
         "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn given_claim_whose_class_is_only_the_beta_annotation_when_backed_up_and_restored_then_its_storage_class_comes_along()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let env = TestEnv::new().await?;
+    env.apply(
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: legacy}\n\
+         provisioner: sandbox.freezeframe.dev\nreclaimPolicy: Delete\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: cassandra}\n---\n\
+         apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: cassandra\n\
+         \x20 annotations: {volume.beta.kubernetes.io/storage-class: legacy}\n\
+         spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n",
+    )?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(env.client(), "cassandra");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        await_condition(claims.clone(), "data", |c: Option<&PersistentVolumeClaim>| {
+            c.and_then(|c| c.status.as_ref()?.phase.as_deref()) == Some("Bound")
+        }),
+    )
+    .await??;
+    let store = FsStore::new(env.dir().join("store"));
+    let (_, manifest) = back_up_policy(
+        &env,
+        &store,
+        &Layout::new(""),
+        "legacy",
+        "cassandra",
+        "    volumes: {snapshot: none}\n",
+    )
+    .await?;
+    assert_eq!(
+        manifest
+            .cluster_objects
+            .get("storageclasses.storage.k8s.io")
+            .map(|k| k.count),
+        Some(1),
+        "the annotation's class is a dependency: {:?}",
+        manifest.cluster_objects
+    );
+
+    env.delete_namespace_and_wait("cassandra").await?;
+    let classes: Api<StorageClass> = Api::all(env.client());
+    classes.delete("legacy", &DeleteParams::default()).await?;
+    crate::harness::wait_until_gone(&classes, "legacy", Duration::from_secs(10)).await?;
+
+    let mut opts = options();
+    opts.wait = Some(Duration::from_secs(30));
+    let (_, report) = restore_with(&env.client(), &store, &Layout::new(""), &opts, None).await?;
+    assert_eq!(report.outcome(), Outcome::Success, "{}", report.table());
+    classes.get("legacy").await?;
+    let claim = claims.get("data").await?;
+    assert_eq!(
+        claim.metadata.annotations.as_ref().unwrap()["volume.beta.kubernetes.io/storage-class"],
+        "legacy"
+    );
+    let volume = claim.spec.as_ref().unwrap().volume_name.clone().expect("bound");
+    let pv = Api::<PersistentVolume>::all(env.client()).get(&volume).await?;
+    assert_eq!(
+        pv.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some("legacy")
     );
     Ok(())
 }

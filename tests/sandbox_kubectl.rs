@@ -9,6 +9,7 @@ use kube::api::{Api, PostParams};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use freezeframe_sandbox::cluster::RandomFaults;
 use freezeframe_sandbox::{Sandbox, SandboxOptions};
 
 const SHOP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/shop.yaml");
@@ -628,4 +629,31 @@ async fn given_real_namespace_deletion_grace_when_kubectl_deletes_a_file_with_a_
     );
     let gone = k.run(&["get", "namespace", "app"]).await;
     assert!(stderr(&gone).contains("NotFound"), "{}", stderr(&gone));
+}
+
+#[tokio::test]
+async fn given_random_faults_on_reads_when_kubectl_gets_then_it_retries_and_every_call_succeeds() {
+    let k = Kubectl::start().await;
+    k.apply_shop().await;
+    k.sb.cluster().set_random_faults(Some(RandomFaults {
+        rate: 0.2,
+        seed: 5,
+        latency: Duration::from_millis(5),
+        verbs: vec!["get".into(), "list".into()],
+        after: 0,
+    }));
+
+    for _ in 0..5 {
+        let out = k
+            .ok(&["get", "-n", "shop", "deployments,configmaps,services"])
+            .await;
+        assert!(out.contains("web"), "{out}");
+        k.ok(&["get", "-n", "shop", "configmap", "web-config", "-o", "name"])
+            .await;
+    }
+
+    assert!(
+        k.sb.cluster().random_faults_injected() > 0,
+        "no fault was injected"
+    );
 }

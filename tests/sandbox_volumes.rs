@@ -328,3 +328,39 @@ async fn given_pod_recreated_under_the_same_name_then_its_directory_is_fresh_but
     assert_eq!(std::fs::read_to_string(dir.join("data/kept"))?, "volume");
     Ok(())
 }
+
+#[tokio::test]
+async fn given_claim_naming_its_class_only_by_the_beta_annotation_then_it_is_provisioned_in_that_class()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.apply(
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: legacy}\n\
+         provisioner: sandbox.freezeframe.dev\nreclaimPolicy: Delete\n",
+    )?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client(), "default");
+    let mut pvc = claim(
+        "data",
+        None,
+        json!({"volume.beta.kubernetes.io/storage-class": "legacy"}),
+    );
+    pvc.spec.as_mut().unwrap().storage_class_name = None;
+    pvcs.create(&PostParams::default(), &pvc).await?;
+
+    wait(&pvcs, "data", pvc_phase("Bound")).await?;
+    let bound = pvcs.get("data").await?;
+    let volume_name = bound.spec.as_ref().unwrap().volume_name.clone().unwrap();
+    let pv = Api::<PersistentVolume>::all(env.client())
+        .get(&volume_name)
+        .await?;
+    assert_eq!(
+        pv.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some("legacy"),
+        "not the default class"
+    );
+    assert_eq!(
+        bound.spec.as_ref().unwrap().storage_class_name,
+        None,
+        "admission leaves a class given by annotation alone"
+    );
+    Ok(())
+}

@@ -287,6 +287,53 @@ async fn given_group_true_when_snapshotted_then_one_group_snapshot_covers_every_
     }
 }
 
+/// Two policies over one namespace backed up in the same second (the same backup id), as `run` does with an
+/// app policy and a whole-namespace policy on one schedule: every name is the policy's own, both complete.
+async fn two_policies_in_one_second(volumes: &str) {
+    let env = app_env().await;
+    let first = policy(volumes);
+    let mut second = policy(volumes);
+    second.name = "whole-namespace".into();
+    let id = "20260101T000000Z";
+
+    let (_, a) = backup(&env, &first, id).await;
+    let (_, b) = backup(&env, &second, id).await;
+
+    assert_eq!(a.verdict, Verdict::Completed, "{:#?}", a.failures);
+    assert_eq!(b.verdict, Verdict::Completed, "{:#?}", b.failures);
+    assert_eq!(a.volumes.len(), 2);
+    assert_eq!(b.volumes.len(), 2);
+    let names = |o: &Outcome| o.volumes.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+    assert!(
+        names(&a).iter().all(|n| !names(&b).contains(n)),
+        "{:?} / {:?}",
+        names(&a),
+        names(&b)
+    );
+    for v in a.volumes.iter().chain(&b.volumes) {
+        snapshots_api(&env)
+            .get(&v.name)
+            .await
+            .expect("each policy's snapshot exists");
+    }
+    for (outcome, name) in [(&a, "shop"), (&b, "whole-namespace")] {
+        for g in &outcome.groups {
+            assert!(g.name.contains(name), "{} names its policy", g.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn given_two_policies_over_one_namespace_in_the_same_second_when_snapshotted_then_both_complete() {
+    two_policies_in_one_second("{}").await;
+}
+
+#[tokio::test]
+async fn given_two_group_policies_over_one_namespace_in_the_same_second_when_snapshotted_then_both_complete()
+{
+    two_policies_in_one_second("{group: true}").await;
+}
+
 #[tokio::test]
 async fn given_group_true_and_no_group_snapshot_api_when_snapshotted_then_one_snapshot_per_claim() {
     let env = app_env().await;

@@ -2,18 +2,23 @@
 //!
 //! Run everything with `scripts/test` (installs SeaweedFS into .venv first).
 
+mod api_calls;
 mod backup_run;
 mod cron_run;
+mod databases;
 #[cfg(feature = "demo")]
 mod demo;
 mod docs;
+mod encryption;
 mod export;
 mod harness;
 mod hooks;
 mod mover;
+mod object_lock;
 mod offsite;
 mod packaging;
 mod policy_store;
+mod replay;
 mod report;
 mod restore;
 mod restore_volumes;

@@ -8,21 +8,16 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Secret;
-
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{Context, DumpStatus, Freeze, Manifest, Request, StoredBackup};
-use crate::clock::SystemClock;
-use crate::config::{ClientArgs, PolicySourceArgs, Settings};
+use super::{Invocation, UsageError};
+
+use crate::backup::{DumpStatus, Manifest, StoredBackup};
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
-use crate::export::{ExportOptions, RestoreAction, Selection};
-use crate::hooks::{Engine, KubeExecutor};
-use crate::policy::{Backend, Policy};
+use crate::export::RestoreAction;
 use crate::report::Reporter;
-use crate::retention::PruneReport;
-use crate::store::{self, BackupId, Layout, ObjectStore, layout, s3::StaticCredentials};
+use crate::store::{self, BackupId, Layout, ObjectStore, layout};
 
 /// Arguments of `freezeframe backup`.
 #[derive(Debug, Clone, clap::Args)]
@@ -105,37 +100,20 @@ fn parse_backup_id(text: &str) -> Result<BackupId, String> {
     BackupId::parse(text).ok_or_else(|| format!("{text:?} is not a backup id like 20261123T120000Z"))
 }
 
-/// Open the store `args` name. With `--storage`, S3 credentials come from the default AWS chain; with
-/// the policy's storage, from its `credentialsSecret` when it has one (read from the cluster).
-/// `Err(outcome)` = invalid input, already reported on stderr.
-async fn open_store(
-    args: &StoreArgs,
-) -> anyhow::Result<Result<(std::sync::Arc<dyn ObjectStore>, Layout), Outcome>> {
+/// Open the store `args` name: `--storage`, else the storage of `--policy` (with its
+/// `credentialsSecret`, read from the cluster; with `--storage` the default AWS chain applies).
+async fn open_store(args: &StoreArgs) -> anyhow::Result<(std::sync::Arc<dyn ObjectStore>, Layout)> {
     if let Some(url) = &args.storage {
-        return Ok(Ok(store::open(&store::backend_from_url(url)?, None).await));
+        return Ok(store::open(&store::backend_from_url(url)?, None).await);
     }
     let Some(name) = &args.policy else {
-        eprintln!("error: give --storage URL, or --policy NAME to read the policy's storage");
-        return Ok(Err(Outcome::InvalidInput));
-    };
-    let settings = Settings::from_process(&args.source)?;
-    let set = crate::app::validate::load(&settings).await?;
-    let Some(policy): Option<&Policy> = set.policy(name) else {
-        eprintln!(
-            "error: no valid policy named {name:?}; valid policies: {:?}",
-            set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
+        return Err(
+            UsageError::new("give --storage URL, or --policy NAME to read the policy's storage").into(),
         );
-        return Ok(Err(Outcome::InvalidInput));
     };
-    let backend = &policy.storage.backend;
-    let creds = match backend {
-        Backend::S3(s3) if s3.credentials_secret.is_some() => {
-            let client = kube::Client::try_default().await?;
-            credentials(&client, &settings, backend).await?
-        }
-        _ => None,
-    };
-    Ok(Ok(store::open(backend, creds.as_ref()).await))
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let policy = invocation.policy(name).await?;
+    invocation.open_store(&policy.storage.backend).await
 }
 
 /// Print `value` as pretty JSON or as YAML.
@@ -158,221 +136,19 @@ fn stored_value(b: &StoredBackup) -> serde_json::Value {
     })
 }
 
-/// Read S3 credentials from the policy storage's Secret (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
-async fn credentials(
-    client: &kube::Client,
-    settings: &Settings,
-    backend: &Backend,
-) -> anyhow::Result<Option<StaticCredentials>> {
-    let Backend::S3(s3) = backend else {
-        return Ok(None);
-    };
-    let Some(name) = &s3.credentials_secret else {
-        return Ok(None);
-    };
-    let namespace = settings
-        .namespace
-        .as_deref()
-        .context("credentialsSecret needs freezeframe's namespace (FREEZEFRAME_NAMESPACE)")?;
-    let secret = kube::Api::<Secret>::namespaced(client.clone(), namespace)
-        .get(name)
-        .await
-        .with_context(|| format!("reading Secret {namespace}/{name}"))?;
-    let data = secret.data.unwrap_or_default();
-    let value = |key: &str| data.get(key).map(|v| String::from_utf8_lossy(&v.0).into_owned());
-    Ok(Some(StaticCredentials {
-        access_key_id: value("AWS_ACCESS_KEY_ID")
-            .with_context(|| format!("Secret {namespace}/{name} has no AWS_ACCESS_KEY_ID"))?,
-        secret_access_key: value("AWS_SECRET_ACCESS_KEY")
-            .with_context(|| format!("Secret {namespace}/{name} has no AWS_SECRET_ACCESS_KEY"))?,
-        session_token: value("AWS_SESSION_TOKEN"),
-    }))
-}
-
-/// Run `freezeframe backup`.
-pub async fn backup(args: BackupArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process_with_client(&args.source, &args.client)?;
-    let set = crate::app::validate::load(&settings).await?;
-    let Some(policy): Option<&Policy> = set.policy(&args.policy) else {
-        if !set.is_valid() {
-            eprint!("{}", crate::app::validate::report(&set, chrono::Utc::now()).0);
-        }
-        eprintln!(
-            "error: no valid policy named {:?}; valid policies: {:?}",
-            args.policy,
-            set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
-        );
-        return Ok(Outcome::InvalidInput);
-    };
+/// Run `freezeframe backup`; `cancel` is the process's [`super::turn::cancel_on_signals`] token.
+pub async fn backup(args: BackupArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let invocation = Invocation::from_process(&args.source, &args.client);
+    let policy = invocation.policy(&args.policy).await?;
     let backend = match &args.storage {
         Some(url) => store::backend_from_url(url)?,
         None => policy.storage.backend.clone(),
     };
-    let client = kube::Client::try_default().await?;
-    let cancel = cancel_on_signals()?;
-    let reporter = Reporter::for_settings(client.clone(), &settings);
-    let ran = back_up_prune_report(
-        &client,
-        &settings,
-        policy,
-        &backend,
-        &cancel,
-        &reporter,
-        !args.no_prune,
-    )
-    .await;
+    let reporter = Reporter::for_settings(invocation.client().await?, invocation.settings()?);
+    let ran =
+        super::turn::back_up_prune_report(&invocation, policy, &backend, &cancel, &reporter, !args.no_prune)
+            .await;
     Ok(ran.outcome)
-}
-
-/// What one policy's backup came to: the backup, the prune after it, the exit code they make.
-#[derive(Debug)]
-pub struct PolicyRun {
-    /// The committed manifest; `None` = the backup failed before writing one.
-    pub manifest: Option<Manifest>,
-    /// The prune after the backup; `None` = not attempted (no manifest, `--no-prune`, or the run was
-    /// stopped).
-    pub prune: Option<Result<PruneReport, crate::retention::Error>>,
-    /// The backup's exit code, made at least PartiallyFailed by a prune failure (never by reporting).
-    pub outcome: Outcome,
-}
-
-/// One policy's turn, shared by `freezeframe backup` and `freezeframe run`: `backup.started` → open the
-/// store → back up (manifest committed) → prune by the policy's retention (when `prune`, and not after
-/// SIGTERM) → report (Events, annotations, `backup.*` and `prune.*` webhooks). Prints the backup's
-/// summary, the prune's and every failure; never fails itself: a backup that wrote no manifest is
-/// `Failed`.
-pub async fn back_up_prune_report(
-    client: &kube::Client,
-    settings: &Settings,
-    policy: &Policy,
-    backend: &Backend,
-    cancel: &CancellationToken,
-    reporter: &Reporter,
-    prune: bool,
-) -> PolicyRun {
-    let started_at = reporter.backup_started(policy).await;
-    let backed_up = async {
-        let (store, layout) = open_backend(client, settings, backend).await?;
-        let m = back_up_policy(client, settings, policy, store.as_ref(), &layout, cancel).await?;
-        anyhow::Ok((m, store, layout))
-    }
-    .await;
-    let (m, store, layout) = match backed_up {
-        Ok(done) => done,
-        Err(e) => {
-            eprintln!(
-                "error: {}: backup failed before a manifest was written: {e:#}",
-                policy.name
-            );
-            reporter.backup_error(policy, started_at, &format!("{e:#}")).await;
-            return PolicyRun {
-                manifest: None,
-                prune: None,
-                outcome: Outcome::Failed,
-            };
-        }
-    };
-    print!("{}", summary(&m));
-    let mut outcome = m.status.outcome();
-    // Commit manifest → prune (not after SIGTERM: stop as soon as possible) → report.
-    let pruned = if prune && !cancel.is_cancelled() {
-        let target = crate::retention::Target {
-            store: store.as_ref(),
-            layout: &layout,
-        };
-        let pruned = crate::app::prune::after_backup(client, policy, target).await;
-        outcome = crate::exit::worst([
-            outcome,
-            crate::app::prune::report_after_backup(&policy.name, &pruned),
-        ]);
-        Some(pruned)
-    } else {
-        None
-    };
-    reporter.backup_finished(policy, &m).await;
-    if let Some(pruned) = &pruned {
-        reporter.prune_finished(policy, pruned).await;
-    }
-    PolicyRun {
-        manifest: Some(m),
-        prune: pruned,
-        outcome,
-    }
-}
-
-/// Open the store `backend` describes, with the storage's S3 credentials read from its
-/// `credentialsSecret` when it names one.
-pub async fn open_backend(
-    client: &kube::Client,
-    settings: &Settings,
-    backend: &Backend,
-) -> anyhow::Result<(std::sync::Arc<dyn ObjectStore>, Layout)> {
-    let creds = credentials(client, settings, backend).await?;
-    Ok(store::open(backend, creds.as_ref()).await)
-}
-
-/// One backup of `policy` into `store` with the real cluster and wall clock: selection, freeze plan and
-/// hook engine, then [`crate::backup::backup`]. Shared by `freezeframe backup` and `freezeframe run`; `cancel`
-/// is the process's [`cancel_on_signals`] token.
-pub async fn back_up_policy(
-    client: &kube::Client,
-    settings: &Settings,
-    policy: &Policy,
-    store: &dyn ObjectStore,
-    layout: &Layout,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Manifest> {
-    let selection = Selection::for_policy(client, policy).await?;
-    let mut freeze = Freeze::for_policy(client, policy).await?;
-    freeze.moves =
-        crate::offsite::MovePlan::for_policy(policy, settings.namespace.as_deref(), &settings.image)?;
-    let ctx = Context {
-        client: client.clone(),
-        store,
-        layout,
-        clock: &SystemClock,
-    };
-    let request = Request {
-        policy: &policy.name,
-        selection: &selection,
-        options: &ExportOptions {
-            limits: settings.client,
-            ..ExportOptions::default()
-        },
-        freeze: &freeze,
-    };
-    let engine = Engine::new(KubeExecutor::new(client.clone()));
-    Ok(crate::backup::backup(&ctx, &engine, request, cancel).await?)
-}
-
-/// A token cancelled by the first SIGTERM or SIGINT (the Job deleted, `activeDeadlineSeconds`, Ctrl-C):
-/// work in progress stops, the thaw runs, the manifest says `Failed`. Later signals are logged and
-/// ignored, so a second Ctrl-C cannot leave the application frozen (each thaw action has its timeout).
-pub fn cancel_on_signals() -> std::io::Result<CancellationToken> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let token = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        loop {
-            let name = tokio::select! {
-                Some(()) = term.recv() => "SIGTERM",
-                Some(()) = int.recv() => "SIGINT",
-                else => return,
-            };
-            if cancel.is_cancelled() {
-                tracing::warn!(signal = name, "already stopping: the thaw runs to its end");
-            } else {
-                tracing::warn!(
-                    signal = name,
-                    "stopping work in progress; thawing, then exiting non-zero"
-                );
-                cancel.cancel();
-            }
-        }
-    });
-    Ok(token)
 }
 
 /// What `freezeframe backup` prints: one line per backup, then the freeze, and every problem. Pure.
@@ -428,10 +204,7 @@ pub fn table(backups: &[StoredBackup]) -> String {
 
 /// Run `freezeframe list`.
 pub async fn list(args: ListArgs) -> anyhow::Result<Outcome> {
-    let (store, layout) = match open_store(&args.store).await? {
-        Ok(opened) => opened,
-        Err(outcome) => return Ok(outcome),
-    };
+    let (store, layout) = open_store(&args.store).await?;
     let backups = crate::backup::list(store.as_ref(), &layout, args.store.policy.as_deref()).await?;
     match args.output {
         Format::Table => print!("{}", table(&backups)),
@@ -446,10 +219,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<Outcome> {
 /// Run `freezeframe describe`: exit 0 when the backup was found (whatever its status), 1 when not, 2
 /// when the id is ambiguous (stored for several policies: pass `--policy`).
 pub async fn describe(args: DescribeArgs) -> anyhow::Result<Outcome> {
-    let (store, layout) = match open_store(&args.store).await? {
-        Ok(opened) => opened,
-        Err(outcome) => return Ok(outcome),
-    };
+    let (store, layout) = open_store(&args.store).await?;
     let found = crate::backup::find(
         store.as_ref(),
         &layout,

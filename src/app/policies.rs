@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::config::{PolicySourceArgs, Settings};
+use super::Invocation;
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
 use crate::policy::schedule::{Decision, DueInput, decide};
 use crate::policy::store::LastResult;
@@ -263,13 +264,13 @@ pub fn report(
 
 /// Run `freezeframe policies`.
 pub async fn run(args: PoliciesArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
-    let loaded = crate::app::validate::load_with_state(&settings).await?;
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let loaded = invocation.policies().await?;
     let (text, outcome) = report(
         &loaded.set,
         &loaded.last_scheduled,
         &loaded.last_results,
-        Utc::now(),
+        invocation.now(),
         args.output,
     )?;
     print!("{text}");

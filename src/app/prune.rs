@@ -5,9 +5,8 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
-use crate::app::backup::open_backend;
-use crate::clock::{Clock, SystemClock};
-use crate::config::{PolicySourceArgs, Settings};
+use super::{Invocation, UsageError};
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
 use crate::policy::{Backend, Policy};
 use crate::retention::cluster::KubeSnapshots;
@@ -87,6 +86,7 @@ Examples:
 /// snapshots through the cluster. The manifest just written is never changed by this.
 pub async fn after_backup(
     client: &kube::Client,
+    invocation: &Invocation,
     policy: &Policy,
     target: Target<'_>,
 ) -> Result<PruneReport, Error> {
@@ -95,7 +95,7 @@ pub async fn after_backup(
         target,
         &policy.name,
         &policy.retention,
-        SystemClock.now(),
+        invocation.now(),
         Mode::Delete(&snapshots),
     )
     .await
@@ -156,6 +156,16 @@ pub fn after_backup_summary(r: &PruneReport) -> String {
         )
         .ok();
     }
+    for p in &r.locked {
+        writeln!(
+            out,
+            "    not pruned yet {} ({}): {}",
+            p.backup_id,
+            p.reason,
+            p.notes.join("; ")
+        )
+        .ok();
+    }
     out
 }
 
@@ -187,6 +197,7 @@ pub fn table(reports: &[PruneReport]) -> String {
             .iter()
             .map(|p| (p, action))
             .chain(r.failed.iter().map(|p| (p, "PRUNE FAILED")))
+            .chain(r.locked.iter().map(|p| (p, "locked")))
         {
             let row = [
                 r.policy.clone(),
@@ -231,20 +242,19 @@ pub fn table(reports: &[PruneReport]) -> String {
 
 /// Run `freezeframe prune`.
 pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
-    let set = crate::app::validate::load(&settings).await?;
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let set = invocation.policy_set().await?;
     let unknown: Vec<&String> = args.policy.iter().filter(|n| set.policy(n).is_none()).collect();
     if !unknown.is_empty() {
         if !set.is_valid() {
-            eprint!("{}", crate::app::validate::report(&set, chrono::Utc::now()).0);
+            eprint!("{}", super::validate::report(set, invocation.now()).0);
         }
-        for n in unknown {
-            eprintln!(
-                "error: --policy {n}: no valid policy of that name; valid policies: {:?}",
-                set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
-            );
-        }
-        return Ok(Outcome::InvalidInput);
+        let valid: Vec<&String> = set.policies.iter().map(|p| &p.name).collect();
+        let lines: Vec<String> = unknown
+            .iter()
+            .map(|n| format!("--policy {n}: no valid policy of that name; valid policies: {valid:?}"))
+            .collect();
+        return Err(UsageError::new(lines.join("\nerror: ")).into());
     }
     let policies: Vec<&Policy> = if args.all {
         set.policies.iter().collect()
@@ -261,7 +271,7 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
             .unwrap_or_else(|| p.storage.backend.clone())
     };
     let client = if policies.iter().any(|p| needs_cluster(&backend_of(p))) {
-        Some(kube::Client::try_default().await?)
+        Some(invocation.client().await?)
     } else {
         None
     };
@@ -280,7 +290,10 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
 
     // A real prune is reported like the one after a backup (prune.* webhooks); a dry run is not.
     let reporter = match (&client, args.dry_run) {
-        (Some(c), false) => Some(crate::report::Reporter::for_settings(c.clone(), &settings)),
+        (Some(c), false) => Some(crate::report::Reporter::for_settings(
+            c.clone(),
+            invocation.settings()?,
+        )),
         _ => None,
     };
 
@@ -289,15 +302,15 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
     for policy in policies {
         let backend = backend_of(policy);
         let (store, layout) = match &client {
-            Some(c) => open_backend(c, &settings, &backend).await?,
+            Some(_) => invocation.open_store(&backend).await?,
             None => store::open(&backend, None).await,
         };
         let target = Target {
             store: store.as_ref(),
             layout: &layout,
         };
-        let now = SystemClock.now();
-        let result = crate::retention::prune(target, &policy.name, &policy.retention, now, mode).await;
+        let result =
+            crate::retention::prune(target, &policy.name, &policy.retention, invocation.now(), mode).await;
         if let Some(reporter) = &reporter {
             reporter.prune_finished(policy, &result).await;
         }
@@ -317,11 +330,11 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
     }
     if args.all && !set.is_valid() {
-        eprintln!(
-            "error: invalid policies were not pruned: {}; `freezeframe validate` says why",
+        return Err(UsageError::new(format!(
+            "invalid policies were not pruned: {}; `freezeframe validate` says why",
             set.invalid_policies.join(", ")
-        );
-        return Ok(Outcome::InvalidInput);
+        ))
+        .into());
     }
     Ok(crate::exit::worst(outcomes))
 }
@@ -358,6 +371,7 @@ mod tests {
                 notes: vec![],
                 errors: vec!["deleting VolumeSnapshot shop/x: forbidden".into()],
             }],
+            locked: vec![],
         }
     }
 

@@ -11,11 +11,15 @@
 
 use std::time::Duration;
 
-use crate::config::{PolicySourceArgs, Settings};
+use anyhow::Context as _;
+
+use super::{Invocation, UsageError};
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
 use crate::policy::{Policy, Webhook};
 use crate::report::{Payload, Reporter, WebhookEvent};
 use crate::store;
+use crate::store::crypt::Identities;
 
 use crate::hooks::KubeExecutor;
 use crate::restore::apply::KubeTarget;
@@ -81,6 +85,33 @@ pub struct RestoreArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Format,
+    /// age identities (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes) for an encrypted backup,
+    /// instead of the policy storage's `encryption.identitySecret`.
+    #[arg(long, value_name = "PATH")]
+    pub identity_file: Option<std::path::PathBuf>,
+}
+
+/// The identities that decrypt an encrypted backup: `--identity-file`, else the policy storage's
+/// `encryption.identitySecret` (read from freezeframe's namespace); `None` when neither is given (an
+/// unencrypted backup needs none; an encrypted one is then refused before anything is written).
+async fn identities(
+    args: &RestoreArgs,
+    policy: Option<&Policy>,
+    invocation: &Invocation,
+) -> anyhow::Result<Option<std::sync::Arc<Identities>>> {
+    if let Some(path) = &args.identity_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the identity file {}", path.display()))?;
+        let origin = format!("file {}", path.display());
+        return Ok(Some(std::sync::Arc::new(Identities::parse(&text, origin)?)));
+    }
+    let Some(secret) = policy
+        .and_then(|p| p.storage.encryption.as_ref())
+        .and_then(|e| e.identity_secret.as_ref())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(std::sync::Arc::new(invocation.identities(secret).await?)))
 }
 
 /// The store to read from (`--storage`, else the policy's storage) and the policy, when known (its
@@ -91,46 +122,30 @@ pub struct RestoreArgs {
 /// `--storage`, the policy is read only when `--policy-file` or `--policies` says where from.
 async fn backend(
     args: &RestoreArgs,
-) -> anyhow::Result<Result<(crate::policy::Backend, Option<Policy>), Outcome>> {
+    invocation: &Invocation,
+) -> anyhow::Result<(crate::policy::Backend, Option<Policy>)> {
     let sourced = args.source.policy_file.is_some() || args.source.policies.is_some();
     let policy = match &args.policy {
-        Some(name) if args.storage.is_none() || sourced => {
-            let settings = Settings::from_process(&args.source)?;
-            let set = crate::app::validate::load(&settings).await?;
-            let Some(policy) = set.policy(name) else {
-                eprintln!(
-                    "error: no valid policy named {name:?}; valid policies: {:?}",
-                    set.policies.iter().map(|p| &p.name).collect::<Vec<_>>()
-                );
-                return Ok(Err(Outcome::InvalidInput));
-            };
-            Some(policy.clone())
-        }
+        Some(name) if args.storage.is_none() || sourced => Some(invocation.policy(name).await?.clone()),
         _ => None,
     };
     if let Some(url) = &args.storage {
-        return Ok(Ok((store::backend_from_url(url)?, policy)));
+        return Ok((store::backend_from_url(url)?, policy));
     }
     let Some(policy) = policy else {
-        eprintln!("error: give --storage URL, or --policy NAME to read the policy's storage");
-        return Ok(Err(Outcome::InvalidInput));
+        return Err(
+            UsageError::new("give --storage URL, or --policy NAME to read the policy's storage").into(),
+        );
     };
-    Ok(Ok((policy.storage.backend.clone(), Some(policy))))
+    Ok((policy.storage.backend.clone(), Some(policy)))
 }
 
 /// Run `freezeframe restore`.
 pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
-    let (backend, policy) = match backend(&args).await? {
-        Ok(b) => b,
-        Err(outcome) => return Ok(outcome),
-    };
-    let namespace_map = match PlanOptions::parse_namespace_map(&args.namespace_map) {
-        Ok(map) => map,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(Outcome::InvalidInput);
-        }
-    };
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let (backend, policy) = backend(&args, &invocation).await?;
+    let namespace_map =
+        PlanOptions::parse_namespace_map(&args.namespace_map).map_err(|e| UsageError::new(e.to_string()))?;
     let mut options = RestoreOptions {
         backup: args.backup.clone(),
         policy: args.policy.clone(),
@@ -145,7 +160,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         wait: args.wait.then_some(args.wait_timeout),
     };
     let (store, layout) = store::open(&backend, None).await;
-    let client = kube::Client::try_default().await?;
+    let client = invocation.client().await?;
     let target = KubeTarget::new(client.clone());
     let replayer = match &policy {
         Some(p) if !args.skip_dumps => Some(Replayer::new(
@@ -165,6 +180,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         layout: &layout,
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn crate::restore::dumps::Replay),
+        identities: identities(&args, policy.as_ref(), &invocation).await?,
     };
     // Find the backup once, so restore.started and the restore name the same one (`latest` moves).
     let announced = if args.dry_run {
@@ -176,7 +192,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
                 .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
         options.backup = BackupRef::Id(located.id.clone());
         options.policy = Some(located.policy.clone());
-        Some(Announced::start(&args, policy.as_ref(), &located, &options, client).await)
+        Some(Announced::start(&invocation, policy.as_ref(), &located, &options, client).await)
     };
     let restored = crate::restore::run(&ctx, &options).await;
     if let Ok((plan, report)) = &restored
@@ -185,14 +201,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
         crate::report::restore_events::emit(ctx.target, plan, report).await;
     }
     if let Some(announced) = &announced {
-        announced.finish(&restored).await;
+        announced.finish(&restored, invocation.now()).await;
     }
     let (plan, report) = match restored {
         Ok(done) => done,
-        Err(e @ Error::InvalidOption { .. }) => {
-            eprintln!("error: {e}");
-            return Ok(Outcome::InvalidInput);
-        }
+        Err(e @ Error::InvalidOption { .. }) => return Err(UsageError::new(e.to_string()).into()),
         Err(e) => return Err(anyhow::Error::new(e).context("restore refused; nothing was written")),
     };
     match args.output {
@@ -240,15 +253,11 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
 /// The webhooks of the backup's policy `name`: those of the policy already read, else of the
 /// configured policies (`--policy-file`, `--policies`, or the default ConfigMap, read like `backup`
 /// reads them); none, said at debug level, when no policies can be read or none has that name.
-async fn receivers(args: &RestoreArgs, read: Option<&Policy>, name: &str) -> Vec<Webhook> {
+async fn receivers(invocation: &Invocation, read: Option<&Policy>, name: &str) -> Vec<Webhook> {
     if let Some(p) = read.filter(|p| p.name == name) {
         return p.webhooks.clone();
     }
-    let loaded = match Settings::from_process(&args.source) {
-        Ok(settings) => crate::app::validate::load(&settings).await,
-        Err(e) => Err(e.into()),
-    };
-    match loaded {
+    match invocation.policy_set().await {
         Ok(set) => match set.policy(name) {
             Some(p) => p.webhooks.clone(),
             None => {
@@ -273,17 +282,14 @@ struct Announced {
 impl Announced {
     /// Send `restore.started` for `located`, restored with `options`.
     async fn start(
-        args: &RestoreArgs,
+        invocation: &Invocation,
         read: Option<&Policy>,
         located: &Located,
         options: &RestoreOptions,
         client: kube::Client,
     ) -> Announced {
-        let webhooks = receivers(args, read, &located.policy).await;
-        let namespace = Settings::from_process(&args.source)
-            .ok()
-            .and_then(|s| s.namespace);
-        let reporter = Reporter::new(client, namespace);
+        let webhooks = receivers(invocation, read, &located.policy).await;
+        let reporter = Reporter::new(client, invocation.namespace().map(str::to_string));
         let namespaces = located
             .manifest
             .namespaces
@@ -293,7 +299,7 @@ impl Announced {
         let started = Payload::restore_started(
             &located.manifest,
             namespaces,
-            chrono::Utc::now(),
+            invocation.now(),
             reporter.cluster_identity().await,
         );
         reporter
@@ -307,8 +313,11 @@ impl Announced {
     }
 
     /// Send how the restore ended.
-    async fn finish(&self, restored: &crate::restore::Result<(Plan, Report)>) {
-        let now = chrono::Utc::now();
+    async fn finish(
+        &self,
+        restored: &crate::restore::Result<(Plan, Report)>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
         let (event, payload) = match restored {
             Ok((plan, report)) => (
                 WebhookEvent::restore_finished(report.outcome()),

@@ -20,9 +20,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::backup as backup_command;
+use super::{Invocation, UsageError};
 use crate::backup::{Manifest, Status};
-use crate::config::{PolicySource, PolicySourceArgs, Settings};
+use crate::config::{ClientArgs, PolicySource, PolicySourceArgs};
 use crate::exit::{Outcome, worst};
 use crate::lease;
 use crate::policy::store::{self, LastResult, ResultPhase};
@@ -98,17 +98,19 @@ fn describe_wait(policy: &str, decision: &Decision) -> String {
     }
 }
 
-/// Run one CronJob tick.
-pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
+/// Run one CronJob tick; `cancel` is the process's [`super::turn::cancel_on_signals`] token.
+pub async fn run(args: RunArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let settings = invocation.settings()?;
     let PolicySource::ConfigMap { namespace, name } = &settings.policy_source else {
-        anyhow::bail!(
+        return Err(UsageError::new(
             "freezeframe run needs the policy ConfigMap (it stores each policy's schedule state); \
-             use --policies <namespace>/<name> or FREEZEFRAME_POLICY_CONFIGMAP, not a policy file"
-        );
+             use --policies <namespace>/<name> or FREEZEFRAME_POLICY_CONFIGMAP, not a policy file",
+        )
+        .into());
     };
     let lease_namespace = settings.namespace.clone().unwrap_or_else(|| namespace.clone());
-    let client = kube::Client::try_default().await?;
+    let client = invocation.client().await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
 
     // Load policies.
@@ -118,7 +120,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("reading the policy ConfigMap {namespace}/{name}"))?;
     let loaded = store::from_configmap(&cm);
     let set = &loaded.set;
-    let now = Utc::now();
+    let now = invocation.now();
 
     // Report invalid policies (and clear the marks of fixed ones); a failure here must not stop backups.
     if !set.is_valid() {
@@ -130,7 +132,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if let Err(e) = crate::policy::status::report(&client, &cm, set, now).await {
         tracing::warn!(error = %format!("{e:#}"), "could not record policy status");
     }
-    let reporter = Reporter::for_settings(client.clone(), &settings);
+    let reporter = Reporter::for_settings(client.clone(), settings);
     reporter.policies_invalid(set, &newly_invalid).await;
     let unknown: Vec<&String> = args.now.iter().filter(|n| set.policy(n).is_none()).collect();
     for n in &unknown {
@@ -139,7 +141,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let invalid = !set.is_valid() || !unknown.is_empty();
 
     // Take the run Lease.
-    let cancel = backup_command::cancel_on_signals()?;
     let me = lease::identity();
     let held = match lease::acquire(&client, &lease_namespace, &me, cancel.clone())
         .await
@@ -159,8 +160,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
     // Each valid policy: due? → record scheduled time → back up → record result.
     let tick = Tick {
-        client: &client,
-        settings: &settings,
+        invocation: &invocation,
         cms: &cms,
         configmap: (namespace, name),
         cancel: &cancel,
@@ -177,7 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         let input = due_input(
             policy,
             loaded.last_scheduled.get(&policy.name).copied(),
-            Utc::now(),
+            invocation.now(),
             force,
         );
         let decision = decide(&policy.schedule, &input);
@@ -211,8 +211,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
 /// What every backup of one tick shares.
 struct Tick<'a> {
-    client: &'a kube::Client,
-    settings: &'a Settings,
+    invocation: &'a Invocation,
     /// ConfigMaps in the policy ConfigMap's namespace.
     cms: &'a Api<ConfigMap>,
     /// The policy ConfigMap: `(namespace, name)`.
@@ -225,9 +224,8 @@ struct Tick<'a> {
 /// manifest counts as Failed (and nothing is pruned).
 async fn back_up(tick: &Tick<'_>, policy: &Policy, decision: &Decision) -> Outcome {
     tracing::info!(policy = %policy.name, ?decision, "running backup");
-    let ran = backup_command::back_up_prune_report(
-        tick.client,
-        tick.settings,
+    let ran = super::turn::back_up_prune_report(
+        tick.invocation,
         policy,
         &policy.storage.backend,
         tick.cancel,
@@ -239,7 +237,7 @@ async fn back_up(tick: &Tick<'_>, policy: &Policy, decision: &Decision) -> Outco
         Some(m) => last_result(m),
         None => LastResult {
             phase: ResultPhase::Failed,
-            finished_at: Utc::now(),
+            finished_at: tick.invocation.now(),
             backup_id: "-".to_string(),
         },
     };

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{PolicySource, PolicySourceArgs, Settings};
+use super::Invocation;
+use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
-use crate::policy::store::Loaded;
-use crate::policy::{Error, PolicySet};
+use crate::policy::PolicySet;
 
 /// Arguments of `freezeframe validate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +20,12 @@ pub struct ValidateArgs {
 /// Render the report for `set` at `now`, and the outcome it implies. Pure.
 pub fn report(set: &PolicySet, now: DateTime<Utc>) -> (String, Outcome) {
     let mut out = String::new();
+    if !set.warnings.is_empty() {
+        writeln!(out, "warnings (valid, but known to hang or fail):").ok();
+        for w in &set.warnings {
+            writeln!(out, "  {w}").ok();
+        }
+    }
     if !set.is_valid() {
         for (policy, problems) in set.problems_by_policy() {
             match policy {
@@ -65,39 +71,11 @@ pub fn report(set: &PolicySet, now: DateTime<Utc>) -> (String, Outcome) {
     (out, Outcome::Success)
 }
 
-/// Load the policies named by `source` (file or ConfigMap).
-pub async fn load(settings: &Settings) -> anyhow::Result<PolicySet> {
-    Ok(load_with_state(settings).await?.set)
-}
-
-/// Load the policies named by `source` with their run state (the ConfigMap's annotations; a local file
-/// has none).
-pub async fn load_with_state(settings: &Settings) -> anyhow::Result<Loaded> {
-    match &settings.policy_source {
-        PolicySource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
-                path: path.display().to_string(),
-                source,
-            })?;
-            Ok(Loaded {
-                set: crate::policy::parse_str(&path.display().to_string(), &text),
-                last_scheduled: Default::default(),
-                last_results: Default::default(),
-            })
-        }
-        PolicySource::ConfigMap { namespace, name } => {
-            let client = kube::Client::try_default().await?;
-            let api = kube::Api::namespaced(client, namespace);
-            Ok(crate::policy::store::load(&api, namespace, name).await?)
-        }
-    }
-}
-
 /// Run `freezeframe validate`.
 pub async fn run(args: ValidateArgs) -> anyhow::Result<Outcome> {
-    let settings = Settings::from_process(&args.source)?;
-    let set = load(&settings).await?;
-    let (text, outcome) = report(&set, Utc::now());
+    let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
+    let set = invocation.policy_set().await?;
+    let (text, outcome) = report(set, invocation.now());
     print!("{text}");
     Ok(outcome)
 }
@@ -132,9 +110,28 @@ mod tests {
         let (out, outcome) = report(&set, now());
         assert_eq!(outcome, Outcome::InvalidInput);
         assert!(
-            out.starts_with("policy `redis-cache`:\n  redis.yaml (data.policies.yaml):18:19: "),
+            out.starts_with("policy `redis-cache`:\n  redis.yaml (data.policies.yaml):20:19: "),
             "{out}"
         );
         assert!(out.contains("policies[0].schedule"), "{out}");
+    }
+
+    #[test]
+    fn given_warnings_when_reported_then_each_is_printed_and_the_outcome_stays_success() {
+        let text =
+            include_str!("../../policies/mysql.yaml").replace("--single-transaction --skip-lock-tables", "");
+        let set = crate::policy::parse_str("mysql.yaml", &text);
+        assert!(set.is_valid(), "{:#?}", set.problems);
+        let [warning] = &set.warnings[..] else {
+            panic!("one warning: {:#?}", set.warnings)
+        };
+        let (out, outcome) = report(&set, now());
+        assert_eq!(outcome, Outcome::Success);
+        assert!(
+            out.starts_with(&format!(
+                "warnings (valid, but known to hang or fail):\n  {warning}\n"
+            )),
+            "{out}"
+        );
     }
 }

@@ -26,7 +26,8 @@ use super::manifest::{DumpRecord, DumpStatus};
 use crate::hooks::plan::Skipped;
 use crate::hooks::{PodExecutor, Target, select};
 use crate::policy::{Dump, Exec, OnNoPods, Policy};
-use crate::store::{self, BackupKeys, ObjectStore, Written};
+use crate::store::crypt::{Sealing, Stored, put_artifact};
+use crate::store::{BackupKeys, ObjectStore, Written};
 use freezeframe_selector::query as selector_query;
 
 /// Dumps streamed at the same time (each may hold an S3 multipart upload's buffers).
@@ -193,11 +194,12 @@ pub async fn plan(client: &kube::Client, policy: &Policy) -> Result<DumpPlan> {
 pub async fn run_all<'a, E: PodExecutor>(
     executor: &E,
     store: &dyn ObjectStore,
+    sealing: &Sealing,
     keys: &BackupKeys,
     targets: impl Iterator<Item = &'a DumpTarget>,
 ) -> Vec<DumpRecord> {
     let mut records: Vec<DumpRecord> = futures::stream::iter(targets)
-        .map(|t| run_one(executor, store, keys, t))
+        .map(|t| run_one(executor, store, sealing, keys, t))
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
@@ -205,10 +207,11 @@ pub async fn run_all<'a, E: PodExecutor>(
     records
 }
 
-/// Stream one dump into the store and check what was committed.
+/// Stream one dump into the store (encrypted as `sealing` says) and check what was committed.
 pub async fn run_one<E: PodExecutor>(
     executor: &E,
     store: &dyn ObjectStore,
+    sealing: &Sealing,
     keys: &BackupKeys,
     dump: &DumpTarget,
 ) -> DumpRecord {
@@ -237,7 +240,7 @@ pub async fn run_one<E: PodExecutor>(
             verdict: Some(verdict_rx),
             failed: None,
         };
-        store.put(&key, &mut body).await
+        put_artifact(store, &key, &mut body, sealing).await
     };
     let ((out, produced), put) = tokio::join!(produce, consume);
 
@@ -256,14 +259,14 @@ pub async fn run_one<E: PodExecutor>(
         stderr_tail: String::new(),
         duration_millis: 0,
     };
-    let error = match (&out, put) {
+    let error = match (&out, &put) {
         (Err(e), _) => Some(e.summary()),
         (Ok(o), _) if !o.termination.is_success() => Some(format!(
             "the command ended with {} after {} bytes; nothing was stored",
             o.termination, produced.size
         )),
-        (Ok(_), Err(e)) => Some(format!("storing {key}: {}", error_chain(&e))),
-        (Ok(_), Ok(written)) => check_committed(store, &key, &produced, &written).await.err(),
+        (Ok(_), Err(e)) => Some(format!("storing {key}: {}", crate::k8s::errors::chain(e))),
+        (Ok(_), Ok(stored)) => check_committed(store, &key, &produced, stored).await.err(),
     };
     if let Ok(o) = &out {
         record.stderr_tail = o.stderr.clone();
@@ -273,14 +276,18 @@ pub async fn run_one<E: PodExecutor>(
         };
     }
     record.duration_millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    match error {
-        None => {
+    match (error, put) {
+        (None, Ok(stored)) => {
             record.status = DumpStatus::Succeeded;
-            record.size = Some(produced.size);
-            record.sha256 = Some(produced.sha256);
+            record.size = Some(stored.stored.size);
+            record.sha256 = Some(stored.stored.sha256);
             tracing::info!(dump = %dump.name, pod = %t.pod_ref(), bytes = produced.size, "dump stored");
         }
-        Some(e) => {
+        (error, put) => {
+            let e = error.unwrap_or_else(|| match put {
+                Err(e) => format!("storing {key}: {}", crate::k8s::errors::chain(&e)),
+                Ok(_) => "unknown failure".into(),
+            });
             tracing::warn!(dump = %dump.name, pod = %t.pod_ref(), error = %e, stderr = %record.stderr_tail, "dump failed");
             record.error = Some(e);
         }
@@ -288,49 +295,47 @@ pub async fn run_one<E: PodExecutor>(
     record
 }
 
-/// The store committed exactly what the command wrote, and says so afterwards; otherwise the object is
-/// deleted (best effort) and the dump fails.
+/// The store committed exactly what the command wrote (before encryption, when encrypted), and holds
+/// what it reported afterwards; otherwise the object is deleted (best effort) and the dump fails.
 async fn check_committed(
     store: &dyn ObjectStore,
     key: &str,
     produced: &Written,
-    written: &Written,
+    stored: &Stored,
 ) -> std::result::Result<(), String> {
-    let problem = if written != produced {
+    let problem = if &stored.plain != produced {
         Some(format!(
-            "the command wrote {} bytes (sha256 {}) but the store committed {} bytes (sha256 {})",
-            produced.size, produced.sha256, written.size, written.sha256
+            "the command wrote {} bytes (sha256 {}) but the store committed {} bytes (sha256 {}){}",
+            produced.size,
+            produced.sha256,
+            stored.plain.size,
+            stored.plain.sha256,
+            if stored.plain == stored.stored {
+                ""
+            } else {
+                " before encryption"
+            }
         ))
     } else {
         match store.head(key).await {
-            Ok(Some(size)) if size == produced.size => None,
+            Ok(Some(size)) if size == stored.stored.size => None,
             Ok(Some(size)) => Some(format!(
-                "size mismatch: the command wrote {} bytes, the store holds {size}",
-                produced.size
+                "size mismatch: the store committed {} bytes, it holds {size}",
+                stored.stored.size
             )),
             Ok(None) => Some(format!("{key} is missing after upload")),
-            Err(e) => Some(format!("checking {key}: {}", error_chain(&e))),
+            Err(e) => Some(format!("checking {key}: {}", crate::k8s::errors::chain(&e))),
         }
     };
     match problem {
         None => Ok(()),
         Some(p) => {
             if let Err(e) = store.delete(&[key.to_string()]).await {
-                tracing::warn!(key, error = %error_chain(&e), "could not delete an untrusted dump");
+                tracing::warn!(key, error = %crate::k8s::errors::chain(&e), "could not delete an untrusted dump");
             }
             Err(p)
         }
     }
-}
-
-fn error_chain(e: &store::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        line.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    line
 }
 
 /// Counts and hashes every byte accepted by the inner writer.

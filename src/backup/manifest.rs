@@ -17,9 +17,13 @@ use crate::exit::Outcome;
 use crate::export::KindCount;
 use crate::hooks::{GroupReport, GroupStatus, InvocationReport};
 use crate::store::Written;
+use crate::store::crypt::EncryptionRecord;
 
 /// The manifest format this build writes; readers refuse newer ones.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 1: artifacts stored as produced. 2: adds `encryption` (absent = stored as produced, so format 1
+/// manifests read as unencrypted backups).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// How a backup ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +88,10 @@ pub struct Manifest {
     /// The volume snapshot step; absent when the policy asks for no snapshots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<VolumesRecord>,
+    /// How the resources archive and the dumps are encrypted; absent = stored as produced. The
+    /// manifest itself and `volumes.json` (snapshot references only) stay readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionRecord>,
 }
 
 impl Status {
@@ -330,6 +338,21 @@ pub struct MovedClaim {
 }
 
 impl Manifest {
+    /// Leave out what commands printed (hook output tails, dump stderr): the manifest stays readable
+    /// without an identity, and command output may hold secrets. Used for encrypted backups; the
+    /// output is still in the backup Job's log.
+    pub fn withhold_output(&mut self) {
+        if let Some(hooks) = self.hooks.as_mut() {
+            for f in &mut hooks.failures {
+                f.stdout_tail.clear();
+                f.stderr_tail.clear();
+            }
+        }
+        for d in &mut self.dumps {
+            d.stderr_tail.clear();
+        }
+    }
+
     /// Parse a manifest, refusing formats newer than this build understands.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let manifest: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;

@@ -30,6 +30,7 @@ use crate::clock::Clock;
 use crate::export::{self, ExportOptions, Selection};
 use crate::hooks::{Engine, GroupReport, GroupStatus, KubeExecutor, Plan, PodExecutor};
 use crate::policy::{Policy, SnapshotMode, Volumes};
+use crate::store::crypt::Sealing;
 use crate::store::{self, BackupId, BackupKeys, Layout, ObjectStore, layout};
 pub use dump::{DumpPlan, DumpTarget};
 pub use manifest::{
@@ -93,6 +94,8 @@ pub struct Context<'a> {
     pub layout: &'a Layout,
     /// Time source.
     pub clock: &'a dyn Clock,
+    /// How artifacts are written (encrypted to the storage's recipients, or as produced).
+    pub sealing: Sealing,
 }
 
 /// The cluster's identity: the uid of `kube-system`.
@@ -199,6 +202,7 @@ pub async fn backup<E: PodExecutor>(
         hooks: None,
         dumps: Vec::new(),
         volumes: None,
+        encryption: ctx.sealing.record(),
     };
 
     // Volume snapshots are prepared before the freeze (claims, classes, group labels), so the freeze
@@ -227,8 +231,14 @@ pub async fn backup<E: PodExecutor>(
                 Some(p) => Some(p.take().await),
                 None => None,
             };
-            let dumps =
-                dump::run_all(engine.executor(), ctx.store, &keys, req.freeze.dumps.phase(true)).await;
+            let dumps = dump::run_all(
+                engine.executor(),
+                ctx.store,
+                &ctx.sealing,
+                &keys,
+                req.freeze.dumps.phase(true),
+            )
+            .await;
             (cut, dumps)
         })
         .await;
@@ -276,7 +286,13 @@ pub async fn backup<E: PodExecutor>(
         GroupStatus::Succeeded | GroupStatus::PartiallyFailed
     ) {
         // Dumps after the thaw, then the export: both stop at cancellation.
-        let later = dump::run_all(engine.executor(), ctx.store, &keys, req.freeze.dumps.phase(false));
+        let later = dump::run_all(
+            engine.executor(),
+            ctx.store,
+            &ctx.sealing,
+            &keys,
+            req.freeze.dumps.phase(false),
+        );
         match cancellable(cancel, later).await {
             Some(dumps) => manifest.dumps.extend(dumps),
             None => cancelled(&mut manifest, "the dumps after the thaw"),
@@ -307,6 +323,9 @@ pub async fn backup<E: PodExecutor>(
         }
     }
     manifest.finished_at = ctx.clock.now();
+    if manifest.encryption.is_some() {
+        manifest.withhold_output();
+    }
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serialises");
     store::put_bytes(ctx.store, &keys.manifest(), &json)
         .await
@@ -404,7 +423,14 @@ async fn export_resources(
         ..req.options.clone()
     };
     let key = keys.resources();
-    let export = export::export(&ctx.client, req.selection, &options, ctx.store, &key);
+    let export = export::export(
+        &ctx.client,
+        req.selection,
+        &options,
+        ctx.store,
+        &key,
+        &ctx.sealing,
+    );
     let Some(report) = cancellable(cancel, export).await else {
         cancelled(manifest, "the export of resources");
         return Ok(());
@@ -611,6 +637,7 @@ mod tests {
             hooks: None,
             dumps: Vec::new(),
             volumes: None,
+            encryption: None,
         }
     }
 

@@ -47,6 +47,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ClientLimits;
 use crate::policy::{Namespaces, Policy};
+use crate::store::crypt::Sealing;
 use crate::store::{self, ObjectStore, Written};
 pub use filter::ResourceFilter;
 
@@ -251,6 +252,20 @@ pub fn archive_path(resource: &ApiResource, namespace: Option<&str>, name: &str)
     }
 }
 
+/// The legacy annotation that names the StorageClass of a claim or volume (still in many manifests).
+pub const BETA_STORAGE_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
+
+/// The StorageClass a PersistentVolumeClaim or PersistentVolume belongs to, as Kubernetes reads it
+/// (`GetPersistentVolumeClaimClass`): the [`BETA_STORAGE_CLASS`] annotation when set, else
+/// `spec.storageClassName`; `None` for none or `""`.
+pub fn storage_class(obj: &Value) -> Option<String> {
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    match &obj["metadata"]["annotations"][BETA_STORAGE_CLASS] {
+        Value::Null => text(&obj["spec"]["storageClassName"]),
+        annotated => text(annotated),
+    }
+}
+
 /// The cluster-scoped objects `obj` depends on.
 fn cluster_refs(resource: &ApiResource, obj: &Value) -> Vec<ClusterRef> {
     let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
@@ -258,7 +273,7 @@ fn cluster_refs(resource: &ApiResource, obj: &Value) -> Vec<ClusterRef> {
     match (resource.group.as_str(), resource.kind.as_str()) {
         ("", "PersistentVolumeClaim") => {
             refs.extend(text(&obj["spec"]["volumeName"]).map(ClusterRef::Volume));
-            refs.extend(text(&obj["spec"]["storageClassName"]).map(ClusterRef::StorageClass));
+            refs.extend(storage_class(obj).map(ClusterRef::StorageClass));
         }
         ("rbac.authorization.k8s.io", "RoleBinding") if obj["roleRef"]["kind"] == "ClusterRole" => {
             refs.extend(text(&obj["roleRef"]["name"]).map(ClusterRef::ClusterRole));
@@ -431,7 +446,8 @@ impl Tally {
     }
 }
 
-/// Export `selection` into `key` of `store` as a tar+zstd archive.
+/// Export `selection` into `key` of `store` as a tar+zstd archive, encrypted as `sealing` says (the
+/// report's `archive` is what is stored).
 ///
 /// The archive is complete only if this returns `Ok`: any failure (API, serialisation, upload) aborts
 /// the upload, so no object is committed under `key` by backends that commit on completion.
@@ -441,6 +457,7 @@ pub async fn export(
     options: &ExportOptions,
     store: &dyn ObjectStore,
     key: &str,
+    sealing: &Sealing,
 ) -> Result<ExportReport> {
     let kube = Kube::new(client.clone(), options.page_size).limited(options.limits);
     let discovery = Discovery::new(client.clone())
@@ -451,9 +468,9 @@ pub async fn export(
     // The reader moves into the upload so it is dropped as soon as the upload ends: a failed upload
     // then fails the writer's next write instead of leaving it blocked on a full pipe.
     let upload = async move {
-        store
-            .put(key, &mut pipe_reader)
+        store::crypt::put_artifact(store, key, &mut pipe_reader, sealing)
             .await
+            .map(|stored| stored.stored)
             .map_err(|source| Error::Store {
                 key: key.to_string(),
                 source,
@@ -597,13 +614,30 @@ async fn write_cluster_objects<W: tokio::io::AsyncWrite + Unpin>(
     for (resource, name) in &wanted {
         let obj = append(resource, name, &mut counts).await?;
         if resource.kind == "PersistentVolume"
-            && let Some(sc) = obj.as_ref().and_then(|o| o["spec"]["storageClassName"].as_str())
+            && let Some(sc) = obj.as_ref().and_then(storage_class)
         {
-            classes.insert(sc.to_string());
+            classes.insert(sc);
         }
     }
     for name in &classes {
         append(&class, name, &mut counts).await?;
     }
     Ok(counts.kinds)
+}
+
+#[cfg(test)]
+mod storage_class_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn given_beta_annotation_then_it_names_the_class_over_the_spec_field() {
+        let annotated = json!({"metadata": {"annotations": {BETA_STORAGE_CLASS: "legacy"}},
+                               "spec": {"storageClassName": "fast"}});
+        assert_eq!(storage_class(&annotated).as_deref(), Some("legacy"));
+        let spec_only = json!({"metadata": {}, "spec": {"storageClassName": "fast"}});
+        assert_eq!(storage_class(&spec_only).as_deref(), Some("fast"));
+        let none = json!({"metadata": {}, "spec": {"storageClassName": ""}});
+        assert_eq!(storage_class(&none), None);
+    }
 }

@@ -47,21 +47,7 @@ pub enum Error {
 impl Error {
     /// One line for reports: what failed and the API server's own message (not kube-rs's debug dump).
     pub fn summary(&self) -> String {
-        match self {
-            Error::Open {
-                target,
-                source: kube::Error::Api(s),
-            } => format!("cannot exec in {target}: {} ({} {})", s.message, s.code, s.reason),
-            Error::Open { target, source } => {
-                let mut line = format!("cannot exec in {target}: {source}");
-                let mut cause = std::error::Error::source(source);
-                while let Some(c) = cause {
-                    line.push_str(&format!(": {c}"));
-                    cause = c.source();
-                }
-                line
-            }
-        }
+        crate::k8s::errors::chain(self)
     }
 }
 
@@ -287,21 +273,21 @@ impl PodExecutor for KubeExecutor {
         stdin: Option<Bytes>,
         timeout: Duration,
     ) -> Result<ExecOutput> {
+        if let Some(bytes) = stdin {
+            // The same path as a dump's replay: a command that ends without reading it all is not
+            // waited on.
+            return self.feed(target, argv, &mut &bytes[..], timeout).await;
+        }
         let mut out = Tail::default();
         let mut err = Tail::default();
         let ran = tokio::time::timeout(timeout, async {
-            let mut proc = self.open(target, argv, stdin.is_some()).await?;
-            let status = proc.take_status().expect("status is taken once");
-            let (stdout, stderr, writer) = (proc.stdout(), proc.stderr(), proc.stdin());
-            let feed = async move {
-                if let (Some(bytes), Some(mut w)) = (stdin, writer) {
-                    // A command that does not read its stdin may end first: not an error of ours.
-                    let _ = w.write_all(&bytes).await;
-                    let _ = w.shutdown().await;
-                }
+            let mut proc = self.open(target, argv, false).await?;
+            let (status, ended) = (status_of(&mut proc), Ended::default());
+            let (stdout, stderr) = (ended.wrap(proc.stdout()), ended.wrap(proc.stderr()));
+            let drains = async {
+                tokio::join!(drain(stdout, &mut out), drain(stderr, &mut err));
             };
-            tokio::join!(feed, drain(stdout, &mut out), drain(stderr, &mut err));
-            Ok(termination(status.await))
+            Ok(termination(until_status(status, &ended, drains).await.0))
         })
         .await;
         // On timeout the future above was dropped, and with it the stream.
@@ -327,29 +313,24 @@ impl PodExecutor for KubeExecutor {
         let err = Arc::new(Mutex::new(Tail::default()));
         let ran = tokio::time::timeout(timeout, async {
             let mut proc = self.open(target, argv, false).await?;
-            let status = proc.take_status().expect("status is taken once");
-            let mut out = proc.stdout().expect("stdout was requested");
+            let (status, ended) = (status_of(&mut proc), Ended::default());
+            let mut out = ended.wrap(proc.stdout()).expect("stdout was requested");
+            let stderr = ended.wrap(proc.stderr());
             let copy = async {
-                tokio::io::copy(&mut out, stdout).await?;
-                stdout.flush().await
+                let copied = async {
+                    tokio::io::copy(&mut out, stdout).await?;
+                    stdout.flush().await
+                };
+                // Stderr is read while stdout is copied (neither may block the other).
+                let (copied, ()) = tokio::join!(copied, drain_shared(stderr, err.clone()));
+                copied
             };
-            let mut copy = std::pin::pin!(copy);
-            let mut stderr = std::pin::pin!(drain_shared(proc.stderr(), err.clone()));
-            let mut stderr_done = false;
-            let copied = loop {
-                tokio::select! {
-                    r = &mut copy => break r,
-                    () = &mut stderr, if !stderr_done => stderr_done = true,
-                }
-            };
+            let (status, copied) = until_status(status, &ended, copy).await;
             if let Err(e) = copied {
                 // Returning drops the stream: the remote command's stdout closes and it gets SIGPIPE.
                 return Ok(Termination::Failed(format!("streaming stdout broke: {e}")));
             }
-            if !stderr_done {
-                stderr.await;
-            }
-            Ok(termination(status.await))
+            Ok(termination(status))
         })
         .await;
         let termination = match ran {
@@ -375,8 +356,8 @@ impl PodExecutor for KubeExecutor {
         let mut err = Tail::default();
         let ran = tokio::time::timeout(timeout, async {
             let mut proc = self.open(target, argv, true).await?;
-            let status = proc.take_status().expect("status is taken once");
-            let (stdout, stderr) = (proc.stdout(), proc.stderr());
+            let (status, ended) = (status_of(&mut proc), Ended::default());
+            let (stdout, stderr) = (ended.wrap(proc.stdout()), ended.wrap(proc.stderr()));
             let Some(mut writer) = proc.stdin() else {
                 return Ok(Termination::Failed("the exec stream has no stdin".into()));
             };
@@ -399,24 +380,34 @@ impl PodExecutor for KubeExecutor {
                 }
             };
             let mut feed = std::pin::pin!(feed);
-            let mut drains = std::pin::pin!(async {
+            let mut feeding = true;
+            let drains = async {
                 tokio::join!(drain(stdout, &mut out), drain(stderr, &mut err));
-            });
+            };
+            let mut drains = std::pin::pin!(drains);
+            let mut status = std::pin::pin!(status);
             let mut drained = false;
-            let fed: Result<(), String> = loop {
+            // The status can come while input is still pending: the command ended without reading it
+            // all. kube-rs then stops reading stdin without failing our writes, so the feed is dropped
+            // there and then, never awaited to its end.
+            let status = loop {
                 tokio::select! {
-                    r = &mut feed => break r,
+                    fed = &mut feed, if feeding => {
+                        feeding = false;
+                        if let Err(message) = fed {
+                            // Returning drops the stream unclosed: the input is not passed on as complete.
+                            return Ok(Termination::Failed(message));
+                        }
+                    }
+                    s = &mut status => break s,
                     () = &mut drains, if !drained => drained = true,
                 }
             };
-            if let Err(message) = fed {
-                // Returning drops the stream unclosed: the input is not passed on as complete.
-                return Ok(Termination::Failed(message));
-            }
+            ended.set();
             if !drained {
                 drains.await;
             }
-            Ok(termination(status.await))
+            Ok(termination(status))
         })
         .await;
         let termination = match ran {
@@ -439,15 +430,18 @@ impl PodExecutor for KubeExecutor {
         };
         let out = Arc::new(Mutex::new(Tail::default()));
         let err = Arc::new(Mutex::new(Tail::default()));
-        let status = proc.take_status().expect("status is taken once");
-        let (stdout, stderr, stdin) = (proc.stdout(), proc.stderr(), proc.stdin());
+        let (status, ended) = (status_of(&mut proc), Ended::default());
+        let (stdout, stderr) = (ended.wrap(proc.stdout()), ended.wrap(proc.stderr()));
+        let stdin = proc.stdin();
         let (acquired_tx, acquired_rx) = tokio::sync::oneshot::channel();
         let (o, e) = (out.clone(), err.clone());
         let mut task = tokio::spawn(async move {
             // The process owns the stream's message loop: it lives as long as this task.
             let _proc = proc;
-            tokio::join!(watch_for_marker(stdout, o, acquired_tx), drain_shared(stderr, e));
-            termination(status.await)
+            let io = async {
+                tokio::join!(watch_for_marker(stdout, o, acquired_tx), drain_shared(stderr, e));
+            };
+            termination(until_status(status, &ended, io).await.0)
         });
         let tails = |t: Termination| ExecOutput {
             termination: t,
@@ -474,6 +468,71 @@ impl PodExecutor for KubeExecutor {
                 task.abort();
                 Ok(Hold::Ended(tails(Termination::TimedOut)))
             }
+        }
+    }
+}
+
+/// The exit status of an exec: `None` when the stream ended without one. It resolves once kube-rs's
+/// message loop has stopped, after it handed over all output.
+fn status_of(proc: &mut AttachedProcess) -> impl Future<Output = Option<Status>> + Send + use<> {
+    proc.take_status().expect("status is taken once")
+}
+
+/// Runs `io` (reading the exec's output through readers wrapped by `ended`) until it ends and the
+/// status has come; once the status is in, the readers end at the bytes already received.
+async fn until_status<T>(
+    status: impl Future<Output = Option<Status>>,
+    ended: &Ended,
+    io: impl Future<Output = T>,
+) -> (Option<Status>, T) {
+    let mut io = std::pin::pin!(io);
+    let mut status = std::pin::pin!(status);
+    tokio::select! {
+        done = &mut io => (status.await, done),
+        s = &mut status => {
+            ended.set();
+            (s, io.await)
+        }
+    }
+}
+
+/// Marks the end of an exec's output. kube-rs's message loop hands over every output byte before it
+/// reports the status, but when the loop fails (the server closed the connection while stdin was
+/// still being sent) it drops its pipes' write halves without closing them, so their readers would
+/// wait forever. Readers wrapped here end instead of waiting once the status is in.
+#[derive(Debug, Clone, Default)]
+struct Ended(Arc<std::sync::atomic::AtomicBool>);
+
+impl Ended {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn wrap<R>(&self, reader: Option<R>) -> Option<UntilEnded<R>> {
+        reader.map(|inner| UntilEnded {
+            inner,
+            ended: self.clone(),
+        })
+    }
+}
+
+/// A reader that reports end of stream instead of waiting once its [`Ended`] is set.
+struct UntilEnded<R> {
+    inner: R,
+    ended: Ended,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for UntilEnded<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            std::task::Poll::Pending if self.ended.0.load(std::sync::atomic::Ordering::Acquire) => {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
         }
     }
 }
@@ -674,6 +733,21 @@ mod tests {
         w.shutdown().await.unwrap();
         watch.await.unwrap();
         assert_eq!(lock(&tail).text(), "locking\nFREEZEFRAME_ACQUIRED\n");
+    }
+
+    #[tokio::test]
+    async fn given_pipe_whose_writer_vanished_unclosed_when_status_is_in_then_reader_ends_with_what_was_sent()
+    {
+        let (r, mut w) = tokio::io::simplex(64);
+        w.write_all(b"last words").await.unwrap();
+        // Dropped without shutdown, as kube-rs's message loop does when it fails.
+        drop(w);
+        let ended = Ended::default();
+        let mut tail = Tail::default();
+        let status = async { Some(Status::default()) };
+        let (got, ()) = until_status(status, &ended, drain(ended.wrap(Some(r)), &mut tail)).await;
+        assert_eq!(got, Some(Status::default()));
+        assert_eq!(tail.text(), "last words");
     }
 
     #[tokio::test]

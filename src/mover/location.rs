@@ -350,6 +350,7 @@ mod tests {
             credentials_secret: None,
             server_side_encryption: None,
             kms_key_id: None,
+            object_lock: None,
         };
         let location = RepositoryLocation::for_storage(&Backend::S3(storage.clone()));
         assert_eq!(

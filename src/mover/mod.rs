@@ -5,7 +5,7 @@
 //! or S3 through opendal); nothing here chunks, packs or encrypts by hand. rustic_core is synchronous
 //! (it runs its own threads, and its S3 backend its own tokio runtime): every function here blocks and
 //! must not be called on an async runtime's thread (the S3 backend panics there), so async callers use
-//! `tokio::task::spawn_blocking`. The mover Job runs them directly (`freezeframe mover`, [`command`]).
+//! `tokio::task::spawn_blocking`. The mover Job runs them directly (`freezeframe mover`, `crate::app::mover`).
 //!
 //! - [`RepositoryLocation`]: where the repository is, in restic's repository syntax
 //!   (`s3:http://host:port/bucket/prefix`, `/abs/path`), or derived from a storage
@@ -13,7 +13,6 @@
 //! - [`Repository`]: open or create it, back a directory up, restore a snapshot, forget, prune, list,
 //!   measure.
 
-pub mod command;
 mod location;
 mod repository;
 

@@ -202,11 +202,13 @@ fn given_storages_when_locating_the_repository_then_it_is_under_the_prefix_in_re
         credentials_secret: Some("creds".into()),
         server_side_encryption: None,
         kms_key_id: None,
+        object_lock: None,
     });
     let storage = |backend| Storage {
         name: "primary".into(),
         backend,
         repository: Some(repo.clone()),
+        encryption: None,
     };
     let a = access(&storage(s3));
     assert_eq!(a.url, "s3:http://127.0.0.1:8333/dr/cluster-a/repository");

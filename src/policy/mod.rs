@@ -107,6 +107,8 @@ pub struct PolicySet {
     pub invalid_policies: Vec<String>,
     /// All problems.
     pub problems: Vec<Problem>,
+    /// Valid combinations known to hang or fail at run time (printed by `validate`, never refused).
+    pub warnings: Vec<Problem>,
     /// Valid storages.
     pub storages: BTreeMap<String, Storage>,
     /// Valid webhooks.

@@ -53,6 +53,46 @@ pub struct Storage {
     pub backend: Backend,
     /// The repository of moved volume data (`None` = this storage takes no moved data).
     pub repository: Option<Repository>,
+    /// Client-side encryption of the artifacts (`encryption:`); `None` = stored as produced.
+    pub encryption: Option<Encryption>,
+}
+
+/// A storage's `encryption:` block (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encryption {
+    /// age X25519 public keys (`age1…`), each valid: every artifact of a new backup is encrypted to all.
+    pub recipients: Vec<String>,
+    /// The Secret key (in freezeframe's namespace) holding identities (`AGE-SECRET-KEY-1…` lines) for
+    /// restore and verification; backups never read it.
+    pub identity_secret: Option<SecretKeyRef>,
+}
+
+/// S3 Object Lock retention mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` may still delete.
+    Governance,
+    /// No one can delete a version before its retain-until date.
+    Compliance,
+}
+
+impl LockMode {
+    /// The S3 API's name (`GOVERNANCE`, `COMPLIANCE`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// `s3.objectLock`: every object of a backup is written with this retention (docs/retention.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// Retention mode.
+    pub mode: LockMode,
+    /// Days from the write until the object may be deleted (at least 1).
+    pub retain_days: u32,
 }
 
 /// A restic-format repository under a storage's prefix (`<prefix>/repository/`).
@@ -96,6 +136,8 @@ pub struct S3Storage {
     pub server_side_encryption: Option<String>,
     /// KMS key for `aws:kms`.
     pub kms_key_id: Option<String>,
+    /// Object Lock retention for every object written; the bucket must have Object Lock enabled.
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// A webhook receiver.

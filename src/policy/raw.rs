@@ -25,6 +25,23 @@ pub struct RawStorage {
     pub s3: Option<RawS3>,
     pub filesystem: Option<RawFilesystem>,
     pub repository: Option<RawRepository>,
+    pub encryption: Option<RawEncryption>,
+}
+
+/// Client-side encryption of a storage's artifacts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawEncryption {
+    pub recipients: Vec<String>,
+    pub identity_secret: Option<RawSecretKeyRef>,
+}
+
+/// S3 Object Lock retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawObjectLock {
+    pub mode: String,
+    pub retain_days: i64,
 }
 
 /// Where moved volume data lives: a restic-format repository under the storage's prefix.
@@ -47,6 +64,7 @@ pub struct RawS3 {
     pub credentials_secret: Option<String>,
     pub server_side_encryption: Option<String>,
     pub kms_key_id: Option<String>,
+    pub object_lock: Option<RawObjectLock>,
 }
 
 /// A directory on a mounted volume.

@@ -543,3 +543,149 @@ fn given_repository_without_password_secret_when_validated_then_error_names_the_
         .unwrap();
     assert!(missing.message.contains("passwordSecret"), "{missing}");
 }
+
+/// The issue's storage block for encryption and Object Lock, with field names as the contract shows.
+fn storage_with(block: &str) -> String {
+    minimal("").replace(
+        "storages:\n  primary:\n    filesystem: {path: /b}\n",
+        &format!("storages:\n  primary:\n{block}"),
+    )
+}
+
+#[test]
+fn given_encryption_and_object_lock_blocks_when_validated_then_they_are_resolved() {
+    let recipient = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    let set = parse_str(
+        "p.yaml",
+        &storage_with(&format!(
+            "    s3: {{bucket: b, objectLock: {{mode: GOVERNANCE, retainDays: 30}}}}\n\
+             \x20   encryption:\n      recipients: [\"{recipient}\"]\n\
+             \x20     identitySecret: {{name: freezeframe-identity, key: identities}}\n"
+        )),
+    );
+
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    let storage = &set.policies[0].storage;
+    let encryption = storage.encryption.as_ref().unwrap();
+    assert_eq!(encryption.recipients, [recipient]);
+    assert_eq!(
+        encryption.identity_secret,
+        Some(SecretKeyRef {
+            name: "freezeframe-identity".into(),
+            key: "identities".into()
+        })
+    );
+    let Backend::S3(s3) = &storage.backend else {
+        panic!("s3")
+    };
+    assert_eq!(
+        s3.object_lock,
+        Some(ObjectLock {
+            mode: LockMode::Governance,
+            retain_days: 30
+        })
+    );
+}
+
+#[test]
+fn given_bad_recipient_and_lock_values_when_validated_then_each_is_reported_at_its_field() {
+    let set = parse_str(
+        "p.yaml",
+        &storage_with(
+            "    s3: {bucket: b, objectLock: {mode: FOREVER, retainDays: 0}}\n\
+             \x20   encryption: {recipients: [\"ssh-ed25519 AAAA\"]}\n",
+        ),
+    );
+
+    let paths: Vec<&str> = set.problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(
+        paths.contains(&"storages.primary.encryption.recipients[0]"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"storages.primary.s3.objectLock.mode"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"storages.primary.s3.objectLock.retainDays"),
+        "{paths:?}"
+    );
+    assert!(
+        set.problems
+            .iter()
+            .any(|p| p.message.contains("allowed: `GOVERNANCE`, `COMPLIANCE`")),
+        "{:#?}",
+        set.problems
+    );
+}
+
+/// One policy with `dumps`, for the warning tests.
+fn with_dumps(dumps: &str) -> String {
+    format!(
+        "apiVersion: freezeframe.dev/v1alpha1\nkind: PolicySet\n\
+         storages: {{local: {{filesystem: {{path: /b}}}}}}\ndefaults: {{storage: local}}\n\
+         policies:\n  - name: db\n    schedule: \"@daily\"\n    namespaces: [db]\n\
+         \x20   retention: {{keepLast: 3}}\n    dumps:\n{dumps}"
+    )
+}
+
+#[test]
+fn given_frozen_mysqldump_without_single_transaction_when_validated_then_a_located_warning_not_a_problem() {
+    let text = with_dumps(
+        "      - name: all\n        podSelector: {app: mysql}\n        command: \"mysqldump --all-databases\"\n",
+    );
+    let set = parse_str("p.yaml", &text);
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    let [w] = &set.warnings[..] else {
+        panic!("one warning: {:#?}", set.warnings)
+    };
+    let line = w.to_string();
+    assert!(
+        line.starts_with(
+            "p.yaml:13:18: policy `db`: policies[0].dumps[0].command: warning: mysqldump while frozen"
+        ),
+        "{line}"
+    );
+    assert!(line.contains("--single-transaction --skip-lock-tables"), "{line}");
+
+    for fine in [
+        "command: \"mysqldump --single-transaction --skip-lock-tables --all-databases\"",
+        "command: \"mysqldump --all-databases\"\n        whileFrozen: false",
+    ] {
+        let set = parse_str(
+            "p.yaml",
+            &with_dumps(&format!(
+                "      - name: all\n        podSelector: {{app: mysql}}\n        {fine}\n"
+            )),
+        );
+        assert!(
+            set.is_valid() && set.warnings.is_empty(),
+            "{fine}: {:#?}",
+            set.warnings
+        );
+    }
+}
+
+#[test]
+fn given_replay_without_run_in_single_pod_or_pg_dumpall_with_on_error_stop_when_validated_then_warned() {
+    let text = with_dumps(
+        "      - name: pg\n        podSelector: {app: pg}\n        command: \"pg_dumpall\"\n\
+         \x20       restoreCommand: \"psql -v ON_ERROR_STOP=1\"\n",
+    );
+    let set = parse_str("p.yaml", &text);
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    let messages: Vec<String> = set.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(messages.len(), 2, "{messages:#?}");
+    assert!(messages[0].contains("dumps[0].restoreCommand: warning: without `runInSinglePod: true`"));
+    assert!(
+        messages[1].contains("ON_ERROR_STOP the replay stops"),
+        "{}",
+        messages[1]
+    );
+
+    let fine = with_dumps(
+        "      - name: pg\n        podSelector: {app: pg}\n        command: \"pg_dumpall\"\n\
+         \x20       restoreCommand: \"psql\"\n        runInSinglePod: true\n",
+    );
+    assert!(parse_str("p.yaml", &fine).warnings.is_empty());
+}

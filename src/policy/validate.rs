@@ -24,6 +24,8 @@ struct Ctx<'a> {
     root: &'a Node,
     policy: Option<String>,
     problems: Vec<Problem>,
+    /// Valid, but known to hang or fail at run time.
+    warnings: Vec<Problem>,
 }
 
 impl<'a> Ctx<'a> {
@@ -33,7 +35,18 @@ impl<'a> Ctx<'a> {
             root,
             policy,
             problems: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+    /// A combination that is valid but known to hang or fail; `validate` prints it, nothing refuses it.
+    fn warn(&mut self, path: &Path, message: impl Into<String>) {
+        self.warnings.push(Problem {
+            source: self.source.to_string(),
+            policy: self.policy.clone(),
+            path: path.to_string(),
+            location: Some(self.root.locate(path)),
+            message: message.into(),
+        });
     }
     fn push(&mut self, path: &Path, key: bool, message: String) {
         let location = if key {
@@ -156,6 +169,47 @@ pub struct Doc<'a> {
     pub key: String,
     /// The parsed document.
     pub node: &'a Node,
+}
+
+/// Warn about dumps that are valid but known to hang or fail (see docs/policy.md, "Database recipes").
+fn dump_warnings(ctx: &mut Ctx<'_>, dp: &Path, dump: &Dump) {
+    let text = |e: &Exec| match e {
+        Exec::Shell(s) => s.clone(),
+        Exec::Argv(v) => v.join(" "),
+    };
+    let command = text(&dump.command);
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let is_mysqldump = words
+        .iter()
+        .any(|w| matches!(w.rsplit('/').next(), Some("mysqldump" | "mariadb-dump")));
+    if dump.while_frozen
+        && is_mysqldump
+        && !(words.contains(&"--single-transaction") && words.contains(&"--skip-lock-tables"))
+    {
+        ctx.warn(
+            &dp.key("command"),
+            "warning: mysqldump while frozen without `--single-transaction --skip-lock-tables` waits for \
+table locks behind the writers the freeze blocks, so the freeze lasts until lock_wait_timeout (a day \
+by default); add both flags, or set `whileFrozen: false`",
+        );
+    }
+    if let Some(restore) = &dump.restore_command {
+        if !dump.run_in_single_pod {
+            ctx.warn(
+                &dp.key("restoreCommand"),
+                "warning: without `runInSinglePod: true` the dump of each pod is replayed into the pod \
+of the same name, which only a StatefulSet's pods keep; a Deployment's restored pods have new names \
+and the replay finds no pod: set `runInSinglePod: true` unless the pods belong to a StatefulSet",
+            );
+        }
+        if command.contains("pg_dumpall") && text(restore).contains("ON_ERROR_STOP") {
+            ctx.warn(
+                &dp.key("restoreCommand"),
+                "warning: pg_dumpall output replays with harmless errors (`role \"postgres\" already \
+exists`), so with ON_ERROR_STOP the replay stops at the first line; replay it with plain `psql`",
+            );
+        }
+    }
 }
 
 /// Validate a PolicySet document plus any Stork Rule documents.
@@ -321,6 +375,7 @@ pub fn validate(policy_set: Option<Doc<'_>>, rules: &[Doc<'_>]) -> PolicySet {
         }
         let valid = pctx.problems.is_empty();
         set.problems.append(&mut pctx.problems);
+        set.warnings.append(&mut pctx.warnings);
         candidates.push((name, path, policy.filter(|_| valid)));
     }
     if root.field("policies").is_none() {
@@ -408,6 +463,9 @@ fn check_ref<'k>(
 }
 
 fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Option<Storage> {
+    let encryption = raw
+        .encryption
+        .map(|e| encryption(ctx, &path.key("encryption"), e));
     let backend = match (raw.s3, raw.filesystem) {
         (Some(s3), None) => {
             let p = path.key("s3");
@@ -455,6 +513,9 @@ fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Optio
                 credentials_secret: s3.credentials_secret,
                 server_side_encryption: s3.server_side_encryption,
                 kms_key_id: s3.kms_key_id,
+                object_lock: s3
+                    .object_lock
+                    .and_then(|l| object_lock(ctx, &p.key("objectLock"), l)),
             })
         }
         (None, Some(fs)) => {
@@ -481,6 +542,67 @@ fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Optio
         name: name.to_string(),
         backend,
         repository,
+        encryption,
+    })
+}
+
+fn encryption(ctx: &mut Ctx<'_>, path: &Path, raw: RawEncryption) -> Encryption {
+    if raw.recipients.is_empty() {
+        ctx.msg(
+            &path.key("recipients"),
+            "found no recipient; allowed: one or more age X25519 public keys (age1…, from `age-keygen -y`)",
+        );
+    }
+    for (i, r) in raw.recipients.iter().enumerate() {
+        if let Err(e) = r.trim().parse::<age::x25519::Recipient>() {
+            ctx.msg(
+                &path.key("recipients").index(i),
+                format!("found {r:?}, not an age X25519 recipient ({e}); allowed: an age1… public key"),
+            );
+        }
+    }
+    if let Some(r) = &raw.identity_secret
+        && let Err(e) = values::check_dns_subdomain(&r.name)
+    {
+        ctx.invalid(&path.key("identitySecret").key("name"), e);
+    }
+    Encryption {
+        recipients: raw.recipients.iter().map(|r| r.trim().to_string()).collect(),
+        identity_secret: raw.identity_secret.map(|r| SecretKeyRef {
+            name: r.name,
+            key: r.key,
+        }),
+    }
+}
+
+fn object_lock(ctx: &mut Ctx<'_>, path: &Path, raw: RawObjectLock) -> Option<ObjectLock> {
+    let mode = match raw.mode.as_str() {
+        "GOVERNANCE" => Some(LockMode::Governance),
+        "COMPLIANCE" => Some(LockMode::Compliance),
+        other => {
+            ctx.msg(
+                &path.key("mode"),
+                format!("found {other:?}; allowed: `GOVERNANCE`, `COMPLIANCE`"),
+            );
+            None
+        }
+    };
+    let days = match u32::try_from(raw.retain_days) {
+        Ok(d) if d >= 1 => Some(d),
+        _ => {
+            ctx.msg(
+                &path.key("retainDays"),
+                format!(
+                    "found {}; allowed: a whole number of days, at least 1",
+                    raw.retain_days
+                ),
+            );
+            None
+        }
+    };
+    Some(ObjectLock {
+        mode: mode?,
+        retain_days: days?,
     })
 }
 
@@ -1122,7 +1244,7 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
                 "found an empty command; allowed: a shell string or a non-empty argv list",
             );
         }
-        dumps.push(Dump {
+        let dump = Dump {
             name,
             pod_selector,
             container: d.container.clone(),
@@ -1132,7 +1254,9 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
             timeout: ctx.duration(&dp.key("timeout"), d.timeout.as_deref(), DEFAULT_DUMP_TIMEOUT),
             while_frozen: d.while_frozen.unwrap_or(true),
             on_no_pods: d.on_no_pods.unwrap_or(OnNoPods::Fail),
-        });
+        };
+        dump_warnings(ctx, &dp, &dump);
+        dumps.push(dump);
     }
     let retention = match (&raw.retention, env.default_retention) {
         (Some(r), _) => retention(ctx, &path.key("retention"), r),

@@ -133,14 +133,8 @@ pub enum Error {
 }
 
 /// `err` and its causes, `: `-separated, for one stderr line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    crate::k8s::errors::chain(err)
 }
 
 /// One webhook's delivery of one event.

@@ -431,6 +431,7 @@ mod tests {
             kept: Vec::new(),
             pruned,
             failed,
+            locked: Vec::new(),
         }
     }
 

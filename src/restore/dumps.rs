@@ -93,20 +93,11 @@ impl Pods for kube::Client {
     async fn usable(&self, namespace: &str, dump: &Dump, container: &str) -> Result<Vec<Target>, String> {
         let pods = select::list_pods(self, &[namespace.to_string()], &dump.pod_selector)
             .await
-            .map_err(|e| error_chain(&e))?;
-        let selection = select::select_from(&pods, Some(container), false).map_err(|e| error_chain(&e))?;
+            .map_err(|e| crate::k8s::errors::chain(&e))?;
+        let selection =
+            select::select_from(&pods, Some(container), false).map_err(|e| crate::k8s::errors::chain(&e))?;
         Ok(selection.targets)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        line.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    line
 }
 
 /// [`Replay`] through a [`PodExecutor`], with pods from `pods` and the policy's `dumps`.
@@ -175,24 +166,35 @@ impl<E: PodExecutor, P: Pods> Replayer<E, P> {
                 return replay;
             }
             Err(e) => {
-                replay.message = Some(format!("checking {key}: {}", error_chain(&e)));
+                replay.message = Some(format!("checking {key}: {}", crate::k8s::errors::chain(&e)));
                 return replay;
             }
         }
         let reader = match store.get(&key).await {
             Ok(r) => r,
             Err(e) => {
-                replay.message = Some(format!("reading {key}: {}", error_chain(&e)));
+                replay.message = Some(format!("reading {key}: {}", crate::k8s::errors::chain(&e)));
                 return replay;
             }
         };
         let mut input = Verifying::new(reader, Written { size, sha256 });
+        // The stored bytes are checked as they pass (Verifying); an encrypted dump is decrypted after
+        // that check, and age authenticates every chunk before releasing its plaintext.
+        let mut plain = match located.opening.reader(&key, &mut input).await {
+            Ok(p) => p,
+            Err(e) => {
+                replay.status = ReplayStatus::Refused;
+                replay.message = Some(format!("{key}: {}", crate::k8s::errors::chain(&e)));
+                return replay;
+            }
+        };
         let argv = match restore_command {
             Exec::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
             Exec::Argv(a) => a.clone(),
         };
         tracing::info!(dump = %record.name, from = %replay.source, into = %replay.target, "replaying dump");
-        let ran = self.executor.feed(&target, &argv, &mut input, dump.timeout).await;
+        let ran = self.executor.feed(&target, &argv, &mut plain, dump.timeout).await;
+        drop(plain);
         replay.bytes = input.read;
         match ran {
             Err(e) => replay.message = Some(e.summary()),

@@ -39,6 +39,9 @@ pub use source::BackupRef;
 /// Errors of a restore.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The backup is encrypted and no identity given matches it, or it cannot be decrypted.
+    #[error(transparent)]
+    Encryption(store::crypt::Error),
     /// A store operation failed.
     #[error("{what}")]
     Store {
@@ -195,6 +198,8 @@ pub struct Context<'a> {
     pub layout: &'a store::Layout,
     /// The cluster written to.
     pub target: &'a dyn Target,
+    /// Identities for encrypted backups (`identitySecret` or `--identity-file`); `None` = none given.
+    pub identities: Option<std::sync::Arc<store::crypt::Identities>>,
     /// Replays dumps after the restored pods are ready; `None` replays none (`--skip-dumps`).
     pub dumps: Option<&'a dyn dumps::Replay>,
 }
@@ -222,7 +227,15 @@ pub struct RestoreOptions {
 /// `Err` means nothing was attempted (the backup is unusable or an option is invalid); failures of
 /// single objects are in the report.
 pub async fn run(ctx: &Context<'_>, options: &RestoreOptions) -> Result<(Plan, Report)> {
-    let located = source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup).await?;
+    let mut located =
+        source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup).await?;
+    // An encrypted backup needs a matching identity: refused here, before anything is read or written.
+    located.opening = store::crypt::Opening::for_backup(
+        &format!("{}/{}", located.policy, located.id),
+        located.manifest.encryption.as_ref(),
+        ctx.identities.as_ref(),
+    )
+    .map_err(Error::Encryption)?;
     tracing::info!(policy = %located.policy, backup = %located.id, store = %ctx.store.location(), "restore: verifying");
     let extracted = source::verify_and_extract(ctx.store, &located).await?;
     let snapshots = volumes::read(ctx.store, &located).await;

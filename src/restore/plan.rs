@@ -393,9 +393,9 @@ impl Item {
             "persistentvolumeclaims" => {
                 volume_name = text(&obj["spec"]["volumeName"]);
                 need(VOLUMES, volume_name.clone());
-                need(CLASSES, text(&obj["spec"]["storageClassName"]));
+                need(CLASSES, crate::export::storage_class(obj));
             }
-            VOLUMES => need(CLASSES, text(&obj["spec"]["storageClassName"])),
+            VOLUMES => need(CLASSES, crate::export::storage_class(obj)),
             "rolebindings.rbac.authorization.k8s.io" if obj["roleRef"]["kind"] == "ClusterRole" => {
                 need(CLUSTER_ROLES, text(&obj["roleRef"]["name"]))
             }

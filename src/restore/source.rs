@@ -2,7 +2,8 @@
 //! extract the resources archive into a private temp dir, refusing unsafe entries.
 //!
 //! The archive is downloaded once into a temp file while its sha256 is computed; it is only
-//! decompressed after the digest matched the manifest, so a tampered archive is never even parsed.
+//! decrypted and decompressed after the digest (of the stored bytes, the ciphertext when encrypted)
+//! matched the manifest, so a tampered archive is never even parsed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{Error, Result, io_error, store_error};
 use crate::backup::{Manifest, Status};
+use crate::store::crypt::Opening;
 use crate::store::{self, BackupId, BackupKeys, HashingReader, Layout, ObjectStore, Written, layout};
 
 /// Which backup to restore.
@@ -56,6 +58,9 @@ pub struct Located {
     pub keys: BackupKeys,
     /// Its manifest.
     pub manifest: Manifest,
+    /// How its artifacts are read (decrypted with a matching identity when encrypted); `Plain` until
+    /// the restore checked the identities.
+    pub opening: Opening,
 }
 
 /// Find the backup `wanted` (of `policy`, or of any policy when the id is unambiguous).
@@ -118,6 +123,7 @@ pub async fn locate(
                 id: id.clone(),
                 keys,
                 manifest,
+                opening: Opening::Plain,
             })
         }
         BackupRef::Latest => {
@@ -135,6 +141,7 @@ pub async fn locate(
                     id: id.clone(),
                     keys,
                     manifest,
+                    opening: Opening::Plain,
                 });
             }
             Err(not_found())
@@ -249,7 +256,8 @@ pub async fn verify_and_extract(store: &dyn ObjectStore, located: &Located) -> R
     let actual = hash_artifact(store, &located.keys.resources(), Some(&download)).await?;
     check(layout::RESOURCES, resources, &actual)?;
     let objects = dir.path().join("objects");
-    let paths = tokio::task::spawn_blocking(move || extract(&download, &objects))
+    let opening = located.opening.clone();
+    let paths = tokio::task::spawn_blocking(move || extract(&download, &objects, &opening))
         .await
         .map_err(|e| Error::Io {
             operation: "extract",
@@ -314,11 +322,14 @@ pub fn check_entry_path(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Decompress and unpack the verified archive into `objects`, refusing anything but regular files at
-/// safe paths. Returns the archive paths in order.
-fn extract(archive: &Path, objects: &Path) -> Result<Vec<String>> {
+/// Decrypt (when encrypted), decompress and unpack the verified archive into `objects`, refusing
+/// anything but regular files at safe paths. Returns the archive paths in order.
+fn extract(archive: &Path, objects: &Path, opening: &Opening) -> Result<Vec<String>> {
     let file = std::fs::File::open(archive).map_err(io_error("open", archive))?;
-    let decoder = zstd::Decoder::new(file).map_err(io_error("decompress", archive))?;
+    let plain = opening
+        .sync_reader(layout::RESOURCES, file)
+        .map_err(Error::Encryption)?;
+    let decoder = zstd::Decoder::new(plain).map_err(io_error("decompress", archive))?;
     let mut tar = tar::Archive::new(decoder);
     let read_error = io_error("read", archive);
     let entries = tar.entries().map_err(read_error)?;

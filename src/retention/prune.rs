@@ -14,6 +14,9 @@
 //! 4. delete every other object under the backup's prefix, and `volumes.json` last, only once every
 //!    snapshot is gone, so a failed snapshot deletion is retried by the next prune.
 //!
+//! Before step 1, a backup any of whose objects is under S3 Object Lock retention is skipped whole
+//! ("locked until …", reported in `locked`, not a failure) and deleted by a later prune.
+//!
 //! A failure is recorded with the backup and the executor goes on with the next step where that is
 //! safe and with the next backup in any case.
 
@@ -181,15 +184,8 @@ enum StepError {
 }
 
 /// An error and its causes on one line (`a: b: c`).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::k8s::errors::chain(e)
 }
 
 /// A kept backup.
@@ -241,6 +237,10 @@ pub struct PruneReport {
     pub pruned: Vec<PrunedBackup>,
     /// Backups whose pruning failed (possibly half way: see `errors`), oldest first.
     pub failed: Vec<PrunedBackup>,
+    /// Backups due for pruning but still under S3 Object Lock retention: nothing of them was deleted,
+    /// and a later prune deletes them (a note says until when). Not a failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locked: Vec<PrunedBackup>,
 }
 
 impl PruneReport {
@@ -317,6 +317,7 @@ pub(super) async fn execute(
         kept: Vec::new(),
         pruned: Vec::new(),
         failed: Vec::new(),
+        locked: Vec::new(),
     };
     for decision in decisions {
         let reason = match &decision.verdict {
@@ -344,6 +345,26 @@ pub(super) async fn execute(
         };
         if let Mode::Delete(snapshots) = mode {
             pruned.objects = 0;
+            match locked_until(target, policy, backup).await {
+                Ok(Some(until)) => {
+                    let note = format!(
+                        "locked until {} (S3 Object Lock): nothing deleted; a later prune deletes it",
+                        until.to_rfc3339()
+                    );
+                    tracing::info!(policy, backup = %decision.id, "{note}");
+                    pruned.notes.push(note);
+                    report.locked.push(pruned);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    pruned
+                        .errors
+                        .push(format!("checking its Object Lock retention: {}", chain(&e)));
+                    report.failed.push(pruned);
+                    continue;
+                }
+            }
             prune_backup(target, snapshots, policy, backup, &mut pruned).await;
         }
         tracing::info!(
@@ -358,6 +379,24 @@ pub(super) async fn execute(
         }
     }
     report
+}
+
+/// The latest retain-until date of the backup's objects still under Object Lock retention; `None` when
+/// every object can be deleted now. Checked before anything is deleted, so a locked backup is never
+/// left half deleted.
+async fn locked_until(
+    target: Target<'_>,
+    policy: &str,
+    backup: &StoredBackup,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, store::Error> {
+    let keys = target.layout.backup(policy, &backup.id);
+    let mut latest = None;
+    for artifact in backup.stored.keys() {
+        if let Some(until) = target.store.locked_until(&keys.artifact(artifact)).await? {
+            latest = latest.max(Some(until));
+        }
+    }
+    Ok(latest)
 }
 
 /// Delete one backup in the safe order (module docs), recording into `out`.

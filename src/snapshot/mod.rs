@@ -253,7 +253,16 @@ fn served(discovery: &Discovery, group: &str, kind: &str) -> Option<ApiResource>
         .map(|(r, _)| r)
 }
 
-/// `base-suffix` as a valid object name (≤ 253 characters, base shortened if needed).
+/// The [`GROUP_LABEL`] value of a run's `n`th group: the backup id and a digest of the policy name (a
+/// label value holds 63 characters, a policy name alone may), so no other policy's run uses it.
+fn group_label(policy: &str, backup_id: &str, n: usize) -> String {
+    use sha2::Digest;
+    let digest = hex::encode(&sha2::Sha256::digest(policy.as_bytes())[..4]);
+    format!("{backup_id}-{digest}-{n}")
+}
+
+/// `<base>-<suffix>`, `base` shortened so the name fits the 253 characters of an object name. The suffix
+/// (`ff-<policy>-<backup id>`) makes the name unique per policy and backup.
 fn object_name(base: &str, suffix: &str) -> String {
     let room = 253 - suffix.len() - 1;
     let base: String = base.chars().take(room).collect();
@@ -330,7 +339,7 @@ pub async fn prepare(client: &kube::Client, selection: &Selection, request: Requ
     if volumes.group && group.is_none() {
         tracing::info!("groupsnapshot.storage.k8s.io is not served: one VolumeSnapshot per claim");
     }
-    let suffix = format!("ff-{}", request.backup_id.to_lowercase());
+    let suffix = format!("ff-{}-{}", request.policy, request.backup_id.to_lowercase());
     match &group {
         Some(_) => {
             let classes = match served(&discovery, GROUP_SNAPSHOT_GROUP, "VolumeGroupSnapshotClass") {
@@ -355,10 +364,10 @@ pub async fn prepare(client: &kube::Client, selection: &Selection, request: Requ
                     Ok(class) => p.units.push(Unit {
                         kind: UnitKind::Group,
                         namespace: namespace.to_string(),
-                        name: object_name(&format!("{}-{n}", request.policy), &suffix),
+                        name: object_name(&format!("group-{n}"), &suffix),
                         class: class.name.clone(),
                         claims: members,
-                        label: Some(format!("{}-{n}", request.backup_id)),
+                        label: Some(group_label(request.policy, request.backup_id, *n)),
                     }),
                     Err(why) => p
                         .failures
@@ -565,11 +574,22 @@ impl Prepared {
             .into(),
         );
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &unit.namespace, resource);
-        if let Err(e) = api.create(&PostParams::default(), &obj).await {
-            return UnitCut {
-                created: false,
-                error: Some(format!("creating {} {}: {e}", resource.kind, unit.name)),
-            };
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            // The name is this policy's and backup's alone: an object already there is this run's own
+            // create, answered after a retry.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => {
+                return UnitCut {
+                    created: false,
+                    error: Some(format!(
+                        "creating {} {}: {}",
+                        resource.kind,
+                        unit.name,
+                        crate::k8s::describe(&e)
+                    )),
+                };
+            }
         }
         let kind = unit.kind;
         let cond = move |o: Option<&DynamicObject>| {

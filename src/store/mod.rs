@@ -7,8 +7,10 @@
 //!
 //! Backends: [`fs::FsStore`] (a directory, `file:///path`) and [`s3::S3Store`] (S3 and S3-compatible).
 
+pub mod crypt;
 pub mod fs;
 pub mod layout;
+pub mod pipe;
 pub mod s3;
 
 use std::fmt;
@@ -96,6 +98,16 @@ pub enum Error {
         /// What the store reports.
         actual: String,
     },
+    /// The storage asks for Object Lock but the bucket does not have it enabled.
+    #[error(
+        "bucket {bucket} does not have S3 Object Lock enabled ({reason}), but the storage sets s3.objectLock; create the bucket with Object Lock enabled (it cannot be turned on for every existing bucket) or remove s3.objectLock"
+    )]
+    ObjectLockDisabled {
+        /// The bucket.
+        bucket: String,
+        /// What the store answered.
+        reason: String,
+    },
     /// An injected or otherwise unclassified failure (e.g. from a test wrapper).
     #[error("{0}")]
     Other(String),
@@ -142,6 +154,18 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     /// Delete the keys; keys that do not exist are not an error.
     async fn delete(&self, keys: &[String]) -> Result<()>;
+
+    /// Until when the object cannot be deleted (S3 Object Lock retention); `None` = deletable now as
+    /// far as the store knows. Stores without locks (the filesystem) always answer `None`.
+    async fn locked_until(&self, _key: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
+    }
+
+    /// Check, before a backup writes anything, that the store can honour its settings (an S3 bucket
+    /// asked to lock objects has Object Lock enabled).
+    async fn check_ready(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Write a small in-memory object.
@@ -286,6 +310,7 @@ pub fn backend_from_url(url: &str) -> Result<Backend> {
             credentials_secret: None,
             server_side_encryption: None,
             kms_key_id: None,
+            object_lock: None,
         };
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
             match &*name {
@@ -323,7 +348,8 @@ pub async fn open(
                 None => s3::client(&settings).await,
             };
             let store = s3::S3Store::new(client, &storage.bucket)
-                .with_encryption(storage.server_side_encryption.clone(), storage.kms_key_id.clone());
+                .with_encryption(storage.server_side_encryption.clone(), storage.kms_key_id.clone())
+                .with_object_lock(storage.object_lock);
             (Arc::new(store), Layout::new(&storage.prefix))
         }
     }

@@ -1,14 +1,19 @@
 //! S3 client construction from a policy's `s3:` block, with the standard AWS credential chain, and
 //! [`S3Store`], the S3 backend of [`ObjectStore`](super::ObjectStore): streaming multipart uploads
-//! (bounded part size and parallelism), paginated ListObjectsV2, batch deletes.
+//! (bounded part size and parallelism), paginated ListObjectsV2, batch deletes, and S3 Object Lock:
+//! every object written with retention, the bucket checked before a backup, versions deleted.
 
 use aws_config::{BehaviorVersion, Region, meta::region::RegionProviderChain};
 use aws_sdk_s3::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ObjectLockEnabled, ObjectLockMode,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::policy::ObjectLock;
 
 /// The region used when neither the settings nor the environment (AWS_REGION, profile, IMDS) name one.
 pub const FALLBACK_REGION: &str = "us-east-1";
@@ -118,6 +123,7 @@ pub struct S3Store {
     parallelism: usize,
     encryption: Option<aws_sdk_s3::types::ServerSideEncryption>,
     kms_key_id: Option<String>,
+    object_lock: Option<ObjectLock>,
 }
 
 impl S3Store {
@@ -130,7 +136,104 @@ impl S3Store {
             parallelism: DEFAULT_PARALLELISM,
             encryption: None,
             kms_key_id: None,
+            object_lock: None,
         }
+    }
+
+    /// Write every object with Object Lock retention (`mode`, until now + `retainDays`), and delete
+    /// object versions (a versioned bucket's plain delete only hides an object behind a marker).
+    pub fn with_object_lock(mut self, lock: Option<ObjectLock>) -> S3Store {
+        self.object_lock = lock;
+        self
+    }
+
+    /// The retention a new object gets now.
+    fn retention(&self) -> (Option<ObjectLockMode>, Option<aws_sdk_s3::primitives::DateTime>) {
+        match self.object_lock {
+            None => (None, None),
+            Some(lock) => {
+                let until = chrono::Utc::now() + chrono::Duration::days(i64::from(lock.retain_days));
+                (
+                    Some(ObjectLockMode::from(lock.mode.as_str())),
+                    Some(aws_sdk_s3::primitives::DateTime::from_secs(until.timestamp())),
+                )
+            }
+        }
+    }
+
+    /// Delete every version (and delete marker) of `key`.
+    async fn delete_versions(&self, key: &str) -> super::Result<()> {
+        let mut objects = Vec::new();
+        let mut marker: Option<(Option<String>, Option<String>)> = None;
+        loop {
+            let (key_marker, version_marker) = marker.take().unwrap_or_default();
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .set_key_marker(key_marker)
+                .set_version_id_marker(version_marker)
+                .send()
+                .await
+                .map_err(|e| self.error("ListObjectVersions", key, e))?;
+            let versions = page
+                .versions()
+                .iter()
+                .filter(|v| v.key() == Some(key))
+                .map(|v| v.version_id());
+            let markers = page
+                .delete_markers()
+                .iter()
+                .filter(|m| m.key() == Some(key))
+                .map(|m| m.version_id());
+            for version in versions.chain(markers) {
+                objects.push(
+                    ObjectIdentifier::builder()
+                        .key(key)
+                        .set_version_id(version.map(str::to_string))
+                        .build()
+                        .map_err(|e| self.error("DeleteObjects", key, e))?,
+                );
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            marker = Some((
+                page.next_key_marker().map(str::to_string),
+                page.next_version_id_marker().map(str::to_string),
+            ));
+        }
+        self.delete_batch(key, objects).await
+    }
+
+    async fn delete_batch(&self, first: &str, objects: Vec<ObjectIdentifier>) -> super::Result<()> {
+        for batch in objects.chunks(DELETE_BATCH) {
+            let delete = Delete::builder()
+                .set_objects(Some(batch.to_vec()))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.error("DeleteObjects", first, e))?;
+            let output = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.error("DeleteObjects", first, e))?;
+            if let Some(failed) = output.errors().first() {
+                return Err(super::Error::Other(format!(
+                    "S3 DeleteObjects s3://{}/{}: {} ({} of {} keys failed)",
+                    self.bucket,
+                    failed.key().unwrap_or_default(),
+                    failed.message().unwrap_or_default(),
+                    output.errors().len(),
+                    batch.len()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Bound multipart uploads: parts of `part_size` bytes (at least [`MIN_PART_SIZE`]), at most
@@ -161,8 +264,11 @@ impl S3Store {
     }
 
     async fn put_single(&self, key: &str, data: Vec<u8>) -> super::Result<()> {
+        let (mode, until) = self.retention();
         self.client
             .put_object()
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
             .bucket(&self.bucket)
             .key(key)
             .body(ByteStream::from(data))
@@ -180,9 +286,12 @@ impl S3Store {
         first: Vec<u8>,
         reader: &mut (dyn AsyncRead + Send + Unpin),
     ) -> super::Result<()> {
+        let (mode, until) = self.retention();
         let created = self
             .client
             .create_multipart_upload()
+            .set_object_lock_mode(mode)
+            .set_object_lock_retain_until_date(until)
             .bucket(&self.bucket)
             .key(key)
             .set_server_side_encryption(self.encryption.clone())
@@ -376,35 +485,63 @@ impl super::ObjectStore for S3Store {
     }
 
     async fn delete(&self, keys: &[String]) -> super::Result<()> {
-        for batch in keys.chunks(DELETE_BATCH) {
-            let objects = batch
-                .iter()
-                .map(|k| ObjectIdentifier::builder().key(k).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| self.error("DeleteObjects", &batch[0], e))?;
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| self.error("DeleteObjects", &batch[0], e))?;
-            let output = self
-                .client
-                .delete_objects()
-                .bucket(&self.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| self.error("DeleteObjects", &batch[0], e))?;
-            if let Some(failed) = output.errors().first() {
-                return Err(super::Error::Other(format!(
-                    "S3 DeleteObjects s3://{}/{}: {} ({} of {} keys failed)",
-                    self.bucket,
-                    failed.key().unwrap_or_default(),
-                    failed.message().unwrap_or_default(),
-                    output.errors().len(),
-                    batch.len()
-                )));
+        if self.object_lock.is_some() {
+            for key in keys {
+                self.delete_versions(key).await?;
             }
+            return Ok(());
+        }
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error("DeleteObjects", first, e))?;
+        self.delete_batch(first, objects).await
+    }
+
+    async fn locked_until(&self, key: &str) -> super::Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let output = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(None),
+            Err(e) => return Err(self.error("HeadObject", key, e)),
+        };
+        let until = output
+            .object_lock_retain_until_date()
+            .and_then(|d| chrono::DateTime::from_timestamp(d.secs(), 0));
+        Ok(until.filter(|t| *t > chrono::Utc::now()))
+    }
+
+    async fn check_ready(&self) -> super::Result<()> {
+        if self.object_lock.is_none() {
+            return Ok(());
+        }
+        let disabled = |reason: String| super::Error::ObjectLockDisabled {
+            bucket: self.bucket.clone(),
+            reason,
+        };
+        let output = self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| disabled(format!("GetObjectLockConfiguration: {}", DisplayErrorContext(&e))))?;
+        let enabled = output
+            .object_lock_configuration()
+            .and_then(|c| c.object_lock_enabled())
+            .is_some_and(|e| *e == ObjectLockEnabled::Enabled);
+        if !enabled {
+            return Err(disabled("its Object Lock configuration is not Enabled".into()));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@
     reason = "shared by all test modules; not every test uses every helper"
 )]
 
+pub mod databases;
 pub mod seaweed;
 pub mod webhook;
 
@@ -150,6 +151,7 @@ impl TestEnv {
             store,
             layout,
             clock: &clock,
+            sealing: freezeframe::store::crypt::Sealing::for_storage(policy.storage.encryption.as_ref())?,
         };
         let request = Request {
             policy: &policy.name,

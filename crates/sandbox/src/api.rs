@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::cluster::{Cluster, DeleteOptions, Part, PatchKind, WriteOptions, render};
+use super::cluster::{Cluster, DeleteOptions, Misbehaviour, Part, PatchKind, WriteOptions, render};
 use super::discovery;
 use super::exec;
 use super::field_selector::FieldSelector;
@@ -176,6 +176,15 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         .to_string();
     let is_watch = query.flag("watch");
     let verb = verb_of(&parts.method, &target, is_watch);
+    let (delay, misbehaviour) = cluster.random_fault(verb);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match misbehaviour {
+        Some(Misbehaviour::Fail(err)) => return err.into_response(),
+        Some(Misbehaviour::Drop) => return dropped_connection(),
+        None => {}
+    }
     if let Some(err) = cluster.take_fault(verb, &target.rt, target.name.as_deref()) {
         return err.into_response();
     }
@@ -198,6 +207,15 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Ok((code, v)) => respond(code, &v, &accept),
         Err(e) => e.into_response(),
     }
+}
+
+/// A response whose body fails before its first byte: hyper closes the connection without sending the
+/// head, as a server dying mid-request does.
+fn dropped_connection() -> Response {
+    let failing = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("fault injected: connection dropped"))
+    });
+    Response::new(Body::from_stream(failing))
 }
 
 fn verb_of(method: &Method, t: &Target, watch: bool) -> &'static str {

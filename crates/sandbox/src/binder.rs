@@ -227,9 +227,20 @@ fn bytes(q: &Value) -> i64 {
     super::snapshots::quantity_bytes(q)
 }
 
+/// The legacy annotation naming a claim's (or volume's) StorageClass; it wins over the spec field.
+pub const BETA_STORAGE_CLASS: &str = "volume.beta.kubernetes.io/storage-class";
+
+/// The class a claim or volume names (`GetPersistentVolumeClaimClass`): the [`BETA_STORAGE_CLASS`]
+/// annotation when set, else `spec.storageClassName`; `None` when neither is (`""` is "no class").
+pub(super) fn named_class(obj: &Value) -> Option<&str> {
+    obj["metadata"]["annotations"][BETA_STORAGE_CLASS]
+        .as_str()
+        .or_else(|| obj["spec"]["storageClassName"].as_str())
+}
+
 /// The storage class a claim asks for: its own, or (unset) the default class, as admission would set.
 fn claim_class(cluster: &Cluster, claim: &Value) -> String {
-    match claim["spec"]["storageClassName"].as_str() {
+    match named_class(claim) {
         Some(c) => c.to_string(),
         None => cluster
             .store
@@ -276,7 +287,7 @@ fn find_volume(cluster: &Cluster, claim: &Value) -> Option<Arc<Value>> {
     volumes
         .into_iter()
         .filter(|v| v["spec"]["claimRef"].is_null())
-        .filter(|v| v["spec"]["storageClassName"].as_str().unwrap_or_default() == class)
+        .filter(|v| named_class(v).unwrap_or_default() == class)
         .filter(|v| {
             let selector = &claim["spec"]["selector"];
             selector.is_null() || super::controllers::selector_matches(selector, v)
@@ -324,7 +335,7 @@ pub(super) fn bind(cluster: &Cluster, work: &mut Work, volume: &Value, claim: &V
         }
     }
     next["metadata"]["annotations"][BIND_COMPLETED] = json!("yes");
-    if next["spec"]["storageClassName"].is_null()
+    if named_class(&next).is_none()
         && let Some(class) = volume["spec"]["storageClassName"].as_str()
     {
         next["spec"]["storageClassName"] = json!(class);

@@ -1,9 +1,11 @@
 //! The `sandbox` binary's command line: run the embedded API server until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use super::cluster::RandomFaults;
 use super::{Sandbox, SandboxOptions};
 
 /// Start an in-memory Kubernetes API server on 127.0.0.1 and write a kubeconfig for it.
@@ -39,16 +41,66 @@ pub struct SandboxArgs {
     /// FREEZEFRAME_SANDBOX_IMAGE_BINARY, else freezeframe next to this executable].
     #[arg(long, value_name = "PATH")]
     pub image_binary: Option<PathBuf>,
+    /// Share of API requests (0.0 to 1.0) answered 429 with Retry-After, 500 or 503, or whose connection
+    /// is dropped: a drill for clients' retries. Exec sessions and discovery are never touched.
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    pub fault_rate: f64,
+    /// Seed of the random faults: the same seed and requests give the same faults.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fault_seed: u64,
+    /// Delay every request of the fault verbs by this long (`50ms`, `1s`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_latency)]
+    pub fault_latency: Option<Duration>,
+    /// Only these verbs fail or wait (get, list, watch, create, update, patch, delete, deletecollection);
+    /// all by default.
+    #[arg(long, value_name = "VERB,...", value_delimiter = ',')]
+    pub fault_verbs: Vec<String>,
+    /// Serve the first N requests of the fault verbs normally.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fault_after: u64,
+}
+
+impl SandboxArgs {
+    /// The random faults the flags ask for, if any.
+    pub fn random_faults(&self) -> Option<RandomFaults> {
+        (self.fault_rate > 0.0 || self.fault_latency.is_some()).then(|| RandomFaults {
+            rate: self.fault_rate,
+            seed: self.fault_seed,
+            latency: self.fault_latency.unwrap_or_default(),
+            verbs: self.fault_verbs.clone(),
+            after: self.fault_after,
+        })
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("found {text:?}; allowed: a share from 0.0 to 1.0, such as 0.2"))
+}
+
+fn parse_latency(text: &str) -> Result<Duration, String> {
+    let bad = || format!("found {text:?}; allowed: a duration in ms or s, such as 50ms or 1s");
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(bad()),
+    }
 }
 
 /// Start the sandbox, apply `--manifests`, print `sandbox ready: …`, serve until SIGINT/SIGTERM.
 pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
+    let random_faults = args.random_faults();
     let sandbox = Sandbox::start(SandboxOptions {
         port: args.port,
         state_dir: args.state_dir,
         kubeconfig: Some(args.kubeconfig.clone()),
         own_image_name: args.image_name,
         own_image_binary: args.image_binary,
+        random_faults,
         ..Default::default()
     })
     .await
@@ -78,4 +130,52 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn given_fault_flags_then_they_become_the_random_faults() {
+        let args = SandboxArgs::parse_from([
+            "sandbox",
+            "--kubeconfig",
+            "k",
+            "--fault-rate",
+            "0.2",
+            "--fault-seed",
+            "7",
+            "--fault-latency",
+            "50ms",
+            "--fault-verbs",
+            "list,get",
+            "--fault-after",
+            "3",
+        ]);
+        assert_eq!(
+            args.random_faults(),
+            Some(RandomFaults {
+                rate: 0.2,
+                seed: 7,
+                latency: Duration::from_millis(50),
+                verbs: vec!["list".into(), "get".into()],
+                after: 3,
+            })
+        );
+        assert_eq!(
+            SandboxArgs::parse_from(["sandbox", "--kubeconfig", "k"]).random_faults(),
+            None
+        );
+    }
+
+    #[test]
+    fn given_a_rate_above_one_or_a_latency_without_unit_then_the_flag_is_refused() {
+        assert!(SandboxArgs::try_parse_from(["sandbox", "--kubeconfig", "k", "--fault-rate", "2"]).is_err());
+        assert!(
+            SandboxArgs::try_parse_from(["sandbox", "--kubeconfig", "k", "--fault-latency", "50"]).is_err()
+        );
+    }
 }

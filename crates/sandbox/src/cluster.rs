@@ -155,6 +155,51 @@ pub struct Fault {
     pub times: usize,
 }
 
+/// Random misbehaviour for drills and chaos tests: a share of the requests fails the way an overloaded or
+/// upgrading API server fails them. Exec sessions and discovery are never touched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RandomFaults {
+    /// Share of the matching requests that fail (0.0 to 1.0).
+    pub rate: f64,
+    /// Seed of the choice of requests and failures (the same seed and requests give the same faults).
+    pub seed: u64,
+    /// Delay before every matching request is handled.
+    pub latency: std::time::Duration,
+    /// Verbs that may fail (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection`); empty: all.
+    pub verbs: Vec<String>,
+    /// The first this many matching requests are served normally.
+    pub after: u64,
+}
+
+/// What [`Cluster::random_fault`] chose for one request.
+#[derive(Debug, Clone)]
+pub enum Misbehaviour {
+    /// Answer with this error (429 with `Retry-After`, 500 or 503).
+    Fail(ApiError),
+    /// Close the connection without an answer.
+    Drop,
+}
+
+struct RandomState {
+    faults: RandomFaults,
+    rng: rand::rngs::StdRng,
+    seen: u64,
+    injected: u64,
+}
+
+impl RandomState {
+    fn new(faults: RandomFaults) -> RandomState {
+        use rand::SeedableRng;
+        RandomState {
+            rng: rand::rngs::StdRng::seed_from_u64(faults.seed),
+            faults,
+            seen: 0,
+            injected: 0,
+        }
+    }
+}
+
 /// Sandbox behaviour knobs.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -162,6 +207,8 @@ pub struct ClusterOptions {
     pub limits: StoreLimits,
     /// The image whose pods really run (see `kubelet`).
     pub own_image: super::kubelet::OwnImage,
+    /// Random faults, if any.
+    pub random_faults: Option<RandomFaults>,
 }
 
 /// The sandbox cluster: store, served types, controllers.
@@ -172,6 +219,7 @@ pub struct Cluster {
     /// The node agent for pods of freezeframe's own image.
     pub kubelet: super::kubelet::Kubelet,
     faults: Mutex<Vec<Fault>>,
+    random: Mutex<Option<RandomState>>,
     ip_counter: std::sync::atomic::AtomicU32,
 }
 
@@ -235,6 +283,7 @@ impl Cluster {
             state_dir: options.state_dir,
             kubelet: super::kubelet::Kubelet::new(options.own_image),
             faults: Mutex::new(Vec::new()),
+            random: Mutex::new(options.random_faults.map(RandomState::new)),
             ip_counter: std::sync::atomic::AtomicU32::new(10),
         }
     }
@@ -279,6 +328,57 @@ impl Cluster {
             faults.remove(idx);
         }
         Some(err)
+    }
+
+    /// Start (from a fresh seed) or stop random faults on a running cluster.
+    pub fn set_random_faults(&self, faults: Option<RandomFaults>) {
+        *self.random.lock().unwrap_or_else(|p| p.into_inner()) = faults.map(RandomState::new);
+    }
+
+    /// How many requests the random faults failed since they were set.
+    pub fn random_faults_injected(&self) -> u64 {
+        let state = self.random.lock().unwrap_or_else(|p| p.into_inner());
+        state.as_ref().map_or(0, |s| s.injected)
+    }
+
+    /// The delay and, for the chosen share of requests, the failure [`RandomFaults`] give a `verb` request.
+    pub fn random_fault(&self, verb: &str) -> (std::time::Duration, Option<Misbehaviour>) {
+        let mut state = self.random.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(RandomState {
+            faults,
+            rng,
+            seen,
+            injected,
+        }) = &mut *state
+        else {
+            return (std::time::Duration::ZERO, None);
+        };
+        if !faults.verbs.is_empty() && !faults.verbs.iter().any(|v| v == verb) {
+            return (std::time::Duration::ZERO, None);
+        }
+        *seen += 1;
+        if *seen <= faults.after || !rng.random_bool(faults.rate.clamp(0.0, 1.0)) {
+            return (faults.latency, None);
+        }
+        *injected += 1;
+        // Server errors carry `Retry-After` as a real server's often do, which is what makes client-go
+        // (kubectl) retry them.
+        let with_retry_after = |mut e: ApiError| {
+            e.retry_after = Some(1);
+            Misbehaviour::Fail(e)
+        };
+        let chosen = match rng.random_range(0..4) {
+            0 => Misbehaviour::Fail(ApiError::too_many_requests(1)),
+            1 => with_retry_after(ApiError::internal("fault injected: internal error")),
+            2 => with_retry_after(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "fault injected: the server is currently unable to handle the request",
+            )),
+            _ => Misbehaviour::Drop,
+        };
+        tracing::debug!(verb, fault = ?chosen, "random fault");
+        (faults.latency, Some(chosen))
     }
 
     /// Run the controllers on everything a request changed.
@@ -1591,5 +1691,59 @@ mod tests {
             DeleteOptions::parse(b"", &[]).unwrap().propagation,
             Propagation::Background
         );
+    }
+}
+
+#[cfg(test)]
+mod random_fault_tests {
+    use super::*;
+
+    fn cluster(faults: RandomFaults) -> (tempfile::TempDir, Cluster) {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::new(ClusterOptions {
+            state_dir: dir.path().to_path_buf(),
+            limits: StoreLimits::default(),
+            random_faults: Some(faults),
+            own_image: Default::default(),
+        });
+        (dir, cluster)
+    }
+
+    fn faults(rate: f64, verbs: &[&str], after: u64) -> RandomFaults {
+        RandomFaults {
+            rate,
+            seed: 1,
+            latency: std::time::Duration::from_millis(5),
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            after,
+        }
+    }
+
+    #[test]
+    fn given_verbs_and_after_then_only_later_requests_of_those_verbs_fail_or_wait() {
+        let (_d, c) = cluster(faults(1.0, &["list"], 2));
+        let (latency, fault) = c.random_fault("get");
+        assert!(latency.is_zero() && fault.is_none(), "other verbs are untouched");
+        for _ in 0..2 {
+            assert!(c.random_fault("list").1.is_none(), "served before --fault-after");
+        }
+        let (latency, fault) = c.random_fault("list");
+        assert_eq!(latency, std::time::Duration::from_millis(5));
+        assert!(fault.is_some());
+        assert_eq!(c.random_faults_injected(), 1);
+    }
+
+    #[test]
+    fn given_the_same_seed_then_the_same_requests_fail() {
+        let pattern = || {
+            let (_d, c) = cluster(faults(0.3, &[], 0));
+            (0..200)
+                .map(|_| c.random_fault("get").1.is_some())
+                .collect::<Vec<_>>()
+        };
+        let first = pattern();
+        assert_eq!(first, pattern());
+        let failed = first.iter().filter(|f| **f).count();
+        assert!((30..=90).contains(&failed), "{failed} of 200 at rate 0.3");
     }
 }

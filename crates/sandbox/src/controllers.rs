@@ -866,7 +866,7 @@ pub(super) fn provision_claim(cluster: &Cluster, pvc: &Value, work: &mut Work) {
         return;
     }
     let sc_id = ResourceId::new("storage.k8s.io", "storageclasses");
-    let class = match pvc["spec"]["storageClassName"].as_str() {
+    let class = match super::binder::named_class(pvc) {
         Some(c) => cluster.store.get(&sc_id, "", c),
         None => cluster.store.list(&sc_id, None).into_iter().find(|sc| {
             sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"

@@ -11,6 +11,9 @@
 //!   on channel 3 after the 101); kubectl prints the same line either way.
 //! - After the upgrade an empty frame opens the lowest writable channel (kubelet), output is streamed in
 //!   chunks as it is produced, and one status frame on channel 3 follows all output, then a Close frame.
+//!   Client frames are still read (and dropped) after it until the client closes or [`CLOSE_GRACE`]
+//!   passes, the WebSocket closing handshake: a client still sending stdin to a command that ended is
+//!   never reset before it read the status.
 //!   The status wording depends on the protocol: `v5` goes through the API server's stream translator
 //!   (client-go re-wraps the kubelet's error), `v4` and the unversioned `channel.k8s.io` come straight
 //!   from kubelet + containerd.
@@ -319,8 +322,8 @@ async fn session(socket: WebSocket, protocol: Protocol, target: ExecTarget) {
     if sink.send(frame(opening, &[])).await.is_err() {
         return;
     }
-    let outcome = match run(&mut sink, stream, protocol, &target).await {
-        Ok(Some(outcome)) => outcome,
+    let (outcome, reader) = match run(&mut sink, stream, protocol, &target).await {
+        Ok(Some(ended)) => ended,
         Ok(None) => return,
         Err(e) => {
             tracing::warn!(error = %e, pod = %target.pod, "exec session failed");
@@ -338,15 +341,22 @@ async fn session(socket: WebSocket, protocol: Protocol, target: ExecTarget) {
         reason: "".into(),
     };
     let _ = sink.send(Message::Close(Some(normal))).await;
+    // Closing the socket now would reset a client still sending stdin, and with it the status frame
+    // it has not read yet.
+    let _ = tokio::time::timeout(CLOSE_GRACE, reader.wait()).await;
 }
 
-/// Runs the command and streams its output. `Ok(None)`: the client went away first.
+/// How long a session waits, after its Close frame, for the client to close.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the command and streams its output; then how it ended and the task still reading the client.
+/// `Ok(None)`: the client went away first.
 async fn run(
     sink: &mut Sink,
     stream: SplitStream<WebSocket>,
     protocol: Protocol,
     target: &ExecTarget,
-) -> Result<Option<Outcome>, ExecError> {
+) -> Result<Option<(Outcome, AbortOnDrop)>, ExecError> {
     let req = &target.request;
     let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
     let mut cmd = Command::new(&req.command[0]);
@@ -363,7 +373,15 @@ async fn run(
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,
-        Err(e) => return Ok(Some(Outcome::NotStarted(e))),
+        Err(e) => {
+            let reader = AbortOnDrop(tokio::spawn(read_client(
+                stream,
+                None,
+                protocol,
+                CancellationToken::new(),
+            )));
+            return Ok(Some((Outcome::NotStarted(e), reader)));
+        }
     };
     let _tracked = target
         .tracker
@@ -378,8 +396,8 @@ async fn run(
         protocol,
         client_gone.clone(),
     ));
-    // Aborts the reader (and so drops the child's stdin) however this function returns.
-    let _reader = AbortOnDrop(reader);
+    // Aborts the reader (and so drops the child's stdin) however the session ends.
+    let reader = AbortOnDrop(reader);
 
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -405,7 +423,7 @@ async fn run(
         }
     }
     tokio::select! {
-        status = child.wait() => Ok(Some(Outcome::Exited(status.map_err(ExecError::Wait)?))),
+        status = child.wait() => Ok(Some((Outcome::Exited(status.map_err(ExecError::Wait)?), reader))),
         _ = client_gone.cancelled() => Ok(None),
     }
 }
@@ -418,6 +436,13 @@ async fn read_some<R: AsyncRead + Unpin>(reader: &mut Option<R>, buf: &mut [u8])
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Until the task ends by itself.
+    async fn wait(mut self) {
+        let _ = (&mut self.0).await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -121,6 +121,8 @@ pub struct SandboxOptions {
     /// The binary that image's `/usr/local/bin/freezeframe` maps to (default: env
     /// `FREEZEFRAME_SANDBOX_IMAGE_BINARY`, else `freezeframe` next to the current executable).
     pub own_image_binary: Option<PathBuf>,
+    /// Random faults on the API (`sandbox --fault-rate ...`): none if `None`.
+    pub random_faults: Option<cluster::RandomFaults>,
 }
 
 /// A running sandbox API server. Dropping it stops the server.
@@ -157,6 +159,7 @@ impl Sandbox {
             state_dir: state_dir.clone(),
             limits: options.limits.unwrap_or_default(),
             own_image: kubelet::OwnImage::new(options.own_image_name, options.own_image_binary),
+            random_faults: options.random_faults,
         }));
         snapshots::spawn_readiness(&cluster);
         lifecycle::spawn(&cluster, options.namespace_deletion_delay.unwrap_or_default());

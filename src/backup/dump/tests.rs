@@ -7,7 +7,7 @@ use chrono::{TimeZone, Utc};
 use super::*;
 use crate::hooks::fake::{FakeExecutor, Script};
 use crate::store::fs::FsStore;
-use crate::store::{BackupId, Layout};
+use crate::store::{self, BackupId, Layout};
 
 fn target(pod: &str) -> DumpTarget {
     DumpTarget {
@@ -40,7 +40,14 @@ async fn given_successful_command_when_dumped_then_stdout_stored_with_size_and_s
         stdout: format!("rows of {}\n", t.pod),
         stderr: "progress\n".into(),
     });
-    let records = run_all(&exec, &store, &keys(), [target("db-1"), target("db-0")].iter()).await;
+    let records = run_all(
+        &exec,
+        &store,
+        &Sealing::Plain,
+        &keys(),
+        [target("db-1"), target("db-0")].iter(),
+    )
+    .await;
     assert_eq!(records.len(), 2);
     let r = &records[0];
     assert_eq!(
@@ -68,7 +75,7 @@ async fn given_command_exiting_non_zero_after_output_when_dumped_then_failed_and
         stdout: "half a dump".into(),
         stderr: "pg_dump: connection lost\n".into(),
     });
-    let record = run_one(&exec, &store, &keys(), &target("db-0")).await;
+    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0")).await;
     assert_eq!(record.status, DumpStatus::Failed);
     assert_eq!(record.exit_code, Some(2));
     assert_eq!(record.size, None, "a truncated dump reports no size");
@@ -90,7 +97,7 @@ async fn given_command_exceeding_timeout_when_dumped_then_failed_as_timed_out() 
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::new(dir.path());
     let exec = FakeExecutor::new(|_, _| Script::Hang);
-    let record = run_one(&exec, &store, &keys(), &target("db-0")).await;
+    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0")).await;
     assert_eq!(record.status, DumpStatus::Failed);
     assert!(record.error.unwrap().contains("timed out"));
     assert_eq!(
@@ -182,7 +189,7 @@ async fn given_store_committing_fewer_bytes_than_written_when_dumped_then_failed
         stdout: "0123456789".into(),
         stderr: String::new(),
     });
-    let record = run_one(&exec, &store, &keys(), &target("db-0")).await;
+    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0")).await;
     assert_eq!(record.status, DumpStatus::Failed);
     let error = record.error.unwrap();
     assert!(
@@ -194,4 +201,70 @@ async fn given_store_committing_fewer_bytes_than_written_when_dumped_then_failed
         None,
         "the untrusted object is deleted"
     );
+}
+
+fn sealing_and_identities() -> (Sealing, std::sync::Arc<crate::store::crypt::Identities>) {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    let recipients = crate::store::crypt::Recipients::parse(&[identity.to_public().to_string()]).unwrap();
+    let identities =
+        crate::store::crypt::Identities::parse(identity.to_string().expose_secret(), "test").unwrap();
+    (
+        Sealing::Age(std::sync::Arc::new(recipients)),
+        std::sync::Arc::new(identities),
+    )
+}
+
+#[tokio::test]
+async fn given_encryption_when_dumped_then_ciphertext_is_stored_and_recorded_and_decrypts_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let (sealing, identities) = sealing_and_identities();
+    let exec = FakeExecutor::new(|_, _| Script::Exit {
+        code: 0,
+        after: Duration::ZERO,
+        stdout: "secret-row-marker\n".into(),
+        stderr: String::new(),
+    });
+
+    let record = run_one(&exec, &store, &sealing, &keys(), &target("db-0")).await;
+
+    assert_eq!(record.status, DumpStatus::Succeeded, "{record:?}");
+    let stored = store::get_bytes(&store, &keys().dump("pgdump", "db", "db-0"))
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&stored).contains("secret-row-marker"));
+    assert_eq!(record.size, Some(stored.len() as u64));
+    assert_eq!(record.sha256.as_deref(), Some(sha(&stored).as_str()));
+    let opening =
+        crate::store::crypt::Opening::for_backup("p/1", sealing.record().as_ref(), Some(&identities))
+            .unwrap();
+    let mut plain = opening.reader("dump", &stored[..]).await.unwrap();
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut plain, &mut text)
+        .await
+        .unwrap();
+    assert_eq!(text, "secret-row-marker\n");
+}
+
+#[tokio::test]
+async fn given_encryption_and_a_failing_command_when_dumped_then_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let (sealing, _) = sealing_and_identities();
+    let exec = FakeExecutor::new(|_, _| Script::Exit {
+        code: 3,
+        after: Duration::ZERO,
+        stdout: "partial output".into(),
+        stderr: String::new(),
+    });
+
+    let record = run_one(&exec, &store, &sealing, &keys(), &target("db-0")).await;
+
+    assert_eq!(record.status, DumpStatus::Failed);
+    assert_eq!(
+        store.head(&keys().dump("pgdump", "db", "db-0")).await.unwrap(),
+        None
+    );
+    assert!(store.list("").await.unwrap().is_empty());
 }

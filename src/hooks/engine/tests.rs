@@ -355,7 +355,7 @@ async fn given_post_action_fails_then_later_post_steps_still_run_and_status_is_p
     assert_eq!(f.stage, crate::hooks::report::Stage::Post);
     assert!(
         f.to_string()
-            .contains("cannot exec in pod db/a container main: pod is not running (400 BadRequest)"),
+            .contains("cannot exec in pod db/a container main: BadRequest: pod is not running"),
         "{f}"
     );
 }

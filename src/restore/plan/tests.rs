@@ -40,6 +40,7 @@ fn manifest() -> Manifest {
         hooks: None,
         dumps: vec![],
         volumes: None,
+        encryption: None,
     }
 }
 

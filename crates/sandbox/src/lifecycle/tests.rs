@@ -17,6 +17,7 @@ fn fixture() -> Fixture {
         state_dir: dir.path().to_path_buf(),
         limits: StoreLimits::default(),
         own_image: Default::default(),
+        random_faults: None,
     });
     Fixture { cluster, _dir: dir }
 }

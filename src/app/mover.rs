@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::{
+use crate::exit::Outcome;
+use crate::mover::{
     MoverReport, Password, Repository, RepositoryLocation, RestoreReport, S3Credentials, SnapshotSpec,
 };
-use crate::exit::Outcome;
 
 /// The variable holding the repository password.
 pub const PASSWORD_ENV: &str = "FREEZEFRAME_REPOSITORY_PASSWORD";
