@@ -57,6 +57,8 @@ pub struct Env {
     pub kube_retries: Option<u32>,
     /// `FREEZEFRAME_KUBE_TIMEOUT`: how long one API call may wait for the server's answer (`30s`).
     pub kube_timeout: Option<String>,
+    /// `FREEZEFRAME_IMAGE`: freezeframe's own image, run by the mover Jobs of `volumes.moveData`.
+    pub image: Option<String>,
 }
 
 impl Env {
@@ -172,6 +174,9 @@ pub struct Settings {
     pub policy_source: PolicySource,
     /// Rate limit of the export's API calls.
     pub client: ClientLimits,
+    /// freezeframe's own image (`FREEZEFRAME_IMAGE`, default [`crate::offsite::DEFAULT_IMAGE`]): the
+    /// mover Jobs run it.
+    pub image: String,
 }
 
 fn parse_ref(
@@ -230,6 +235,11 @@ impl Settings {
             namespace,
             policy_source,
             client: ClientLimits::resolve(env, client)?,
+            image: env
+                .image
+                .clone()
+                .filter(|i| !i.trim().is_empty())
+                .unwrap_or_else(|| crate::offsite::DEFAULT_IMAGE.to_string()),
         })
     }
 

@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod k8s;
 pub mod lease;
 pub mod mover;
+pub mod offsite;
 pub mod policy;
 pub mod report;
 pub mod restore;

@@ -15,6 +15,7 @@ mod harness;
 mod hooks;
 mod mover;
 mod object_lock;
+mod offsite;
 mod packaging;
 mod policy_store;
 mod replay;

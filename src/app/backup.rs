@@ -254,6 +254,35 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// One claim's moved data: repository snapshot, size, dedup (new vs reused bytes) and duration.
+fn moved_line(c: &crate::backup::MovedClaim) -> String {
+    let m = &c.mover;
+    let claim = format!("{}/{}", c.namespace, c.pvc);
+    match m.status {
+        crate::snapshot::MoveStatus::Succeeded => {
+            let reused = if m.bytes_new + m.bytes_reused > 0 {
+                100.0 * m.bytes_reused as f64 / (m.bytes_new + m.bytes_reused) as f64
+            } else {
+                0.0
+            };
+            format!(
+                "{claim}: snapshot {}, {} files, {} bytes ({} new, {} reused: {reused:.1}% deduplicated), {:.1}s",
+                m.snapshot_id.as_deref().unwrap_or("-"),
+                m.files,
+                m.bytes,
+                m.bytes_new,
+                m.bytes_reused,
+                m.duration_seconds
+            )
+        }
+        crate::snapshot::MoveStatus::Failed => format!(
+            "{claim}: Failed (mover Job {}): {}",
+            m.job,
+            m.error.as_deref().unwrap_or("-")
+        ),
+    }
+}
+
 /// Render one stored backup for people: status, scope, times, counts, artifacts, hooks, dumps, volumes,
 /// problems; an incomplete one as such with what it has stored so far. Pure.
 pub fn describe_text(b: &StoredBackup) -> String {
@@ -365,6 +394,12 @@ pub fn describe_text(b: &StoredBackup) -> String {
         }
         if let Some(note) = &v.note {
             writeln!(out, "  note: {note}").ok();
+        }
+        if !v.moved.is_empty() {
+            writeln!(out, "Moved data:  {} claims into the repository", v.moved.len()).ok();
+        }
+        for c in &v.moved {
+            writeln!(out, "  {}", moved_line(c)).ok();
         }
     }
     for p in &m.problems {

@@ -100,7 +100,10 @@ pub async fn back_up_policy(
 ) -> anyhow::Result<Manifest> {
     let client = &invocation.client().await?;
     let selection = Selection::for_policy(client, policy).await?;
-    let freeze = Freeze::for_policy(client, policy).await?;
+    let mut freeze = Freeze::for_policy(client, policy).await?;
+    let settings = invocation.settings()?;
+    freeze.moves =
+        crate::offsite::MovePlan::for_policy(policy, settings.namespace.as_deref(), &settings.image)?;
     let ctx = Context {
         client: client.clone(),
         store,

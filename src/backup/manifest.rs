@@ -310,7 +310,7 @@ impl DumpRecord {
 }
 
 /// The volume snapshot step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumesRecord {
     /// Snapshot references (`namespace/name` of each VolumeSnapshot or VolumeGroupSnapshot).
@@ -319,6 +319,22 @@ pub struct VolumesRecord {
     /// What the step has to say (e.g. why no snapshot was taken).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Claims whose data the movers copied (or failed to copy) into the repository (`volumes.moveData`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<MovedClaim>,
+}
+
+/// One claim's data in the storage's repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MovedClaim {
+    /// Namespace of the claim.
+    pub namespace: String,
+    /// The claim.
+    pub pvc: String,
+    /// What the mover reported.
+    #[serde(flatten)]
+    pub mover: crate::snapshot::MoveRecord,
 }
 
 impl Manifest {

@@ -35,7 +35,7 @@ use crate::store::{self, BackupId, BackupKeys, Layout, ObjectStore, layout};
 pub use dump::{DumpPlan, DumpTarget};
 pub use manifest::{
     ClusterIdentity, DumpRecord, DumpStatus, FORMAT_VERSION, HooksRecord, HooksStatus, Manifest,
-    ManifestError, Status, VolumesRecord,
+    ManifestError, MovedClaim, Status, VolumesRecord,
 };
 
 /// Errors of a backup run.
@@ -120,6 +120,8 @@ pub struct Freeze {
     pub dumps: DumpPlan,
     /// Volume snapshot settings; `None` = no snapshots.
     pub volumes: Option<Volumes>,
+    /// The movers that copy the snapshots into the repository after the thaw; `None` = no `moveData`.
+    pub moves: Option<crate::offsite::MovePlan>,
 }
 
 impl Freeze {
@@ -131,6 +133,7 @@ impl Freeze {
                 .map_err(Error::Hooks)?,
             dumps: dump::plan(client, policy).await.map_err(Error::Dumps)?,
             volumes: (policy.volumes.snapshot != SnapshotMode::None).then(|| policy.volumes.clone()),
+            moves: None,
         })
     }
 }
@@ -252,8 +255,30 @@ pub async fn backup<E: PodExecutor>(
         Some(p) => Some(p.complete(cut).await),
         None => None,
     };
+    // After the thaw and the cut, never inside the freeze: the movers copy the ready snapshots into the
+    // repository (only when the freeze went through: an aborted freeze captured nothing).
+    let moved = match (&req.freeze.moves, volumes.as_mut()) {
+        (Some(plan), Some(outcome))
+            if matches!(
+                hooks.status,
+                GroupStatus::Succeeded | GroupStatus::PartiallyFailed
+            ) && !outcome.volumes.is_empty() =>
+        {
+            let spec = plan.for_backup(req.policy, id.as_str());
+            let cluster = crate::offsite::KubeMoverCluster::new(ctx.client.clone());
+            // The repository lives in this store (`<prefix>/repository/`); unknown counts as absent.
+            let config = format!("{}config", ctx.layout.repository());
+            let exists = matches!(ctx.store.head(&config).await, Ok(Some(_)));
+            Some(crate::offsite::move_volumes(&cluster, &spec, &mut outcome.volumes, exists, cancel).await)
+        }
+        _ => None,
+    };
     if let Some(outcome) = &volumes {
         record_volumes(ctx, &keys, &mut manifest, outcome).await?;
+    }
+    if let Some(moved) = &moved {
+        let on_error = req.freeze.volumes.as_ref().map(|v| v.on_error);
+        record_moves(&mut manifest, moved, on_error);
     }
 
     if matches!(
@@ -332,6 +357,17 @@ async fn record_volumes(
             .map(|c| format!("{}/{}", c.namespace, c.name))
             .collect(),
         note: outcome.cut_at.map(|t| format!("cut at {}", t.to_rfc3339())),
+        moved: outcome
+            .volumes
+            .iter()
+            .filter_map(|v| {
+                Some(MovedClaim {
+                    namespace: v.namespace.clone(),
+                    pvc: v.pvc.clone(),
+                    mover: v.moved.clone()?,
+                })
+            })
+            .collect(),
     });
     for f in &outcome.failures {
         manifest.problems.push(format!(
@@ -347,6 +383,30 @@ async fn record_volumes(
         _ => {}
     }
     Ok(())
+}
+
+/// The movers' verdict: a failed claim is named, and makes the backup PartiallyFailed
+/// (`volumes.onError: partial`) or Failed (`fail`); a cancellation fails it; cleanup problems are told.
+fn record_moves(
+    manifest: &mut Manifest,
+    moved: &crate::offsite::Moved,
+    on_error: Option<crate::policy::VolumeOnError>,
+) {
+    manifest.problems.extend(moved.cleanup_problems.iter().cloned());
+    if moved.cancelled {
+        manifest.problems.extend(moved.failures.iter().cloned());
+        cancelled(manifest, "moving volume data (temporary mover objects deleted)");
+        return;
+    }
+    if moved.failures.is_empty() {
+        return;
+    }
+    manifest.problems.extend(moved.failures.iter().cloned());
+    match on_error {
+        Some(crate::policy::VolumeOnError::Fail) => manifest.status = Status::Failed,
+        _ if manifest.status == Status::Completed => manifest.status = Status::PartiallyFailed,
+        _ => {}
+    }
 }
 
 /// Export the selection's resources into `resources.tar.zst`, verify it, and record it. Cancellation
@@ -548,4 +608,85 @@ async fn scan(
     }
     out.sort_by(|a, b| (&a.id, &a.policy).cmp(&(&b.id, &b.policy)));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offsite::Moved;
+    use crate::policy::VolumeOnError;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            freezeframe_version: "test".into(),
+            backup_id: "20261204T170000Z".into(),
+            policy: "shop".into(),
+            cluster: ClusterIdentity {
+                kube_system_uid: "uid".into(),
+            },
+            namespaces: vec!["shop".into()],
+            selector: None,
+            started_at: chrono::DateTime::UNIX_EPOCH,
+            finished_at: chrono::DateTime::UNIX_EPOCH,
+            status: Status::Completed,
+            objects: BTreeMap::new(),
+            cluster_objects: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
+            problems: Vec::new(),
+            hooks: None,
+            dumps: Vec::new(),
+            volumes: None,
+            encryption: None,
+        }
+    }
+
+    fn failed_mover() -> Moved {
+        Moved {
+            failures: vec![
+                "moving claim shop/data-db-1 into the repository failed (mover Job j): DeadlineExceeded"
+                    .into(),
+            ],
+            ..Moved::default()
+        }
+    }
+
+    #[test]
+    fn given_failed_mover_and_on_error_partial_when_recording_then_partially_failed_naming_the_claim() {
+        let mut m = manifest();
+        record_moves(&mut m, &failed_mover(), Some(VolumeOnError::Partial));
+        assert_eq!(m.status, Status::PartiallyFailed);
+        assert!(m.problems[0].contains("shop/data-db-1"), "{:?}", m.problems);
+    }
+
+    #[test]
+    fn given_failed_mover_and_on_error_fail_when_recording_then_the_backup_fails() {
+        let mut m = manifest();
+        record_moves(&mut m, &failed_mover(), Some(VolumeOnError::Fail));
+        assert_eq!(m.status, Status::Failed);
+    }
+
+    #[test]
+    fn given_sigterm_while_moving_when_recording_then_failed_with_cancellation_told() {
+        let mut m = manifest();
+        let moved = Moved {
+            cancelled: true,
+            ..failed_mover()
+        };
+        record_moves(&mut m, &moved, Some(VolumeOnError::Partial));
+        assert_eq!(m.status, Status::Failed);
+        assert!(
+            m.problems.iter().any(|p| p.contains("cancelled")),
+            "{:?}",
+            m.problems
+        );
+    }
+
+    #[test]
+    fn given_every_mover_succeeded_when_recording_then_status_is_unchanged() {
+        let mut m = manifest();
+        record_moves(&mut m, &Moved::default(), Some(VolumeOnError::Fail));
+        assert_eq!(m.status, Status::Completed);
+        assert!(m.problems.is_empty());
+    }
 }

@@ -17,6 +17,12 @@ pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `volumes.readyTimeout`.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `volumes.mover.concurrency`.
+pub const DEFAULT_MOVER_CONCURRENCY: u32 = 4;
+/// Default `volumes.mover.timeout` (a Job's `activeDeadlineSeconds`).
+pub const DEFAULT_MOVER_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
+/// Default `repository.pruneEvery`.
+pub const DEFAULT_PRUNE_EVERY: Duration = Duration::from_secs(7 * 86_400);
 /// Default webhook `timeout`.
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resources excluded unless `resources.exclude` is given.
@@ -45,6 +51,8 @@ pub struct Storage {
     pub name: String,
     /// The backend.
     pub backend: Backend,
+    /// The repository of moved volume data (`None` = this storage takes no moved data).
+    pub repository: Option<Repository>,
     /// Client-side encryption of the artifacts (`encryption:`); `None` = stored as produced.
     pub encryption: Option<Encryption>,
 }
@@ -85,6 +93,15 @@ pub struct ObjectLock {
     pub mode: LockMode,
     /// Days from the write until the object may be deleted (at least 1).
     pub retain_days: u32,
+}
+
+/// A restic-format repository under a storage's prefix (`<prefix>/repository/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository {
+    /// Secret key (in freezeframe's namespace) holding the repository password.
+    pub password_secret: SecretKeyRef,
+    /// How often `prune` also prunes the repository's unreferenced packs.
+    pub prune_every: Duration,
 }
 
 /// A storage backend.
@@ -219,6 +236,61 @@ pub struct Volumes {
     pub ready_timeout: Duration,
     /// Keep snapshots of a failed run.
     pub keep_failed: bool,
+    /// Copy every snapshot's files into the storage's repository (Velero's `moveData`).
+    pub move_data: bool,
+    /// How the mover Jobs run.
+    pub mover: Mover,
+}
+
+/// How the mover Jobs of `moveData` run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mover {
+    /// Mover Jobs at once (≥ 1).
+    pub concurrency: u32,
+    /// The container's requests and limits (resource name → quantity).
+    pub resources: MoverResources,
+    /// The pods' `nodeSelector`.
+    pub node_selector: BTreeMap<String, String>,
+    /// The pods' tolerations.
+    pub tolerations: Vec<Toleration>,
+    /// A Job's `activeDeadlineSeconds`.
+    pub timeout: Duration,
+}
+
+impl Default for Mover {
+    fn default() -> Self {
+        Mover {
+            concurrency: DEFAULT_MOVER_CONCURRENCY,
+            resources: MoverResources::default(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            timeout: DEFAULT_MOVER_TIMEOUT,
+        }
+    }
+}
+
+/// Container requests and limits, each checked to be a Kubernetes quantity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoverResources {
+    /// `requests`.
+    pub requests: BTreeMap<String, String>,
+    /// `limits`.
+    pub limits: BTreeMap<String, String>,
+}
+
+/// A pod toleration (Kubernetes' fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Toleration {
+    /// Taint key (`None` with `Exists` = every taint).
+    pub key: Option<String>,
+    /// `Equal` or `Exists`.
+    pub operator: Option<String>,
+    /// Taint value (with `Equal`).
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute` (`None` = all).
+    pub effect: Option<String>,
+    /// How long a `NoExecute` taint is tolerated.
+    pub toleration_seconds: Option<i64>,
 }
 
 /// Where a hook rule came from.

@@ -24,6 +24,7 @@ pub const POLICY_SET_FIELDS: &[&str] = &[
 pub struct RawStorage {
     pub s3: Option<RawS3>,
     pub filesystem: Option<RawFilesystem>,
+    pub repository: Option<RawRepository>,
     pub encryption: Option<RawEncryption>,
 }
 
@@ -41,6 +42,14 @@ pub struct RawEncryption {
 pub struct RawObjectLock {
     pub mode: String,
     pub retain_days: i64,
+}
+
+/// Where moved volume data lives: a restic-format repository under the storage's prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRepository {
+    pub password_secret: Option<RawSecretKeyRef>,
+    pub prune_every: Option<String>,
 }
 
 /// An S3 (or S3-compatible) bucket.
@@ -155,6 +164,67 @@ pub struct RawVolumes {
     pub on_error: Option<VolumeOnError>,
     pub ready_timeout: Option<String>,
     pub keep_failed: Option<bool>,
+    pub move_data: Option<bool>,
+    pub mover: Option<RawMover>,
+}
+
+/// How the mover Jobs run (all optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMover {
+    pub concurrency: Option<i64>,
+    pub resources: Option<RawResourceRequirements>,
+    pub node_selector: Option<BTreeMap<String, String>>,
+    pub tolerations: Option<Vec<RawToleration>>,
+    pub timeout: Option<String>,
+}
+
+/// A container's `resources`, as Kubernetes writes it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawResourceRequirements {
+    pub requests: Option<BTreeMap<String, QuantityText>>,
+    pub limits: Option<BTreeMap<String, QuantityText>>,
+}
+
+/// A quantity as written: `250m`, `1Gi` or a bare number (YAML may read `2` as an integer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantityText(pub String);
+
+impl<'de> Deserialize<'de> for QuantityText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = QuantityText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a quantity such as 250m, 256Mi or 2")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<QuantityText, E> {
+                Ok(QuantityText(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<QuantityText, E> {
+                Ok(QuantityText(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<QuantityText, E> {
+                Ok(QuantityText(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<QuantityText, E> {
+                Ok(QuantityText(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A pod toleration, as Kubernetes writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawToleration {
+    pub key: Option<String>,
+    pub operator: Option<String>,
+    pub value: Option<String>,
+    pub effect: Option<String>,
+    pub toleration_seconds: Option<i64>,
 }
 
 /// How volumes are captured.

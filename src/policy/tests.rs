@@ -430,6 +430,120 @@ fn given_several_typos_in_one_policy_when_validated_then_all_are_reported_at_onc
     );
 }
 
+/// The data-mover contract from the issue: `volumes.moveData`, `volumes.mover`, `repository`.
+const MOVE_DATA: &str = r#"
+apiVersion: freezeframe.dev/v1alpha1
+kind: PolicySet
+storages:
+  primary:
+    s3: {bucket: dr, endpoint: "http://127.0.0.1:8333", forcePathStyle: true}
+    repository:
+      passwordSecret: {name: freezeframe-repository, key: password}
+policies:
+  - name: shop
+    schedule: '@daily'
+    namespaces: [shop]
+    retention: {keepLast: 3}
+    storage: primary
+    volumes:
+      snapshot: csi
+      group: true
+      moveData: true
+      mover:
+        concurrency: 4
+        resources: {requests: {cpu: 250m, memory: 256Mi}, limits: {memory: 1Gi}}
+        nodeSelector: {}
+        tolerations: []
+        timeout: 2h
+"#;
+
+#[test]
+fn given_move_data_contract_when_parsed_then_mover_and_repository_are_resolved() {
+    let set = parse_str("shop.yaml", MOVE_DATA);
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    let p = set.policy("shop").unwrap();
+    assert!(p.volumes.move_data);
+    let m = &p.volumes.mover;
+    assert_eq!(m.concurrency, 4);
+    assert_eq!(m.timeout, std::time::Duration::from_secs(7200));
+    assert_eq!(m.resources.requests["cpu"], "250m");
+    assert_eq!(m.resources.requests["memory"], "256Mi");
+    assert_eq!(m.resources.limits["memory"], "1Gi");
+    let repo = p.storage.repository.as_ref().unwrap();
+    assert_eq!(repo.password_secret.name, "freezeframe-repository");
+    assert_eq!(repo.password_secret.key, "password");
+    assert_eq!(repo.prune_every, DEFAULT_PRUNE_EVERY);
+}
+
+#[test]
+fn given_no_mover_section_when_parsed_then_defaults_apply_and_data_is_not_moved() {
+    let set = parse_str("p.yaml", &minimal(""));
+    let p = &set.policies[0];
+    assert!(!p.volumes.move_data);
+    assert_eq!(p.volumes.mover, Mover::default());
+    assert_eq!(p.volumes.mover.concurrency, 4);
+    assert_eq!(p.volumes.mover.timeout, DEFAULT_MOVER_TIMEOUT);
+    assert!(p.storage.repository.is_none());
+}
+
+#[test]
+fn given_move_data_on_a_storage_without_repository_when_validated_then_error_says_how_to_add_one() {
+    let set = parse_str("p.yaml", &minimal("    volumes: {moveData: true}\n"));
+    let pr = only_problem(&set);
+    assert_eq!(pr.path, "policies[0].volumes.moveData");
+    assert!(pr.message.contains("has no `repository`"), "{pr}");
+    assert!(pr.message.contains("storages.primary"), "{pr}");
+}
+
+#[test]
+fn given_bad_mover_values_when_validated_then_each_error_names_its_field() {
+    let set = parse_str(
+        "p.yaml",
+        &minimal(
+            "    volumes:\n      mover:\n        concurrency: 0\n        resources: {requests: {cpu: 250 m}, limits: {memory: 1GB}}\n        nodeSelector: {'bad key!': x}\n        tolerations: [{operator: Maybe, effect: Never}]\n        timeout: 7200\n",
+        ),
+    );
+    let paths: Vec<&str> = set.problems.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "policies[0].volumes.mover.concurrency",
+        "policies[0].volumes.mover.timeout",
+        "policies[0].volumes.mover.resources.requests.cpu",
+        "policies[0].volumes.mover.resources.limits.memory",
+        "policies[0].volumes.mover.nodeSelector[\"bad key!\"]",
+        "policies[0].volumes.mover.tolerations[0].operator",
+        "policies[0].volumes.mover.tolerations[0].effect",
+    ] {
+        assert!(paths.contains(&want), "{want} missing from {paths:#?}");
+    }
+    let timeout = set
+        .problems
+        .iter()
+        .find(|p| p.path.ends_with("mover.timeout"))
+        .unwrap();
+    assert!(timeout.message.contains("units are required"), "{timeout}");
+}
+
+#[test]
+fn given_repository_without_password_secret_when_validated_then_error_names_the_storage_field() {
+    let text = MOVE_DATA.replace(
+        "      passwordSecret: {name: freezeframe-repository, key: password}",
+        "      pruneEvery: 0s",
+    );
+    let set = parse_str("shop.yaml", &text);
+    let paths: Vec<&str> = set.problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.contains(&"storages.primary.repository"), "{paths:#?}");
+    assert!(
+        paths.contains(&"storages.primary.repository.pruneEvery"),
+        "{paths:#?}"
+    );
+    let missing = set
+        .problems
+        .iter()
+        .find(|p| p.path == "storages.primary.repository")
+        .unwrap();
+    assert!(missing.message.contains("passwordSecret"), "{missing}");
+}
+
 /// The issue's storage block for encryption and Object Lock, with field names as the contract shows.
 fn storage_with(block: &str) -> String {
     minimal("").replace(

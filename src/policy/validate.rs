@@ -535,9 +535,13 @@ fn storage(ctx: &mut Ctx<'_>, path: &Path, name: &str, raw: RawStorage) -> Optio
             return None;
         }
     };
+    let repository = raw
+        .repository
+        .and_then(|r| repository(ctx, &path.key("repository"), r));
     Some(Storage {
         name: name.to_string(),
         backend,
+        repository,
         encryption,
     })
 }
@@ -600,6 +604,157 @@ fn object_lock(ctx: &mut Ctx<'_>, path: &Path, raw: RawObjectLock) -> Option<Obj
         mode: mode?,
         retain_days: days?,
     })
+}
+
+/// `storages.<name>.repository`: the password Secret is required (the repository is encrypted with it).
+fn repository(ctx: &mut Ctx<'_>, path: &Path, raw: RawRepository) -> Option<Repository> {
+    let prune_every = ctx.duration(
+        &path.key("pruneEvery"),
+        raw.prune_every.as_deref(),
+        DEFAULT_PRUNE_EVERY,
+    );
+    if prune_every.is_zero() {
+        ctx.msg(
+            &path.key("pruneEvery"),
+            "found a zero duration; allowed: a positive duration such as 7d or 24h",
+        );
+    }
+    let Some(secret) = raw.password_secret else {
+        ctx.msg(
+            path,
+            "found no `passwordSecret`; allowed: `passwordSecret: {name: <Secret in freezeframe's namespace>, key: <key holding the password>}`",
+        );
+        return None;
+    };
+    let sp = path.key("passwordSecret");
+    if let Err(e) = values::check_dns_subdomain(&secret.name) {
+        ctx.invalid(&sp.key("name"), e);
+    }
+    if secret.key.is_empty() {
+        ctx.msg(
+            &sp.key("key"),
+            "found an empty key; allowed: the Secret's key holding the password",
+        );
+    }
+    Some(Repository {
+        password_secret: SecretKeyRef {
+            name: secret.name,
+            key: secret.key,
+        },
+        prune_every,
+    })
+}
+
+/// `volumes.mover`: how the mover Jobs of `moveData` run.
+fn mover(ctx: &mut Ctx<'_>, path: &Path, raw: RawMover) -> Mover {
+    let concurrency = match raw.concurrency {
+        None => DEFAULT_MOVER_CONCURRENCY,
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                ctx.msg(
+                    &path.key("concurrency"),
+                    format!("found {n}; allowed: a whole number of mover Jobs at once, at least 1"),
+                );
+                DEFAULT_MOVER_CONCURRENCY
+            }
+        },
+    };
+    let timeout = ctx.duration(
+        &path.key("timeout"),
+        raw.timeout.as_deref(),
+        DEFAULT_MOVER_TIMEOUT,
+    );
+    if timeout < std::time::Duration::from_secs(1) {
+        ctx.msg(
+            &path.key("timeout"),
+            "found less than one second; allowed: a duration of at least 1s (a Job's activeDeadlineSeconds)",
+        );
+    }
+    let mut resources = MoverResources::default();
+    if let Some(r) = raw.resources {
+        let rp = path.key("resources");
+        for (field, given, out) in [
+            ("requests", r.requests, &mut resources.requests),
+            ("limits", r.limits, &mut resources.limits),
+        ] {
+            for (name, QuantityText(q)) in given.unwrap_or_default() {
+                if let Err(e) = values::check_quantity(&q) {
+                    ctx.invalid(&rp.key(field).key(&name), e);
+                }
+                out.insert(name, q);
+            }
+        }
+    }
+    let node_selector = raw.node_selector.unwrap_or_default();
+    for (k, v) in &node_selector {
+        let kp = path.key("nodeSelector").key(k);
+        if let Err(e) = values::check_label_key(k) {
+            ctx.invalid(&kp, e);
+        }
+        if let Err(e) = values::check_label_value(v) {
+            ctx.invalid(&kp, e);
+        }
+    }
+    let tolerations = raw
+        .tolerations
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| toleration(ctx, &path.key("tolerations").index(i), t))
+        .collect();
+    Mover {
+        concurrency,
+        resources,
+        node_selector,
+        tolerations,
+        timeout,
+    }
+}
+
+fn toleration(ctx: &mut Ctx<'_>, path: &Path, raw: RawToleration) -> Toleration {
+    match raw.operator.as_deref() {
+        None | Some("Equal") => {
+            if raw.key.is_none() {
+                ctx.msg(
+                    &path.key("key"),
+                    "found no key with operator `Equal`; allowed: a taint key, or `operator: Exists` to tolerate every taint",
+                );
+            }
+        }
+        Some("Exists") => {
+            if raw.value.as_deref().is_some_and(|v| !v.is_empty()) {
+                ctx.msg(
+                    &path.key("value"),
+                    "found a value with operator `Exists`; allowed: no value (Exists matches any value)",
+                );
+            }
+        }
+        Some(other) => ctx.msg(
+            &path.key("operator"),
+            format!("found {other:?}; allowed: `Equal`, `Exists`"),
+        ),
+    }
+    if let Some(e) = raw.effect.as_deref()
+        && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e)
+    {
+        ctx.msg(
+            &path.key("effect"),
+            format!("found {e:?}; allowed: `NoSchedule`, `PreferNoSchedule`, `NoExecute` (or omit for all)"),
+        );
+    }
+    if let Some(k) = raw.key.as_deref()
+        && let Err(e) = values::check_label_key(k)
+    {
+        ctx.invalid(&path.key("key"), e);
+    }
+    Toleration {
+        key: raw.key,
+        operator: raw.operator,
+        value: raw.value,
+        effect: raw.effect,
+        toleration_seconds: raw.toleration_seconds,
+    }
 }
 
 fn webhook(ctx: &mut Ctx<'_>, path: &Path, raw: RawWebhook) -> Webhook {
@@ -990,6 +1145,8 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
             on_error: None,
             ready_timeout: None,
             keep_failed: None,
+            move_data: None,
+            mover: None,
         });
         let vp = path.key("volumes");
         for (field, class) in [
@@ -1014,6 +1171,8 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
                 DEFAULT_READY_TIMEOUT,
             ),
             keep_failed: v.keep_failed.unwrap_or(false),
+            move_data: v.move_data.unwrap_or(false),
+            mover: mover(ctx, &vp.key("mover"), v.mover.unwrap_or_default()),
         }
     };
     let rp = path.key("rules");
@@ -1124,6 +1283,26 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
             None
         }
     };
+    if volumes.move_data {
+        let vp = path.key("volumes");
+        if volumes.snapshot == SnapshotMode::None {
+            ctx.msg(
+                &vp.key("moveData"),
+                "found `moveData: true` with `snapshot: none`; allowed: `snapshot: csi` (the mover copies the snapshots' files)",
+            );
+        }
+        if let Some(s) = &storage
+            && s.repository.is_none()
+        {
+            ctx.msg(
+                &vp.key("moveData"),
+                format!(
+                    "found `moveData: true` but storage {:?} has no `repository`; allowed: add `repository: {{passwordSecret: {{name, key}}}}` under `storages.{}`, or `moveData: false`",
+                    s.name, s.name
+                ),
+            );
+        }
+    }
     let webhooks = match &raw.webhooks {
         None => env.webhooks.to_vec(),
         Some(names) => {

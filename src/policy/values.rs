@@ -30,6 +30,33 @@ impl Invalid {
 const DURATION_ALLOWED: &str =
     "a duration with units, such as 60s, 5m, 48h, 1h30m or 7d (units: ms, s, m, h, d)";
 
+const QUANTITY_ALLOWED: &str =
+    "a Kubernetes quantity: a non-negative number with an optional suffix (250m, 0.5, 256Mi, 1Gi, 2, 1e3)";
+
+/// Check a Kubernetes resource quantity (`250m`, `256Mi`, `1.5Gi`, `2`, `1e3`): the same grammar the API
+/// server accepts for requests and limits, so a typo fails at validation, not when the Job is created.
+pub fn check_quantity(text: &str) -> Result<(), Invalid> {
+    let bad = || Invalid::new(format!("{text:?}"), QUANTITY_ALLOWED);
+    let s = text.strip_prefix('+').unwrap_or(text);
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(end);
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    if digits == 0 || number.matches('.').count() > 1 {
+        return Err(bad());
+    }
+    let ok = match suffix {
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P"
+        | "E" => true,
+        exp => exp
+            .strip_prefix(['e', 'E'])
+            .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
+            .is_some_and(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())),
+    };
+    if ok { Ok(()) } else { Err(bad()) }
+}
+
 /// Parse a duration such as `60s`, `5m`, `48h`, `1h30m`, `7d` or `500ms`. A bare number is rejected
 /// with a message saying units are required (a `timeout: 300` is ambiguous and a classic mistake).
 pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
@@ -244,6 +271,19 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("1d2h").unwrap(), Duration::from_secs(93_600));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn given_kubernetes_quantities_when_checking_then_suffixes_and_exponents_pass_and_typos_fail() {
+        for ok in [
+            "250m", "256Mi", "1Gi", "1.5Gi", "2", "0.5", "1e3", "+1k", "100E-2",
+        ] {
+            assert!(check_quantity(ok).is_ok(), "{ok} rejected");
+        }
+        for bad in ["", "Mi", "1GB", "-1", "1..5", "1 Gi", "1e", "abc"] {
+            let err = check_quantity(bad).unwrap_err();
+            assert!(err.allowed.contains("quantity"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -44,7 +44,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 pub use class::{ClassInfo, ClassKind};
-pub use record::{GroupRecord, VOLUMES_FORMAT_VERSION, Verdict, VolumeFailure, VolumeRecord, VolumesFile};
+pub use record::{
+    GroupRecord, MoveRecord, MoveStatus, VOLUMES_FORMAT_VERSION, Verdict, VolumeFailure, VolumeRecord,
+    VolumesFile,
+};
 pub use scope::{Claim, Skipped};
 
 use crate::export::{self, Selection};
@@ -862,6 +865,7 @@ impl Prepared {
                 .to_string(),
             creation_time: status_str(&vs.data, "creationTime").map(str::to_string),
             group: group.map(str::to_string),
+            moved: None,
         })
     }
 }

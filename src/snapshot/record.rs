@@ -10,7 +10,7 @@ use super::scope::Skipped;
 pub const VOLUMES_FORMAT_VERSION: u32 = 1;
 
 /// One ready snapshot of one claim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeRecord {
     /// Namespace of the claim and the snapshot.
@@ -34,6 +34,52 @@ pub struct VolumeRecord {
     /// The VolumeGroupSnapshot this is a member of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// What the mover made of it (`volumes.moveData`); `None` = not moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<MoveRecord>,
+}
+
+/// How a mover ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveStatus {
+    /// The volume's files are in the repository.
+    Succeeded,
+    /// They are not (the snapshot still is, when the backup keeps it).
+    Failed,
+}
+
+/// One volume copied (or not) into the storage's repository by a mover Job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveRecord {
+    /// How it ended.
+    pub status: MoveStatus,
+    /// The repository snapshot (restic's id) holding the volume's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Files copied.
+    #[serde(default)]
+    pub files: u64,
+    /// Directories copied.
+    #[serde(default)]
+    pub dirs: u64,
+    /// Bytes of the files.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Bytes the repository did not have yet (after deduplication).
+    #[serde(default)]
+    pub bytes_new: u64,
+    /// Bytes the repository already had.
+    #[serde(default)]
+    pub bytes_reused: u64,
+    /// How long the mover took (as it measured itself; 0 when it never reported).
+    #[serde(default)]
+    pub duration_seconds: f64,
+    /// The mover Job.
+    pub job: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One ready group snapshot.
@@ -82,7 +128,7 @@ pub enum Verdict {
 }
 
 /// The `volumes.json` document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumesFile<'a> {
     /// [`VOLUMES_FORMAT_VERSION`].
