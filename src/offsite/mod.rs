@@ -91,31 +91,8 @@ pub trait MoverCluster: Send + Sync {
     async fn delete_labelled(&self, namespace: &str, selector: &str) -> Result<usize>;
 }
 
-/// The mover's summary line (the contract of `freezeframe mover backup`'s last stdout line).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MoverSummary {
-    /// The repository snapshot id.
-    pub snapshot_id: String,
-    /// Files.
-    #[serde(default)]
-    pub files: u64,
-    /// Directories.
-    #[serde(default)]
-    pub dirs: u64,
-    /// Bytes of the files.
-    #[serde(default)]
-    pub bytes: u64,
-    /// Bytes new to the repository.
-    #[serde(default)]
-    pub bytes_new: u64,
-    /// Bytes the repository already had.
-    #[serde(default)]
-    pub bytes_reused: u64,
-    /// Seconds the mover took.
-    #[serde(default)]
-    pub duration_seconds: f64,
-}
+/// What a mover Job reported: the contract `freezeframe mover backup` prints as its last stdout line.
+pub type MoverSummary = crate::mover::MoverReport;
 
 impl MoverSummary {
     /// The last line of `output` that is the mover's JSON summary.
