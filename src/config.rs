@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// Default image of the mover Jobs when `FREEZEFRAME_IMAGE` is not set.
+pub const DEFAULT_IMAGE: &str = "freezeframe:latest";
 /// Where the service account's namespace is mounted in a pod.
 pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
@@ -174,7 +176,7 @@ pub struct Settings {
     pub policy_source: PolicySource,
     /// Rate limit of the export's API calls.
     pub client: ClientLimits,
-    /// freezeframe's own image (`FREEZEFRAME_IMAGE`, default [`crate::offsite::DEFAULT_IMAGE`]): the
+    /// freezeframe's own image (`FREEZEFRAME_IMAGE`, default [`DEFAULT_IMAGE`]): the
     /// mover Jobs run it.
     pub image: String,
 }
@@ -239,7 +241,7 @@ impl Settings {
                 .image
                 .clone()
                 .filter(|i| !i.trim().is_empty())
-                .unwrap_or_else(|| crate::offsite::DEFAULT_IMAGE.to_string()),
+                .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
         })
     }
 

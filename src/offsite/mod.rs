@@ -36,8 +36,7 @@ use crate::snapshot::{MoveRecord, MoveStatus, VolumeRecord};
 
 /// Extra time past a Job's `activeDeadlineSeconds` that the run waits for the Job to report its end.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(120);
-/// Default image of the mover Jobs when `FREEZEFRAME_IMAGE` is not set.
-pub const DEFAULT_IMAGE: &str = "freezeframe:latest";
+pub use crate::config::DEFAULT_IMAGE;
 
 /// Errors talking to the cluster about temporary objects.
 #[derive(Debug, thiserror::Error)]
