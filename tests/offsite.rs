@@ -244,7 +244,6 @@ async fn open_store(policy: &Policy) -> (std::sync::Arc<dyn ObjectStore>, Layout
 }
 
 #[tokio::test]
-#[ignore = "flaky: passes about half the runs; otherwise a mover pod fails to start in the sandbox kubelet (exec of the freezeframe binary: ENOENT inside its mount namespace); cause not found yet"]
 async fn given_move_data_when_backed_up_then_each_claim_is_in_the_repository_restorable_without_the_cluster_and_nothing_stays()
  {
     let env = TestEnv::with_s3().await.unwrap();
@@ -257,7 +256,13 @@ async fn given_move_data_when_backed_up_then_each_claim_is_in_the_repository_res
 
     let manifest = back_up(&env, &policy, store.as_ref(), &layout).await;
 
-    assert_eq!(manifest.status, Status::Completed, "{:#?}", manifest.problems);
+    assert_eq!(
+        manifest.status,
+        Status::Completed,
+        "{:#?} {:#?}",
+        manifest.problems,
+        manifest.volumes
+    );
     let moved = &manifest.volumes.as_ref().unwrap().moved;
     assert_eq!(moved.len(), 2, "{moved:#?}");
     assert!(leftovers(&env).await.is_empty(), "{:?}", leftovers(&env).await);

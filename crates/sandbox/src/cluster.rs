@@ -6,6 +6,7 @@
 //! `kubectl apply` returns, the Deployment's ReplicaSet and Pods exist, as they would a moment later in a
 //! real cluster.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -221,6 +222,9 @@ pub struct Cluster {
     faults: Mutex<Vec<Fault>>,
     random: Mutex<Option<RandomState>>,
     ip_counter: std::sync::atomic::AtomicU32,
+    /// Which pod (uid) each pod directory belongs to: the controllers and the kubelet both react to a new
+    /// pod, and whichever comes first clears a previous pod's directory — never the other's fresh files.
+    pub(crate) pod_dirs: Mutex<HashMap<PathBuf, String>>,
 }
 
 /// The annotation that keeps a created pod Pending (tests of not-ready pods).
@@ -285,6 +289,7 @@ impl Cluster {
             faults: Mutex::new(Vec::new()),
             random: Mutex::new(options.random_faults.map(RandomState::new)),
             ip_counter: std::sync::atomic::AtomicU32::new(10),
+            pod_dirs: Mutex::new(HashMap::new()),
         }
     }
 

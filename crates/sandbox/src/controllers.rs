@@ -799,12 +799,19 @@ pub fn pod_dir(cluster: &Cluster, namespace: &str, pod: &str) -> std::path::Path
 
 /// A new pod starts with a fresh directory (what a previous pod of the same name left there is gone, as
 /// a container's filesystem would be), its claims' volume directories linked at their mount paths.
-fn start_pod_dir(cluster: &Cluster, pod: &Value) {
+/// Idempotent per pod: the controllers and the kubelet both call it for a new pod, in either order.
+pub(super) fn start_pod_dir(cluster: &Cluster, pod: &Value) {
     let dir = pod_dir(cluster, ns(pod), name(pod));
-    if dir.exists()
-        && let Err(e) = std::fs::remove_dir_all(&dir)
     {
-        tracing::warn!(pod = name(pod), error = %e, "could not clear the previous pod's directory");
+        let mut owners = cluster.pod_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if owners.get(&dir).map(String::as_str) != Some(uid(pod)) {
+            if dir.exists()
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+            {
+                tracing::warn!(pod = name(pod), error = %e, "could not clear the previous pod's directory");
+            }
+            owners.insert(dir, uid(pod).to_string());
+        }
     }
     prepare_pod_dir(cluster, pod);
 }

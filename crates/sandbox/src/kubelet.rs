@@ -876,8 +876,9 @@ async fn run_container(
                 reason: "StartError",
                 message: format!(
                     "failed to create containerd task: failed to create shim task: OCI runtime create failed: \
-                     runc create failed: unable to start container process: exec: \"{}\": {e}",
-                    argv[0]
+                     runc create failed: unable to start container process: exec: \"{}\": {e}{}",
+                    argv[0],
+                    start_failure_detail(&log)
                 ),
                 started_at: started_at.clone(),
                 finished_at: now(),
@@ -1007,6 +1008,8 @@ fn prepare(
     container: &Value,
     own: &OwnImage,
 ) -> Result<Prepared, ContainerError> {
+    // The pod's directory is this pod's before anything is written into it (see `start_pod_dir`).
+    super::controllers::start_pod_dir(cluster, pod);
     let env = resolve_env(cluster, pod, container)?;
     let mut mounts = container_mounts(cluster, pod, container, true)?;
     let dir = pod_dir(cluster, ns(pod), name(pod));
@@ -1053,6 +1056,16 @@ fn prepare(
     };
     let log = dir.join(format!("{cname}.log"));
     Ok((own.argv(container), env, workdir, plan, log, term_file))
+}
+
+/// What the sandbox wrote to the container log while starting it (a failed mount step), as a suffix.
+fn start_failure_detail(log: &Path) -> String {
+    let text = read_limited(log);
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("sandbox: "))
+        .map(|l| format!(" ({})", l.trim_start_matches("sandbox: ")))
+        .unwrap_or_default()
 }
 
 fn read_limited(path: &Path) -> String {

@@ -177,8 +177,44 @@ impl MountPlan {
         })
     }
 
-    /// Enter the planned namespace. Call between `fork` and `exec` (`pre_exec`): system calls only.
+    /// Enter the planned namespace. Call between `fork` and `exec` (`pre_exec`): system calls only. A
+    /// failing step is named on the process's standard error (the container log) before the error returns.
     pub fn enter(&self) -> std::io::Result<()> {
+        self.enter_steps().inspect_err(|_| {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            let mut digits = [0u8; 12];
+            let mut n = errno.unsigned_abs();
+            let mut i = digits.len();
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 || i == 0 {
+                    break;
+                }
+            }
+            let failed = FAILED_AT.with(|f| f.get());
+            let path: &[u8] = match failed {
+                i if i < self.ops.len() => self.ops[i].path().to_bytes(),
+                i if i == self.ops.len() => self.root.to_bytes(),
+                i if i == self.ops.len() + 1 => self.workdir.to_bytes(),
+                _ => b"unshare",
+            };
+            for part in [
+                b"sandbox: entering the mount namespace failed at ".as_slice(),
+                path,
+                b": errno ".as_slice(),
+                &digits[i..],
+                b"\n".as_slice(),
+            ] {
+                // SAFETY: writing a valid buffer to the standard error descriptor.
+                unsafe { libc::write(2, part.as_ptr().cast(), part.len()) };
+            }
+        })
+    }
+
+    fn enter_steps(&self) -> std::io::Result<()> {
+        FAILED_AT.with(|f| f.set(usize::MAX));
         // SAFETY: plain system calls on NUL-terminated strings that outlive the calls.
         unsafe {
             check(libc::unshare(libc::CLONE_NEWNS))?;
@@ -189,7 +225,8 @@ impl MountPlan {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
-            for op in &self.ops {
+            for (index, op) in self.ops.iter().enumerate() {
+                FAILED_AT.with(|f| f.set(index));
                 match op {
                     Op::Bind {
                         source,
@@ -243,10 +280,27 @@ impl MountPlan {
                     }
                 }
             }
+            FAILED_AT.with(|f| f.set(self.ops.len()));
             check(libc::chroot(self.root.as_ptr()))?;
+            FAILED_AT.with(|f| f.set(self.ops.len() + 1));
             check(libc::chdir(self.workdir.as_ptr()))?;
         }
         Ok(())
+    }
+}
+
+std::thread_local! {
+    /// The step [`MountPlan::enter`] is at (a `Cell`, so no allocation happens in the child).
+    static FAILED_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+impl Op {
+    /// The path this step works on.
+    fn path(&self) -> &CString {
+        match self {
+            Op::Bind { target, .. } => target,
+            Op::Tmpfs(at) | Op::Mkdir(at) | Op::Touch(at) | Op::Symlink { at, .. } => at,
+        }
     }
 }
 
