@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams, PropagationPolicy};
 use kube::discovery::ApiResource;
 use kube::runtime::wait::await_condition;
@@ -32,6 +32,7 @@ impl KubeMoverCluster {
             TempKind::Content => ("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents"),
             TempKind::Snapshot => ("snapshot.storage.k8s.io", "v1", "volumesnapshots"),
             TempKind::Claim => ("", "v1", "persistentvolumeclaims"),
+            TempKind::Secret => ("", "v1", "secrets"),
             TempKind::Job => ("batch", "v1", "jobs"),
         };
         ApiResource {
@@ -135,6 +136,30 @@ impl MoverCluster for KubeMoverCluster {
             .await
             .map_err(kube_error("get", format!("claim {namespace}/{claim}")))?;
         Ok(pvc.and_then(|p| p.spec).and_then(|s| s.storage_class_name))
+    }
+
+    async fn secret_data(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(kube_error("get", format!("Secret {namespace}/{name}")))?;
+        Ok(secret.map(|s| {
+            let mut data: std::collections::BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            for (k, v) in s.string_data.unwrap_or_default() {
+                data.insert(k, v.into_bytes());
+            }
+            data
+        }))
     }
 
     async fn create(&self, object: &TempObject) -> Result<()> {

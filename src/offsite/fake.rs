@@ -34,6 +34,8 @@ pub struct FakeCluster {
     pub leftovers: Vec<TempObject>,
     /// `create <Kind> <name>` and `end <job>`, in order.
     pub events: Mutex<Vec<String>>,
+    /// Secrets of freezeframe's namespace, by name.
+    pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 impl FakeCluster {
@@ -61,9 +63,13 @@ impl FakeCluster {
         let args = job.body["spec"]["template"]["spec"]["containers"][0]["args"]
             .as_array()
             .unwrap();
-        args.iter()
+        let tagged = args
+            .iter()
             .filter_map(|a| a.as_str()?.strip_prefix("pvc="))
-            .next()
+            .next();
+        // A restore mover has no tags: its claim is the one it mounts.
+        tagged
+            .or_else(|| job.body["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"].as_str())
             .unwrap()
             .to_string()
     }
@@ -86,6 +92,10 @@ fn matches(labels: &serde_json::Value, selector: &str) -> bool {
 impl MoverCluster for FakeCluster {
     async fn storage_class(&self, _namespace: &str, _claim: &str) -> Result<Option<String>> {
         Ok(Some("fast".into()))
+    }
+
+    async fn secret_data(&self, _namespace: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>> {
+        Ok(self.secrets.get(name).cloned())
     }
 
     async fn create(&self, object: &TempObject) -> Result<()> {
