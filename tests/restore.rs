@@ -65,6 +65,7 @@ async fn restore(
         layout,
         target: &target,
         dumps: None,
+        fill: None,
         identities: None,
     };
     restore::run(&ctx, options).await
@@ -298,6 +299,7 @@ pub(crate) async fn restore_with(
         layout,
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+        fill: None,
         identities: None,
     };
     restore::run(&ctx, opts).await
@@ -1080,6 +1082,7 @@ async fn restore_db(
         layout: &Layout::new(""),
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+        fill: None,
         identities: None,
     };
     let mut opts = options();
@@ -1276,6 +1279,7 @@ async fn given_objects_failing_with_existing_fail_when_restored_again_then_a_war
         layout: &Layout::new(""),
         target: &target,
         dumps: None,
+        fill: None,
         identities: None,
     };
     let mut again = options();

@@ -24,8 +24,8 @@ use crate::store::crypt::Identities;
 use crate::hooks::KubeExecutor;
 use crate::restore::apply::KubeTarget;
 use crate::restore::dumps::Replayer;
-use crate::restore::source::Located;
 use crate::restore::fill::{Fill, FillRequest, Filled};
+use crate::restore::source::Located;
 use crate::restore::{
     BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions, VolumesFrom,
 };
@@ -247,10 +247,14 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
     }
     let identities = identities(&args, policy.as_ref(), &invocation).await?;
     // Find the backup once, so restore.started and the restore name the same one (`latest` moves).
-    let located =
-        crate::restore::source::locate(store.as_ref(), &layout, options.policy.as_deref(), &options.backup)
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
+    let located = crate::restore::source::locate(
+        store.as_ref(),
+        &layout,
+        options.policy.as_deref(),
+        &options.backup,
+    )
+    .await
+    .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
     options.backup = BackupRef::Id(located.id.clone());
     options.policy = Some(located.policy.clone());
     let cancel = super::turn::cancel_on_signals()?;

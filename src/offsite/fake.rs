@@ -69,7 +69,10 @@ impl FakeCluster {
             .next();
         // A restore mover has no tags: its claim is the one it mounts.
         tagged
-            .or_else(|| job.body["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"].as_str())
+            .or_else(|| {
+                job.body["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+                    .as_str()
+            })
             .unwrap()
             .to_string()
     }

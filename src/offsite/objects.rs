@@ -326,10 +326,7 @@ impl MoverSpec {
             "type": "Opaque",
             "data": data,
         });
-        let env = secret
-            .keys()
-            .map(|key| secret_env(key, &name, key))
-            .collect();
+        let env = secret.keys().map(|key| secret_env(key, &name, key)).collect();
         let args = [
             "mover",
             "restore",
@@ -508,7 +505,12 @@ pub(crate) mod tests {
         let kinds: Vec<TempKind> = objects.iter().map(|o| o.kind).collect();
         assert_eq!(
             kinds,
-            [TempKind::Content, TempKind::Snapshot, TempKind::Claim, TempKind::Job]
+            [
+                TempKind::Content,
+                TempKind::Snapshot,
+                TempKind::Claim,
+                TempKind::Job
+            ]
         );
         let name = &objects[0].name;
         assert!(objects.iter().all(|o| &o.name == name));

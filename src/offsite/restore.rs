@@ -50,7 +50,10 @@ fn selector(spec: &MoverSpec) -> String {
 
 /// The Secret data every restore mover gets: the password under [`PASSWORD_ENV`] and, when the storage
 /// names a credentials Secret, its S3 keys — read from freezeframe's namespace.
-async fn secret_data(cluster: &dyn MoverCluster, spec: &MoverSpec) -> Result<BTreeMap<String, Vec<u8>>, String> {
+async fn secret_data(
+    cluster: &dyn MoverCluster,
+    spec: &MoverSpec,
+) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let read = |name: String| async move {
         cluster
             .secret_data(&spec.namespace, &name)
@@ -179,7 +182,6 @@ async fn fill_one(
     result
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -221,7 +223,9 @@ mod tests {
             secrets: secrets(),
             ..FakeCluster::default()
         };
-        cluster.scripts.insert("data-0".into(), Script::Complete(SUMMARY.into()));
+        cluster
+            .scripts
+            .insert("data-0".into(), Script::Complete(SUMMARY.into()));
         cluster.scripts.insert(
             "data-1".into(),
             Script::Fail("BackoffLimitExceeded".into(), "error: no such snapshot".into()),
@@ -237,7 +241,10 @@ mod tests {
 
         assert_eq!(results[0].as_ref().unwrap().bytes, 2048);
         let err = results[1].as_ref().unwrap_err();
-        assert!(err.contains("BackoffLimitExceeded") && err.contains("no such snapshot"), "{err}");
+        assert!(
+            err.contains("BackoffLimitExceeded") && err.contains("no such snapshot"),
+            "{err}"
+        );
         let created = cluster.created.lock().unwrap().clone();
         let job = created.iter().find(|o| o.kind == TempKind::Job).unwrap();
         assert_eq!(job.namespace.as_deref(), Some("shop-dr"));
@@ -247,23 +254,29 @@ mod tests {
         let secret = created.iter().find(|o| o.kind == TempKind::Secret).unwrap();
         assert_eq!(secret.namespace.as_deref(), Some("shop-dr"));
         assert_eq!(secret.body["data"][PASSWORD_ENV], "cHc=");
-        assert!(cluster.live.lock().unwrap().is_empty(), "{:?}", cluster.live.lock().unwrap().keys());
+        assert!(
+            cluster.live.lock().unwrap().is_empty(),
+            "{:?}",
+            cluster.live.lock().unwrap().keys()
+        );
     }
 
     #[tokio::test]
-    async fn given_a_missing_password_key_when_filling_then_every_claim_fails_naming_the_secret_and_nothing_is_created() {
-        let mut cluster = FakeCluster::default();
-        cluster.secrets = secrets();
-        cluster
-            .secrets
-            .get_mut("freezeframe-repository")
-            .unwrap()
-            .clear();
+    async fn given_a_missing_password_key_when_filling_then_every_claim_fails_naming_the_secret_and_nothing_is_created()
+     {
+        let mut cluster = FakeCluster {
+            secrets: secrets(),
+            ..FakeCluster::default()
+        };
+        cluster.secrets.get_mut("freezeframe-repository").unwrap().clear();
 
         let results = fill_claims(&cluster, &spec(), &[request("data-0")], &CancellationToken::new()).await;
 
         let err = results[0].as_ref().unwrap_err();
-        assert!(err.contains("freezeframe-repository") && err.contains("password"), "{err}");
+        assert!(
+            err.contains("freezeframe-repository") && err.contains("password"),
+            "{err}"
+        );
         assert!(cluster.created.lock().unwrap().is_empty());
     }
 

@@ -349,7 +349,12 @@ impl Report {
         for v in &self.volumes {
             let what = v.filled.as_ref().map_or_else(
                 || "failed".to_string(),
-                |f| format!("{} files, {} bytes in {:.1}s", f.files, f.bytes, f.duration_seconds),
+                |f| {
+                    format!(
+                        "{} files, {} bytes in {:.1}s",
+                        f.files, f.bytes, f.duration_seconds
+                    )
+                },
             );
             let id = &v.snapshot_id[..v.snapshot_id.len().min(8)];
             writeln!(out, "VOLUME {} <- repository snapshot {id}: {what}", v.claim).ok();

@@ -80,16 +80,21 @@ pub async fn fill_created(fill: Option<&dyn Fill>, created: &[&Step], report: &m
     let results = match fill {
         Some(fill) => {
             let asked: Vec<FillRequest> = pending.iter().map(|(_, r)| r.clone()).collect();
-            tracing::info!(claims = asked.len(), "restore: filling claims from the repository");
+            tracing::info!(
+                claims = asked.len(),
+                "restore: filling claims from the repository"
+            );
             fill.fill(&asked).await
         }
         None => pending
             .iter()
             .map(|_| {
-                Err("its data is in the repository, but this restore has no repository access: give \
+                Err(
+                    "its data is in the repository, but this restore has no repository access: give \
                      --policy (the storage's repository.passwordSecret) and run where freezeframe's \
                      namespace is known (FREEZEFRAME_NAMESPACE)"
-                    .to_string())
+                        .to_string(),
+                )
             })
             .collect(),
     };
@@ -177,7 +182,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_repository_claims_when_filled_then_only_they_are_asked_for_and_a_failure_names_the_claim() {
+    async fn given_repository_claims_when_filled_then_only_they_are_asked_for_and_a_failure_names_the_claim()
+    {
         let steps = [
             step("data", Claim::FromRepository("aaaa".into())),
             step("cache", Claim::Reprovision),
@@ -200,7 +206,8 @@ mod tests {
         assert_eq!(report.failures.len(), 1);
         assert_eq!(report.failures[0].object, "shop-dr/bad");
         assert!(
-            report.failures[0].message.contains("bbbb") && report.failures[0].message.contains("BackoffLimitExceeded"),
+            report.failures[0].message.contains("bbbb")
+                && report.failures[0].message.contains("BackoffLimitExceeded"),
             "{:?}",
             report.failures
         );
@@ -215,6 +222,10 @@ mod tests {
         fill_created(None, &created, &mut report).await;
 
         assert_eq!(report.failures.len(), 1);
-        assert!(report.failures[0].message.contains("--policy"), "{:?}", report.failures);
+        assert!(
+            report.failures[0].message.contains("--policy"),
+            "{:?}",
+            report.failures
+        );
     }
 }

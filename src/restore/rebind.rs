@@ -474,7 +474,10 @@ mod tests {
         refine(&cluster("src"), "src", VolumesFrom::Auto, &mut home).await;
         refine(&cluster("src"), "src", VolumesFrom::Repository, &mut forced).await;
 
-        assert_eq!(elsewhere.steps[0].claim, Claim::FromRepository("0123abcdef".into()));
+        assert_eq!(
+            elsewhere.steps[0].claim,
+            Claim::FromRepository("0123abcdef".into())
+        );
         assert_eq!(home.steps[0].claim, snapshot());
         assert_eq!(forced.steps[0].claim, Claim::FromRepository("0123abcdef".into()));
     }

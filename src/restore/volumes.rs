@@ -223,7 +223,10 @@ mod tests {
                   "moved": {"status": "Failed", "error": "x"}},
                  {"namespace": "shop", "pvc": "c", "moved": {"status": "Succeeded", "snapshotId": "ffee"}}]"#,
         );
-        assert_eq!(snaps[&("shop".into(), "a".into())].repository.as_deref(), Some("0123abcd"));
+        assert_eq!(
+            snaps[&("shop".into(), "a".into())].repository.as_deref(),
+            Some("0123abcd")
+        );
         assert_eq!(snaps[&("shop".into(), "b".into())].repository, None);
         let only_moved = &snaps[&("shop".into(), "c".into())];
         assert_eq!(only_moved.repository.as_deref(), Some("ffee"));
