@@ -342,7 +342,7 @@ fn freezeframe_namespace() -> String {
     format!("apiVersion: v1\n{}", &text[at..])
 }
 
-/// Restore-mover objects (Jobs, Secrets) still in namespace `app`.
+/// Restore-mover objects (Jobs, their Secrets) still in namespace `app`.
 async fn restore_leftovers(env: &TestEnv) -> Vec<String> {
     let params = ListParams::default().labels(freezeframe::offsite::objects::MOVER_LABEL);
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client(), "app");
@@ -355,9 +355,11 @@ async fn restore_leftovers(env: &TestEnv) -> Vec<String> {
         .into_iter()
         .map(|j| format!("Job/{}", j.metadata.name.unwrap_or_default()))
         .collect();
+    // A restore mover's Secret is owned by its Job (and labelled with it only).
+    let owned = ListParams::default().labels(freezeframe::offsite::objects::MOVER_JOB_LABEL);
     out.extend(
         secrets
-            .list(&params)
+            .list(&owned)
             .await
             .unwrap()
             .items

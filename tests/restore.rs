@@ -1023,6 +1023,11 @@ async fn given_restore_job_cluster_role_then_it_grants_every_permission_restore_
         ("", "pods/exec", "create"),
         ("", "pods/exec", "get"),
         ("", "events", "create"),
+        // Restore movers (claims filled from the repository).
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("", "secrets", "create"),
+        ("", "pods/log", "get"),
     ]);
     for (group, resource, verb) in needed {
         assert!(
@@ -1032,7 +1037,7 @@ async fn given_restore_job_cluster_role_then_it_grants_every_permission_restore_
     }
     assert!(
         !rbac_allows(&rules, "", "secrets", "delete"),
-        "restore never deletes"
+        "restore never deletes Secrets (a restore mover's goes with its Job)"
     );
     Ok(())
 }

@@ -162,17 +162,18 @@ impl MoverCluster for KubeMoverCluster {
         }))
     }
 
-    async fn create(&self, object: &TempObject) -> Result<()> {
+    async fn create(&self, object: &TempObject) -> Result<String> {
         let api = self.api(object.kind, object.namespace.as_deref().unwrap_or_default());
         let body: DynamicObject = serde_json::from_value(object.body.clone())
             .expect("temporary objects are built as valid objects");
-        api.create(&PostParams::default(), &body)
+        let created = api
+            .create(&PostParams::default(), &body)
             .await
             .map_err(kube_error(
                 "create",
                 format!("{} {}", object.kind.kind(), object.name),
             ))?;
-        Ok(())
+        Ok(created.metadata.uid.unwrap_or_default())
     }
 
     async fn wait_job(&self, namespace: &str, name: &str, limit: Duration) -> Result<JobEnd> {

@@ -101,7 +101,7 @@ impl MoverCluster for FakeCluster {
         Ok(self.secrets.get(name).cloned())
     }
 
-    async fn create(&self, object: &TempObject) -> Result<()> {
+    async fn create(&self, object: &TempObject) -> Result<String> {
         self.created.lock().unwrap().push(object.clone());
         self.events
             .lock()
@@ -111,7 +111,7 @@ impl MoverCluster for FakeCluster {
             (object.kind.kind().to_string(), object.name.clone()),
             object.clone(),
         );
-        Ok(())
+        Ok(format!("uid-{}-{}", object.kind.kind(), object.name))
     }
 
     async fn wait_job(&self, _namespace: &str, name: &str, limit: Duration) -> Result<JobEnd> {
@@ -157,6 +157,16 @@ impl MoverCluster for FakeCluster {
         let mut live = self.live.lock().unwrap();
         let before = live.len();
         live.retain(|_, o| !matches(&o.body["metadata"]["labels"], selector));
+        // Garbage collection: what an object deleted here owned goes with it.
+        let uids: Vec<String> = live
+            .values()
+            .map(|o| format!("uid-{}-{}", o.kind.kind(), o.name))
+            .collect();
+        live.retain(|_, o| {
+            o.body["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(|refs| refs.iter().any(|r| uids.iter().any(|u| r["uid"] == u.as_str())))
+        });
         Ok(before - live.len())
     }
 }

@@ -88,8 +88,8 @@ pub trait MoverCluster: Send + Sync {
         namespace: &str,
         name: &str,
     ) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>>;
-    /// Create one temporary object.
-    async fn create(&self, object: &TempObject) -> Result<()>;
+    /// Create one temporary object; returns its uid.
+    async fn create(&self, object: &TempObject) -> Result<String>;
     /// Wait until the Job `name` in `namespace` is `Complete` or `Failed`, at most `limit`.
     async fn wait_job(&self, namespace: &str, name: &str, limit: Duration) -> Result<JobEnd>;
     /// Delete every temporary object in `namespace` (and cluster-scoped) matching `selector`, Jobs first

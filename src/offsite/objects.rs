@@ -28,19 +28,19 @@ pub enum TempKind {
     Snapshot,
     /// `PersistentVolumeClaim`.
     Claim,
-    /// `Secret`: a restore mover's repository password and S3 keys, in the restored claim's namespace.
+    /// `Secret`: a restore mover's repository password and S3 keys, in the restored claim's namespace,
+    /// owned by its Job (garbage-collected with it, so never deleted by freezeframe itself).
     Secret,
     /// `batch/v1` `Job`.
     Job,
 }
 
 impl TempKind {
-    /// Every kind, in creation order.
-    pub const ALL: [TempKind; 5] = [
+    /// Every kind freezeframe deletes, in creation order (Secrets go with their Job).
+    pub const ALL: [TempKind; 4] = [
         TempKind::Content,
         TempKind::Snapshot,
         TempKind::Claim,
-        TempKind::Secret,
         TempKind::Job,
     ];
 
@@ -75,6 +75,17 @@ pub const PASSWORD_ENV: &str = "FREEZEFRAME_REPOSITORY_PASSWORD";
 pub const ACCESS_KEY_ENV: &str = "AWS_ACCESS_KEY_ID";
 /// See [`ACCESS_KEY_ENV`].
 pub const SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
+
+/// `object` owned by Job `job` (uid `uid`): garbage-collected when the Job is deleted.
+pub fn owned_by(mut object: TempObject, job: &str, uid: &str) -> TempObject {
+    object.body["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": job,
+        "uid": uid,
+    }]);
+    object
+}
 
 /// An env var from a Secret key.
 fn secret_env(var: &str, secret: &str, key: &str) -> Value {
@@ -301,9 +312,10 @@ impl MoverSpec {
     }
 
     /// The objects that fill claim `claim` in `namespace` (created empty by the restore) with repository
-    /// snapshot `snapshot_id`, in creation order: a Secret in that namespace holding `secret` (the
-    /// password and S3 keys: a pod reads Secrets of its own namespace only) and the Job, mounting the
-    /// claim read-write.
+    /// snapshot `snapshot_id`, in creation order: the Job, mounting the claim read-write, and a Secret
+    /// in that namespace holding `secret` (the password and S3 keys: a pod reads Secrets of its own
+    /// namespace only). Create the Secret with [`owned_by`] the created Job: its pod waits for it, and
+    /// it is garbage-collected with the Job. Only the Job carries [`MOVER_LABEL`] (sweeps delete Jobs).
     pub fn restore_objects(
         &self,
         namespace: &str,
@@ -319,10 +331,12 @@ impl MoverSpec {
             .iter()
             .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
             .collect();
+        let mut secret_labels = labels.clone();
+        secret_labels.remove(MOVER_LABEL);
         let secret_object = json!({
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "metadata": {"name": name, "namespace": namespace, "labels": secret_labels},
             "type": "Opaque",
             "data": data,
         });
@@ -352,16 +366,16 @@ impl MoverSpec {
         );
         vec![
             TempObject {
-                kind: TempKind::Secret,
-                namespace: Some(namespace.to_string()),
-                name: name.clone(),
-                body: secret_object,
-            },
-            TempObject {
                 kind: TempKind::Job,
                 namespace: Some(namespace.to_string()),
-                name,
+                name: name.clone(),
                 body: job,
+            },
+            TempObject {
+                kind: TempKind::Secret,
+                namespace: Some(namespace.to_string()),
+                name,
+                body: secret_object,
             },
         ]
     }

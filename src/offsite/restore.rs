@@ -4,17 +4,20 @@
 //! the claim exists.
 //!
 //! A pod reads Secrets of its own namespace only, so each Job gets a temporary Secret next to it with
-//! the repository password and the S3 keys, copied from freezeframe's namespace. Both carry the
-//! policy's restore labels (`freezeframe.dev/mover=restore`) and are deleted whatever happens: after
-//! each claim, and in one sweep per namespace at the start (leftovers of a crashed restore of the same
-//! policy) and at the end (also on cancellation).
+//! the repository password and the S3 keys, copied from freezeframe's namespace and owned by the Job:
+//! the garbage collector deletes it with the Job, so a restore never needs to delete Secrets. Jobs
+//! carry the policy's restore label (`freezeframe.dev/mover=restore`) and are deleted whatever
+//! happens: after each claim, and in one sweep per namespace at the start (leftovers of a crashed
+//! restore of the same policy) and at the end (also on cancellation).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::objects::{ACCESS_KEY_ENV, MOVER_JOB_LABEL, MOVER_LABEL, MoverSpec, PASSWORD_ENV, SECRET_KEY_ENV};
+use super::objects::{
+    ACCESS_KEY_ENV, MOVER_JOB_LABEL, MOVER_LABEL, MoverSpec, PASSWORD_ENV, SECRET_KEY_ENV, owned_by,
+};
 use super::{DEADLINE_GRACE, MoverCluster};
 use crate::mover::RestoreReport;
 use crate::snapshot::POLICY_LABEL;
@@ -149,9 +152,17 @@ async fn fill_one(
     tracing::info!(namespace = %request.namespace, pvc = %request.claim, snapshot = %request.snapshot_id,
         job = %job, "filling the claim from the repository");
     let result = async {
-        for object in spec.restore_objects(&request.namespace, &request.claim, &request.snapshot_id, secret) {
-            cluster.create(&object).await.map_err(|e| e.to_string())?;
-        }
+        let mut objects = spec
+            .restore_objects(&request.namespace, &request.claim, &request.snapshot_id, secret)
+            .into_iter();
+        let (Some(job_object), Some(secret_object)) = (objects.next(), objects.next()) else {
+            unreachable!("restore_objects returns a Job and a Secret");
+        };
+        let uid = cluster.create(&job_object).await.map_err(|e| e.to_string())?;
+        cluster
+            .create(&owned_by(secret_object, &job, &uid))
+            .await
+            .map_err(|e| e.to_string())?;
         let end = cluster
             .wait_job(&request.namespace, &job, spec.mover.timeout + DEADLINE_GRACE)
             .await
@@ -253,6 +264,12 @@ mod tests {
         assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["readOnly"], false);
         let secret = created.iter().find(|o| o.kind == TempKind::Secret).unwrap();
         assert_eq!(secret.namespace.as_deref(), Some("shop-dr"));
+        assert_eq!(secret.body["metadata"]["ownerReferences"][0]["kind"], "Job");
+        assert_eq!(
+            created[0].kind,
+            TempKind::Job,
+            "the Job first: the Secret is owned by it"
+        );
         assert_eq!(secret.body["data"][PASSWORD_ENV], "cHc=");
         assert!(
             cluster.live.lock().unwrap().is_empty(),

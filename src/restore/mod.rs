@@ -20,7 +20,10 @@
 //! volumesnapshotcontents; `patch` on persistentvolumes (re-binding a released volume, [`rebind`]);
 //! `list`, `watch` to wait for CRDs (and workloads with `--wait`); `pods` list and `pods/exec` create,
 //! get to replay dumps; `events` create; for webhooks (in [`command`]), `configmaps` get (the policies)
-//! and `secrets` get (HMAC keys) in freezeframe's namespace. Mirrored in `manifests/restore-job.yaml` (checked by a test).
+//! and `secrets` get (HMAC keys) in freezeframe's namespace; to fill claims from the repository
+//! ([`fill`]), `jobs` create and delete and `secrets` create (owned by the Job, garbage-collected with
+//! it) in the target namespaces, `pods/log` get, and `secrets` get (the repository's) in freezeframe's
+//! namespace. Mirrored in `manifests/restore-job.yaml` (checked by a test).
 
 pub mod apply;
 pub mod dumps;
