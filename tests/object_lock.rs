@@ -136,6 +136,7 @@ async fn given_locked_backup_due_for_pruning_when_pruned_then_reported_locked_ke
     let target = Target {
         store: &store,
         layout: &layout,
+        repository: None,
     };
 
     let report = retention::prune(

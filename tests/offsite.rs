@@ -464,3 +464,89 @@ async fn given_a_mover_that_fails_when_backed_up_then_partially_failed_naming_th
     // The snapshot-only data is still recorded.
     assert_eq!(manifest.volumes.as_ref().unwrap().snapshots.len(), 1);
 }
+
+#[tokio::test]
+async fn given_move_data_when_a_backup_is_pruned_then_its_repository_snapshots_are_forgotten_and_a_kept_one_still_restores()
+ {
+    let env = TestEnv::with_s3().await.unwrap();
+    env.apply(&app(1)).unwrap();
+    fill(&env, "db-0", 1).await;
+    let text = policy_text(&env, "password", "{timeout: 5m}").replace("keepLast: 5", "keepLast: 1");
+    let policy = parse_str("test", &text).policies.remove(0);
+    let (store, layout) = open_store(&policy).await;
+    let first = back_up(&env, &policy, store.as_ref(), &layout).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // backup ids have one-second resolution
+    let second = back_up(&env, &policy, store.as_ref(), &layout).await;
+    let id = |m: &Manifest| {
+        m.volumes.as_ref().unwrap().moved[0]
+            .mover
+            .snapshot_id
+            .clone()
+            .unwrap()
+    };
+    let (old, kept) = (id(&first), id(&second));
+    let policy_file = env.dir().join("policies.yaml");
+    std::fs::write(&policy_file, &text).unwrap();
+
+    let out = crate::harness::logged_output(
+        env.freezeframe(&[
+            "prune",
+            "--policy",
+            "shop",
+            "--policy-file",
+            policy_file.to_str().unwrap(),
+        ])
+        .env("FREEZEFRAME_NAMESPACE", "freezeframe"),
+    )
+    .await;
+
+    assert!(out.status.success(), "prune failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("/cluster-a/repository: pruned"),
+        "the repository's first prune is due: {stdout}"
+    );
+    let location = freezeframe::mover::RepositoryLocation::for_storage(&policy.storage.backend);
+    let creds = test_credentials();
+    let credentials = freezeframe::mover::S3Credentials {
+        access_key_id: Some(creds.access_key_id.clone()),
+        secret_access_key: Some(creds.secret_access_key.clone()),
+        session_token: None,
+        region: Some("us-east-1".into()),
+    };
+    let ids = tokio::task::spawn_blocking(move || {
+        let password = freezeframe::mover::Password::new(PASSWORD.to_string()).unwrap();
+        let repository = freezeframe::mover::Repository::open(&location, &credentials, &password).unwrap();
+        repository
+            .snapshots()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids, [kept.clone()], "forgotten: {old}");
+    // The kept backup's data survives the repository's prune.
+    let target = env.dir().join("restored");
+    let repository = freezeframe::mover::RepositoryLocation::for_storage(&policy.storage.backend).to_string();
+    let restored = crate::harness::logged_output(
+        env.freezeframe(&[
+            "mover",
+            "restore",
+            "--repository",
+            &repository,
+            "--snapshot",
+            &kept,
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .env("FREEZEFRAME_REPOSITORY_PASSWORD", PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key)
+        .env("AWS_REGION", "us-east-1"),
+    )
+    .await;
+    assert!(restored.status.success());
+    assert_eq!(tree(&target), live_tree(&env, "db-0").await);
+}

@@ -228,6 +228,7 @@ async fn given_all_recent_backups_failed_when_prune_then_last_good_backup_is_kep
     let target = Target {
         store: &store,
         layout: &layout,
+        repository: None,
     };
 
     let report = retention::prune(

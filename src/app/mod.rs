@@ -8,6 +8,7 @@ pub mod backup;
 pub mod mover;
 pub mod policies;
 pub mod prune;
+pub mod repository;
 pub mod restore;
 pub mod run;
 pub mod turn;
@@ -155,7 +156,7 @@ impl Invocation {
 
     /// Read S3 credentials from Secret `name` (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, optional
     /// `AWS_SESSION_TOKEN`) in freezeframe's namespace.
-    async fn s3_credentials(&self, name: &str) -> anyhow::Result<StaticCredentials> {
+    pub(crate) async fn s3_credentials(&self, name: &str) -> anyhow::Result<StaticCredentials> {
         let namespace = self
             .namespace()
             .context("credentialsSecret needs freezeframe's namespace (FREEZEFRAME_NAMESPACE)")?;
@@ -176,20 +177,29 @@ impl Invocation {
 
     /// Read age identities from a Secret key in freezeframe's namespace (`encryption.identitySecret`).
     pub async fn identities(&self, secret: &crate::policy::SecretKeyRef) -> anyhow::Result<Identities> {
+        let value = self
+            .secret_value(&secret.name, &secret.key)
+            .await
+            .context("identitySecret")?;
+        let namespace = self.namespace().unwrap_or_default();
+        let origin = format!("Secret {namespace}/{} key {}", secret.name, secret.key);
+        Ok(Identities::parse(&String::from_utf8_lossy(&value), origin)?)
+    }
+
+    /// Key `key` of Secret `name` in freezeframe's namespace.
+    pub async fn secret_value(&self, name: &str, key: &str) -> anyhow::Result<Vec<u8>> {
         let namespace = self
             .namespace()
-            .context("identitySecret needs freezeframe's namespace (FREEZEFRAME_NAMESPACE)")?;
-        let name = &secret.name;
+            .context("reading a Secret needs freezeframe's namespace (FREEZEFRAME_NAMESPACE)")?;
         let found = kube::Api::<Secret>::namespaced(self.client().await?, namespace)
             .get(name)
             .await
             .with_context(|| format!("reading Secret {namespace}/{name}"))?;
-        let data = found.data.unwrap_or_default();
+        let mut data = found.data.unwrap_or_default();
         let value = data
-            .get(&secret.key)
-            .with_context(|| format!("Secret {namespace}/{name} has no key {}", secret.key))?;
-        let origin = format!("Secret {namespace}/{name} key {}", secret.key);
-        Ok(Identities::parse(&String::from_utf8_lossy(&value.0), origin)?)
+            .remove(key)
+            .with_context(|| format!("Secret {namespace}/{name} has no key {key}"))?;
+        Ok(value.0)
     }
 }
 

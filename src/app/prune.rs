@@ -5,13 +5,15 @@ use std::fmt::Write as _;
 
 use anyhow::Context as _;
 
+use super::repository::{Moved, StorageRepository};
 use super::{Invocation, UsageError};
 use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
-use crate::policy::{Backend, Policy};
+use crate::policy::{Backend, Policy, Storage};
 use crate::retention::cluster::KubeSnapshots;
+use crate::retention::repository::{MovedData, RepositoryPrune, prune_if_due};
 use crate::retention::{Error, Mode, PruneReport, Target};
-use crate::store;
+use crate::store::{self, Layout, ObjectStore};
 
 /// Output format of `freezeframe prune`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,22 +85,71 @@ Examples:
   freezeframe prune --policy shop --policy-file new-policies.yaml --dry-run";
 
 /// Prune `policy` right after one of its backups was committed: every pruned backup is deleted, its
-/// snapshots through the cluster. The manifest just written is never changed by this.
+/// snapshots through the cluster and its moved data in the storage's repository, whose own prune then
+/// runs when due (`repository.pruneEvery`). The manifest just written is never changed by this.
 pub async fn after_backup(
     client: &kube::Client,
     invocation: &Invocation,
     policy: &Policy,
-    target: Target<'_>,
+    store: &dyn ObjectStore,
+    layout: &Layout,
 ) -> Result<PruneReport, Error> {
     let snapshots = KubeSnapshots::new(client.clone()).await.map_err(Error::Cluster)?;
-    crate::retention::prune(
+    let repository = open_repository(invocation, &policy.storage).await;
+    let target = Target {
+        store,
+        layout,
+        repository: repository.as_ref().map(|r| r as &dyn MovedData),
+    };
+    let report = crate::retention::prune(
         target,
         &policy.name,
         &policy.retention,
         invocation.now(),
         Mode::Delete(&snapshots),
     )
-    .await
+    .await;
+    if let (Some(repository), Some(settings)) = (&repository, &policy.storage.repository) {
+        prune_repository(store, layout, repository, settings.prune_every, invocation.now()).await;
+    }
+    report
+}
+
+/// The storage's repository, when it has one; `None` (with a warning) when its Secrets cannot be read:
+/// pruned backups with moved data then keep their record and a later prune retries.
+async fn open_repository(invocation: &Invocation, storage: &Storage) -> Option<Moved> {
+    match StorageRepository::for_storage(invocation, storage).await {
+        Ok(repository) => repository.map(Moved),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the storage's repository cannot be opened: moved data of pruned backups is not forgotten");
+            None
+        }
+    }
+}
+
+/// The repository's own prune when due; returns the line that says what happened.
+async fn prune_repository(
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    repository: &Moved,
+    every: std::time::Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let location = repository.0.location();
+    let line = match prune_if_due(store, layout, repository, every, now).await {
+        Ok(RepositoryPrune::Pruned) => format!("repository {location}: pruned"),
+        Ok(RepositoryPrune::NotDue { last }) => format!(
+            "repository {location}: last pruned {}, next prune after {}",
+            last.to_rfc3339(),
+            (last + chrono::Duration::from_std(every).unwrap_or_default()).to_rfc3339()
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "the repository's prune failed; the next prune retries");
+            format!("repository {location}: prune failed (the next prune retries): {e}")
+        }
+    };
+    tracing::info!("{line}");
+    line
 }
 
 /// Print what pruning after a backup did (pruned backups on stdout, failures on stderr) and return the
@@ -299,20 +350,48 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
 
     let mut reports = Vec::new();
     let mut outcomes = Vec::new();
+    let mut repository_lines: Vec<String> = Vec::new();
+    let mut repositories_pruned: Vec<String> = Vec::new();
     for policy in policies {
         let backend = backend_of(policy);
         let (store, layout) = match &client {
             Some(_) => invocation.open_store(&backend).await?,
             None => store::open(&backend, None).await,
         };
+        let storage = Storage {
+            backend: backend.clone(),
+            ..policy.storage.clone()
+        };
+        let repository = match &mode {
+            Mode::Delete(_) => open_repository(&invocation, &storage).await,
+            Mode::DryRun => None,
+        };
         let target = Target {
             store: store.as_ref(),
             layout: &layout,
+            repository: repository.as_ref().map(|r| r as &dyn MovedData),
         };
         let result =
             crate::retention::prune(target, &policy.name, &policy.retention, invocation.now(), mode).await;
         if let Some(reporter) = &reporter {
             reporter.prune_finished(policy, &result).await;
+        }
+        // Each storage's repository once, after its policies' backups were forgotten.
+        if let (Some(repository), Some(settings)) = (&repository, &storage.repository) {
+            let location = store.location();
+            if !repositories_pruned.contains(&location) {
+                repositories_pruned.push(location);
+                repository_lines.push(
+                    prune_repository(
+                        store.as_ref(),
+                        &layout,
+                        repository,
+                        settings.prune_every,
+                        invocation.now(),
+                    )
+                    .await,
+                );
+            }
         }
         match result {
             Ok(report) => {
@@ -326,7 +405,12 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<Outcome> {
         }
     }
     match args.output {
-        Format::Table => print!("{}", table(&reports)),
+        Format::Table => {
+            print!("{}", table(&reports));
+            for line in &repository_lines {
+                println!("{line}");
+            }
+        }
         Format::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
     }
     if args.all && !set.is_valid() {

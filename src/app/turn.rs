@@ -68,11 +68,7 @@ pub async fn back_up_prune_report(
     let mut outcome = m.status.outcome();
     // Commit manifest → prune (not after SIGTERM: stop as soon as possible) → report.
     let pruned = if prune && !cancel.is_cancelled() {
-        let target = crate::retention::Target {
-            store: store.as_ref(),
-            layout: &layout,
-        };
-        let pruned = super::prune::after_backup(&client, invocation, policy, target).await;
+        let pruned = super::prune::after_backup(&client, invocation, policy, store.as_ref(), &layout).await;
         outcome = crate::exit::worst([outcome, super::prune::report_after_backup(&policy.name, &pruned)]);
         Some(pruned)
     } else {

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod prune;
+pub mod repository;
 pub mod rules;
 
 use chrono::{DateTime, Utc};
@@ -61,6 +62,9 @@ pub struct Target<'a> {
     pub store: &'a dyn ObjectStore,
     /// Its key layout.
     pub layout: &'a Layout,
+    /// Its repository, when the storage has one and it could be reached: pruned backups' moved data
+    /// is forgotten there (without it, such a backup keeps its `volumes.json` and a later prune retries).
+    pub repository: Option<&'a dyn repository::MovedData>,
 }
 
 /// Prune one policy: list its backups, [`decide`] at `now`, and (unless [`Mode::DryRun`]) delete the

@@ -413,6 +413,7 @@ async fn prune_backup(
     // 1. The snapshot record, before anything is deleted.
     let mut found: BTreeSet<SnapshotRef> = BTreeSet::new();
     let mut contents: BTreeSet<ContentRef> = BTreeSet::new();
+    let mut moved: Vec<String> = Vec::new();
     if backup.stored.contains_key(layout::VOLUMES) {
         let key = keys.volumes();
         match store::get_bytes(store, &key).await {
@@ -420,6 +421,7 @@ async fn prune_backup(
                 Ok((refs, retained)) => {
                     found.extend(refs);
                     contents.extend(retained);
+                    moved = super::repository::moved_snapshots(&bytes).unwrap_or_default();
                 }
                 Err(e) => out.notes.push(format!(
                     "{key} is not valid JSON ({e}); its snapshots were looked up by their labels only"
@@ -494,6 +496,31 @@ async fn prune_backup(
         }
     }
 
+    // 3b. Its moved data: the repository snapshots its movers wrote are forgotten (their packs go at
+    // the repository's next prune, unless a kept snapshot shares them).
+    if !moved.is_empty() {
+        match target.repository {
+            Some(repository) => match repository.forget(&moved).await {
+                Ok(n) => out.notes.push(format!(
+                    "forgot {n} repository snapshot(s) of its moved volume data"
+                )),
+                Err(message) => {
+                    snapshots_gone = false;
+                    out.errors.push(format!(
+                        "forgetting its repository snapshots {moved:?} failed: {message}"
+                    ));
+                }
+            },
+            None => {
+                snapshots_gone = false;
+                out.errors.push(format!(
+                    "its moved volume data (repository snapshots {moved:?}) was not forgotten: the storage's \
+                     repository could not be opened (repository.passwordSecret in freezeframe's namespace)"
+                ));
+            }
+        }
+    }
+
     // 4. Everything else under the prefix; volumes.json last, once its snapshots are gone.
     let prefix = keys.root().to_string();
     let objects = match store.list(&prefix).await {
@@ -522,7 +549,7 @@ async fn prune_backup(
     }
     if !snapshots_gone {
         out.notes.push(format!(
-            "{volumes} was kept so the next prune retries deleting its snapshots"
+            "{volumes} was kept so the next prune retries deleting its snapshots and moved data"
         ));
         return;
     }

@@ -57,6 +57,12 @@ impl Layout {
         self.join(&format!("{REPOSITORY}/"))
     }
 
+    /// `<prefix>/repository-pruned.json`: when the repository was last pruned (outside the repository,
+    /// which stock restic reads, and outside `backups/`).
+    pub fn repository_pruned(&self) -> String {
+        self.join("repository-pruned.json")
+    }
+
     /// The keys of one backup.
     pub fn backup(&self, policy: &str, id: &BackupId) -> BackupKeys {
         BackupKeys {

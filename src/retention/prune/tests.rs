@@ -228,6 +228,7 @@ impl World {
         let target = Target {
             store: &self.store,
             layout: &self.layout,
+            repository: None,
         };
         prune(target, "app", &rules, at(now), mode).await
     }
