@@ -526,7 +526,7 @@ async fn given_move_data_when_a_backup_is_pruned_then_its_repository_snapshots_a
     })
     .await
     .unwrap();
-    assert_eq!(ids, [kept.clone()], "forgotten: {old}");
+    assert_eq!(ids, std::slice::from_ref(&kept), "forgotten: {old}");
     // The kept backup's data survives the repository's prune.
     let target = env.dir().join("restored");
     let repository = freezeframe::mover::RepositoryLocation::for_storage(&policy.storage.backend).to_string();
