@@ -14,6 +14,7 @@
 //! a GET, which RBAC maps to `create` since Kubernetes 1.31; grant both `get` and `create` for older
 //! clusters), `namespaces` list (for a namespace selector).
 
+pub mod budget;
 pub mod engine;
 pub mod exec;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub mod report;
 pub mod select;
 pub mod velero;
 
+pub use budget::{Budget, Exceeded};
 pub use engine::{Engine, FrozenGroup};
 pub use exec::{ExecOutput, KubeExecutor, PodExecutor, Target, Termination};
 pub use plan::{Invocation, Plan, Step};

@@ -1186,6 +1186,17 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
             )
         })
         .unwrap_or_default();
+    let max_freeze = ctx.duration(
+        &rp.key("maxFreeze"),
+        raw.rules.as_ref().and_then(|r| r.max_freeze.as_deref()),
+        DEFAULT_MAX_FREEZE,
+    );
+    if max_freeze.is_zero() {
+        ctx.msg(
+            &rp.key("maxFreeze"),
+            "found 0s; allowed: a positive duration such as `60s` (the longest the application may stay frozen)",
+        );
+    }
     let mut pre = rule_items(ctx, &rp.key("pre"), &pre_items, true, |index| {
         RuleOrigin::Policy { index }
     });
@@ -1336,6 +1347,7 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
         volumes,
         pre,
         post,
+        max_freeze,
         honor_velero_annotations: raw.honor_velero_annotations.unwrap_or(false),
         dumps,
         retention: retention?,
