@@ -229,21 +229,22 @@ pub async fn backup<E: PodExecutor>(
         .with_freeze(&req.freeze.plan, cancel, |budget| {
             let (prepared, keys) = (&prepared, &keys);
             async move {
-            let cut = match prepared {
-                Some(p) => Some(p.take(&budget).await),
-                None => None,
-            };
-            let dumps = dump::run_all(
-                engine.executor(),
-                ctx.store,
-                &ctx.sealing,
-                keys,
-                req.freeze.dumps.phase(true),
-                &budget,
-            )
-            .await;
-            (cut, dumps)
-        }})
+                let cut = match prepared {
+                    Some(p) => Some(p.take(&budget).await),
+                    None => None,
+                };
+                let dumps = dump::run_all(
+                    engine.executor(),
+                    ctx.store,
+                    &ctx.sealing,
+                    keys,
+                    req.freeze.dumps.phase(true),
+                    &budget,
+                )
+                .await;
+                (cut, dumps)
+            }
+        })
         .await;
     record_hooks(&mut manifest, &hooks, &req.freeze.dumps);
     let cut = match captured {
@@ -813,6 +814,10 @@ mod tests {
         assert!(record_budget(&mut m, &hooks, None));
         settle_status(&mut m);
         assert_eq!(m.status, Status::Failed);
-        assert!(m.problems[0].starts_with("freeze exceeded maxFreeze (2s)"), "{:?}", m.problems);
+        assert!(
+            m.problems[0].starts_with("freeze exceeded maxFreeze (2s)"),
+            "{:?}",
+            m.problems
+        );
     }
 }

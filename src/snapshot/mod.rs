@@ -50,8 +50,8 @@ pub use record::{
 };
 pub use scope::{Claim, Skipped};
 
-use crate::hooks::Budget;
 use crate::export::{self, Selection};
+use crate::hooks::Budget;
 use crate::policy::{SnapshotMode, VolumeOnError, Volumes};
 
 /// Label on every snapshot: the policy.

@@ -76,7 +76,15 @@ async fn given_command_exiting_non_zero_after_output_when_dumped_then_failed_and
         stdout: "half a dump".into(),
         stderr: "pg_dump: connection lost\n".into(),
     });
-    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0"), &Budget::default()).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &Sealing::Plain,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
     assert_eq!(record.status, DumpStatus::Failed);
     assert_eq!(record.exit_code, Some(2));
     assert_eq!(record.size, None, "a truncated dump reports no size");
@@ -98,7 +106,15 @@ async fn given_command_exceeding_timeout_when_dumped_then_failed_as_timed_out() 
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::new(dir.path());
     let exec = FakeExecutor::new(|_, _| Script::Hang);
-    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0"), &Budget::default()).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &Sealing::Plain,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
     assert_eq!(record.status, DumpStatus::Failed);
     assert!(record.error.unwrap().contains("timed out"));
     assert_eq!(
@@ -190,7 +206,15 @@ async fn given_store_committing_fewer_bytes_than_written_when_dumped_then_failed
         stdout: "0123456789".into(),
         stderr: String::new(),
     });
-    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0"), &Budget::default()).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &Sealing::Plain,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
     assert_eq!(record.status, DumpStatus::Failed);
     let error = record.error.unwrap();
     assert!(
@@ -228,7 +252,15 @@ async fn given_encryption_when_dumped_then_ciphertext_is_stored_and_recorded_and
         stderr: String::new(),
     });
 
-    let record = run_one(&exec, &store, &sealing, &keys(), &target("db-0"), &Budget::default()).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &sealing,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
 
     assert_eq!(record.status, DumpStatus::Succeeded, "{record:?}");
     let stored = store::get_bytes(&store, &keys().dump("pgdump", "db", "db-0"))
@@ -260,7 +292,15 @@ async fn given_encryption_and_a_failing_command_when_dumped_then_nothing_is_stor
         stderr: String::new(),
     });
 
-    let record = run_one(&exec, &store, &sealing, &keys(), &target("db-0"), &Budget::default()).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &sealing,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
 
     assert_eq!(record.status, DumpStatus::Failed);
     assert_eq!(
@@ -271,7 +311,8 @@ async fn given_encryption_and_a_failing_command_when_dumped_then_nothing_is_stor
 }
 
 #[tokio::test]
-async fn given_frozen_dump_still_running_when_the_freeze_budget_runs_out_then_cut_off_and_nothing_is_stored() {
+async fn given_frozen_dump_still_running_when_the_freeze_budget_runs_out_then_cut_off_and_nothing_is_stored()
+{
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::new(dir.path());
     let exec = FakeExecutor::new(|_, _| Script::Hang);
@@ -281,14 +322,18 @@ async fn given_frozen_dump_still_running_when_the_freeze_budget_runs_out_then_cu
     tokio::spawn(async move { expire.expire().await });
     let started = tokio::time::Instant::now();
     let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0"), &budget).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "stopped at the cut-off, not the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stopped at the cut-off, not the timeout"
+    );
     assert_eq!(record.status, DumpStatus::Failed);
     assert_eq!(
         record.error.as_deref(),
         Some("cut off: the freeze exceeded maxFreeze (200ms); nothing was stored")
     );
     assert_eq!(
-        exec.when("dump db-0", &crate::hooks::fake::EventKind::StreamClosed).len(),
+        exec.when("dump db-0", &crate::hooks::fake::EventKind::StreamClosed)
+            .len(),
         1,
         "the exec stream was closed"
     );

@@ -414,7 +414,11 @@ async fn given_capture_slower_than_max_freeze_when_frozen_then_thawed_at_the_bud
             "wound down"
         })
         .await;
-    assert_eq!(out, Some("wound down"), "the capture's output survives the cut-off");
+    assert_eq!(
+        out,
+        Some("wound down"),
+        "the capture's output survives the cut-off"
+    );
     assert_eq!(report.status, GroupStatus::PartiallyFailed);
     let exceeded = report.exceeded.as_ref().expect("budget exceeded");
     assert_eq!(
