@@ -15,6 +15,9 @@
 //!   manifest means "running or crashed"; a run that ended knowing it failed says so, with its reasons.
 //!   Restore and retention treat only `Completed`/`PartiallyFailed` manifests as backups.
 //! - A failed dump, an `onError: continue` hook failure or a failed post action: `PartiallyFailed`.
+//! - The freeze budget (`rules.maxFreeze`) ran out: the group is thawed at once, what was cut off stores
+//!   nothing; `Failed` when it ran out in the pre steps or nothing was captured inside the freeze, else
+//!   `PartiallyFailed` (see [`record_budget`] and docs/policy.md "The freeze budget").
 //! - An error of the export or the store: no manifest at all (the artifact could not be committed), as
 //!   before hooks existed; the error is returned.
 

@@ -7,6 +7,8 @@
 //!   Pod and container choice is [`select`].
 //! - [`engine`] runs a plan: [`Engine::freeze`] → [`FrozenGroup`] → [`FrozenGroup::thaw`], or
 //!   [`Engine::with_freeze`] which runs a step inside the freeze and guarantees the thaw.
+//! - [`budget`] bounds the freeze (`rules.maxFreeze`): work inside it names itself and stops when the
+//!   budget runs out; the engine then thaws at once.
 //! - Every command goes through the narrow [`exec::PodExecutor`] side-effect type: [`exec::KubeExecutor`]
 //!   in production, [`fake::FakeExecutor`] (records order and timing) in unit tests.
 //!

@@ -1203,6 +1203,25 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
     let mut post = rule_items(ctx, &rp.key("post"), &post_items, false, |index| {
         RuleOrigin::Policy { index }
     });
+    for rule in &pre {
+        let RuleOrigin::Policy { index } = rule.origin else {
+            continue;
+        };
+        for (j, action) in rule.actions.iter().enumerate() {
+            if action.timeout > max_freeze {
+                ctx.warn(
+                    &rp.key("pre").index(index).key("actions").index(j).key("timeout"),
+                    format!(
+                        "warning: the timeout ({}) is longer than rules.maxFreeze ({}), which cuts the \
+action off first and fails the backup; lower the timeout, or raise maxFreeze if the application may stay \
+frozen that long",
+                        values::format_duration(action.timeout),
+                        values::format_duration(max_freeze)
+                    ),
+                );
+            }
+        }
+    }
     for (field, name, target) in [
         ("preExecRule", &raw.pre_exec_rule, &mut pre),
         ("postExecRule", &raw.post_exec_rule, &mut post),
