@@ -239,8 +239,7 @@ async fn given_seaweedfs_when_dumps_stream_in_parts_then_whole_dump_committed_an
 }
 
 #[tokio::test]
-async fn given_frozen_dump_slower_than_max_freeze_when_backed_up_then_thawed_at_the_budget_and_partially_failed()
- {
+async fn given_frozen_dump_slower_than_max_freeze_when_backed_up_then_thawed_at_the_budget_and_failed() {
     let env = TestEnv::with_s3().await.unwrap();
     env.apply(&statefulset(1)).unwrap();
     // Parts of 5 MiB: the slow dump has a part uploaded when it is cut off, so its upload must be aborted.
@@ -252,7 +251,6 @@ async fn given_frozen_dump_slower_than_max_freeze_when_backed_up_then_thawed_at_
       pre: [{podSelector: {app: db}, actions: [{value: "date +%s.%N > frozen-at"}]}]
       post: [{podSelector: {app: db}, actions: [{value: "date +%s.%N > thawed-at"}]}]
     dumps:
-      - {name: fast, podSelector: {app: db}, command: "echo consistent"}
       - {name: slow, podSelector: {app: db}, command: "head -c 6000000 /dev/zero; sleep 60"}
 "#,
     );
@@ -263,7 +261,8 @@ async fn given_frozen_dump_slower_than_max_freeze_when_backed_up_then_thawed_at_
         "the backup did not wait for the slow dump: {:?}",
         started.elapsed()
     );
-    assert_eq!(m.status, Status::PartiallyFailed, "{:?}", m.problems);
+    // Nothing was captured inside the freeze (the unit tests cover the PartiallyFailed side of the rule).
+    assert_eq!(m.status, Status::Failed, "{:?}", m.problems);
     assert_eq!(
         m.problems[0],
         "freeze exceeded maxFreeze (2s): waiting for dump `slow` on db/db-0"
@@ -272,7 +271,7 @@ async fn given_frozen_dump_slower_than_max_freeze_when_backed_up_then_thawed_at_
     assert_eq!(hooks.max_freeze_millis, Some(2_000));
     assert_eq!(hooks.exceeded.as_deref(), Some(m.problems[0].as_str()));
     let window = hooks.freeze_window_millis.unwrap();
-    assert!((2_000..5_000).contains(&window), "frozen for {window} ms");
+    assert!((2_000..10_000).contains(&window), "frozen for {window} ms");
     let dir = pod_dir(&env, "db-0");
     let t = |f: &str| -> f64 {
         std::fs::read_to_string(dir.join(f))
@@ -283,12 +282,13 @@ async fn given_frozen_dump_slower_than_max_freeze_when_backed_up_then_thawed_at_
     };
     let thawed_after = t("thawed-at") - t("frozen-at");
     assert!(
-        (1.9..4.0).contains(&thawed_after),
+        (1.9..10.0).contains(&thawed_after),
         "post hook ran {thawed_after:.3}s after the pre hook"
     );
 
-    let (fast, slow) = (&m.dumps[0], &m.dumps[1]);
-    assert_eq!((fast.name.as_str(), fast.status), ("fast", DumpStatus::Succeeded));
+    let [slow] = &m.dumps[..] else {
+        panic!("one dump: {:?}", m.dumps)
+    };
     assert_eq!((slow.name.as_str(), slow.status), ("slow", DumpStatus::Failed));
     assert_eq!(
         slow.error.as_deref(),
@@ -310,7 +310,7 @@ async fn given_frozen_dump_slower_than_max_freeze_when_backed_up_then_thawed_at_
         "the cut-off upload was aborted: {:?}",
         uploads.uploads()
     );
-    assert!(m.artifacts.contains_key("resources.tar.zst"), "the export ran");
+    assert!(m.artifacts.is_empty(), "a failed backup exports nothing");
     assert_eq!(stored_manifest(&store, &m).await, m);
 }
 
