@@ -55,7 +55,7 @@ policies:
     let mut windows: Vec<Duration> = Vec::new();
     for _ in 0..rounds {
         let (report, _) = engine
-            .with_freeze(&plan, &CancellationToken::new(), || async {})
+            .with_freeze(&plan, &CancellationToken::new(), |_| async {})
             .await;
         anyhow::ensure!(
             report.abort_cause().is_none(),

@@ -238,6 +238,82 @@ async fn given_seaweedfs_when_dumps_stream_in_parts_then_whole_dump_committed_an
     );
 }
 
+#[tokio::test]
+async fn given_frozen_dump_slower_than_max_freeze_when_backed_up_then_thawed_at_the_budget_and_failed() {
+    let env = TestEnv::with_s3().await.unwrap();
+    env.apply(&statefulset(1)).unwrap();
+    // Parts of 5 MiB: the slow dump has a part uploaded when it is cut off, so its upload must be aborted.
+    let store = S3Store::new(env.s3().client().clone(), env.s3().bucket()).with_upload_limits(5 << 20, 2);
+    let p = policy(
+        env.dir(),
+        r#"    rules:
+      maxFreeze: 2s
+      pre: [{podSelector: {app: db}, actions: [{value: "date +%s.%N > frozen-at"}]}]
+      post: [{podSelector: {app: db}, actions: [{value: "date +%s.%N > thawed-at"}]}]
+    dumps:
+      - {name: slow, podSelector: {app: db}, command: "head -c 6000000 /dev/zero; sleep 60"}
+"#,
+    );
+    let started = std::time::Instant::now();
+    let m = back_up(&env, &p, &store).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the backup did not wait for the slow dump: {:?}",
+        started.elapsed()
+    );
+    // Nothing was captured inside the freeze (the unit tests cover the PartiallyFailed side of the rule).
+    assert_eq!(m.status, Status::Failed, "{:?}", m.problems);
+    assert_eq!(
+        m.problems[0],
+        "freeze exceeded maxFreeze (2s): waiting for dump `slow` on db/db-0"
+    );
+    let hooks = m.hooks.as_ref().unwrap();
+    assert_eq!(hooks.max_freeze_millis, Some(2_000));
+    assert_eq!(hooks.exceeded.as_deref(), Some(m.problems[0].as_str()));
+    let window = hooks.freeze_window_millis.unwrap();
+    assert!((2_000..10_000).contains(&window), "frozen for {window} ms");
+    let dir = pod_dir(&env, "db-0");
+    let t = |f: &str| -> f64 {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let thawed_after = t("thawed-at") - t("frozen-at");
+    assert!(
+        (1.9..10.0).contains(&thawed_after),
+        "post hook ran {thawed_after:.3}s after the pre hook"
+    );
+
+    let [slow] = &m.dumps[..] else {
+        panic!("one dump: {:?}", m.dumps)
+    };
+    assert_eq!((slow.name.as_str(), slow.status), ("slow", DumpStatus::Failed));
+    assert_eq!(
+        slow.error.as_deref(),
+        Some("cut off: the freeze exceeded maxFreeze (2s); nothing was stored")
+    );
+    let id = store::BackupId::parse(&m.backup_id).unwrap();
+    let keys = Layout::new("").backup("app", &id);
+    assert_eq!(store.head(&keys.dump("slow", "db", "db-0")).await.unwrap(), None);
+    let uploads = env
+        .s3()
+        .client()
+        .list_multipart_uploads()
+        .bucket(env.s3().bucket())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        uploads.uploads().is_empty(),
+        "the cut-off upload was aborted: {:?}",
+        uploads.uploads()
+    );
+    assert!(m.artifacts.is_empty(), "a failed backup exports nothing");
+    assert_eq!(stored_manifest(&store, &m).await, m);
+}
+
 /// `freezeframe backup --policy app --policy-file <file>` against the sandbox, not yet awaited.
 fn spawn_backup(env: &TestEnv, fields: &str) -> tokio::process::Child {
     let file = env.dir().join("policies.yaml");

@@ -10,7 +10,7 @@ use freezeframe::store::Layout;
 use freezeframe::store::fs::FsStore;
 
 use crate::harness::TestEnv;
-use crate::harness::databases::{Postgres, Redis};
+use crate::harness::databases::{Mariadb, Postgres, Redis};
 use crate::restore::{options, restore_with};
 
 /// `policies/postgresql.yaml` pointed at `pg` (its commands name no host: in a real pod the server is
@@ -142,5 +142,146 @@ async fn given_real_redis_when_its_rdb_dump_is_restored_then_key_count_and_diges
     let restored = redis.restart_from(&rdb)?;
     assert_eq!(restored.cli(&["DBSIZE"])?, keys);
     assert_eq!(restored.cli(&["DEBUG", "DIGEST"])?, digest);
+    Ok(())
+}
+
+/// `policies/mysql.yaml` pointed at `db` (its commands name no host and read the password from the
+/// container's environment: in a real pod the server is local), plus the test's probe: a second frozen
+/// dump that touches `marker` once the lock is held and keeps the freeze open for 4 s, so that a write
+/// can be tried inside the freeze.
+fn mysql_policy(db: &Mariadb, marker: &std::path::Path) -> freezeframe::policy::Policy {
+    let options = db.client_options();
+    let probe = format!(
+        "          - name: freeze-probe\n\
+         \x20           podSelector: {{app.kubernetes.io/instance: orders}}\n\
+         \x20           container: mysql\n\
+         \x20           command: \"touch {}; sleep 4\"\n",
+        marker.display()
+    );
+    let text = include_str!("../policies/mysql.yaml")
+        .replace(
+            r#"mysql -uroot -p"$MYSQL_ROOT_PASSWORD""#,
+            &format!("mysql {options}"),
+        )
+        .replace(
+            r#"mysqldump -uroot -p"$MYSQL_ROOT_PASSWORD""#,
+            &format!("mysqldump {options}"),
+        )
+        .replace(
+            "          - name: all-databases\n",
+            &format!("{probe}          - name: all-databases\n"),
+        );
+    assert!(
+        text.contains("freeze-probe") && !text.contains("MYSQL_ROOT_PASSWORD"),
+        "{text}"
+    );
+    let set = freezeframe::policy::parse_str("mysql.yaml", &text);
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    assert!(set.warnings.is_empty(), "{:#?}", set.warnings);
+    set.policies.into_iter().next().unwrap()
+}
+
+/// Rows, an order-independent sum of row checksums, and `CHECKSUM TABLE` of `shop.orders`.
+fn mariadb_fingerprint(db: &Mariadb) -> anyhow::Result<String> {
+    let rows = db.query("SELECT COUNT(*), SUM(CRC32(CONCAT(id, ':', item))) FROM shop.orders")?;
+    let checksum = db.query("CHECKSUM TABLE shop.orders")?;
+    Ok(format!("{rows} {checksum}"))
+}
+
+#[tokio::test]
+async fn given_real_mariadb_when_backed_up_with_the_recipe_then_writes_wait_for_the_thaw_and_every_row_comes_back()
+-> anyhow::Result<()> {
+    let db = Mariadb::start()?;
+    db.query(
+        "CREATE DATABASE shop; \
+         CREATE TABLE shop.orders (id INT PRIMARY KEY, item VARCHAR(64) NOT NULL) ENGINE=InnoDB; \
+         USE shop; INSERT INTO orders SELECT seq, MD5(seq) FROM seq_1_to_5000",
+    )?;
+    let before = mariadb_fingerprint(&db)?;
+    assert!(before.starts_with("5000\t"), "{before}");
+
+    let env = TestEnv::new().await?;
+    env.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+         apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: orders-mysql, namespace: shop}\n\
+         spec:\n  replicas: 1\n  serviceName: orders-mysql\n\
+         \x20 selector: {matchLabels: {app.kubernetes.io/instance: orders}}\n\
+         \x20 template:\n    metadata: {labels: {app.kubernetes.io/name: mysql, app.kubernetes.io/instance: orders}}\n\
+         \x20   spec: {containers: [{name: mysql, image: mariadb:10.11}]}\n",
+    )?;
+    let marker = env.dir().join("frozen");
+    let policy = mysql_policy(&db, &marker);
+    let store = FsStore::new(env.dir().join("store"));
+    let layout = Layout::new("");
+
+    // Another session writes once the freeze holds: its INSERT must wait for the thaw.
+    let writer = async {
+        while !marker.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = tokio::time::Instant::now();
+        let out = db
+            .command("INSERT INTO shop.orders VALUES (5001, 'written during the freeze')")
+            .output()
+            .await?;
+        anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        anyhow::Ok(started.elapsed())
+    };
+    let (manifest, blocked_for) = tokio::join!(
+        env.back_up(&policy, &store, &layout, chrono::Utc::now()),
+        tokio::time::timeout(Duration::from_secs(120), writer)
+    );
+    let manifest = manifest?;
+    let blocked_for = blocked_for??;
+    assert_eq!(
+        manifest.status,
+        freezeframe::backup::Status::Completed,
+        "{:?}",
+        manifest.problems
+    );
+    let window = manifest
+        .hooks
+        .as_ref()
+        .and_then(|h| h.freeze_window_millis)
+        .unwrap();
+    // The probe keeps the freeze open ~4 s after the marker: the INSERT waited for (about) that, and
+    // went through as soon as the lock was released.
+    assert!(
+        blocked_for >= Duration::from_secs(2) && blocked_for < Duration::from_millis(window),
+        "the INSERT waited {blocked_for:?}; the freeze lasted {window} ms"
+    );
+    // After the thaw nothing blocks writes.
+    let started = std::time::Instant::now();
+    db.query("INSERT INTO shop.orders VALUES (5002, 'written after the thaw')")?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let dump = manifest
+        .dumps
+        .iter()
+        .find(|d| d.name == "all-databases")
+        .expect("the recipe's dump");
+    assert_eq!(dump.status, DumpStatus::Succeeded, "{dump:?}");
+    assert!(dump.while_frozen);
+
+    // Disaster: the database and the namespace are gone.
+    db.query("DROP DATABASE shop")?;
+    env.delete_namespace_and_wait("shop").await?;
+
+    let mut opts = options();
+    opts.wait = Some(Duration::from_secs(60));
+    let (_, report) = restore_with(&env.client(), &store, &layout, &opts, Some(&policy)).await?;
+    let replay = report
+        .dumps
+        .iter()
+        .find(|r| r.dump == "all-databases")
+        .expect("the recipe's replay");
+    assert_eq!(replay.status, ReplayStatus::Succeeded, "{replay:?}");
+    assert_eq!(replay.exit_code, Some(0), "{replay:?}");
+    // Every row of the backup, none of the writes that waited for the thaw.
+    assert_eq!(mariadb_fingerprint(&db)?, before);
     Ok(())
 }

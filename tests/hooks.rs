@@ -79,7 +79,7 @@ async fn given_20_pods_with_1s_pre_action_when_frozen_then_all_pre_actions_overl
     assert_eq!(plan.pre[0].invocations.len(), 20);
     let engine = Engine::new(KubeExecutor::new(env.client()));
     let (report, snap) = engine
-        .with_freeze(&plan, &CancellationToken::new(), || async { "snapshot" })
+        .with_freeze(&plan, &CancellationToken::new(), |_| async { "snapshot" })
         .await;
     assert_eq!(report.status, GroupStatus::Succeeded, "{report}");
     assert_eq!(snap, Some("snapshot"));
@@ -125,7 +125,7 @@ async fn given_one_pod_pre_fails_when_freezing_then_no_snapshot_and_post_on_ever
     let plan = plan_for(&env, &p).await;
     let snapshot = AtomicBool::new(false);
     let (report, _) = Engine::new(KubeExecutor::new(env.client()))
-        .with_freeze(&plan, &CancellationToken::new(), || async {
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {
             snapshot.store(true, Ordering::SeqCst)
         })
         .await;
@@ -169,7 +169,7 @@ async fn given_held_lock_when_frozen_then_command_alive_during_snapshot_and_gone
     let plan = plan_for(&env, &p).await;
     let dirs = [pod_dir(&env, "db", "db-0"), pod_dir(&env, "db", "db-1")];
     let (report, pids) = Engine::new(KubeExecutor::new(env.client()))
-        .with_freeze(&plan, &CancellationToken::new(), || async {
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {
             // Still holding a second later: the session is open, not merely slow to close.
             tokio::time::sleep(Duration::from_secs(1)).await;
             dirs.iter()
@@ -246,7 +246,7 @@ async fn given_pre_action_exceeding_timeout_when_frozen_then_stream_closed_repor
     let plan = plan_for(&env, &p).await;
     let started = std::time::Instant::now();
     let (report, out) = Engine::new(KubeExecutor::new(env.client()))
-        .with_freeze(&plan, &CancellationToken::new(), || async {})
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {})
         .await;
     assert!(out.is_none());
     assert!(
@@ -289,7 +289,7 @@ async fn given_multi_container_pod_and_no_container_when_planning_then_error_lis
     );
     let plan = plan_for(&env, &named).await;
     let (report, _) = Engine::new(KubeExecutor::new(env.client()))
-        .with_freeze(&plan, &CancellationToken::new(), || async {})
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {})
         .await;
     assert_eq!(report.status, GroupStatus::Succeeded, "{report}");
     assert_eq!(
@@ -318,7 +318,7 @@ async fn given_empty_selection_when_planning_then_fail_errors_and_skip_skips() {
     let plan = plan_for(&env, &skip).await;
     assert!(plan.is_empty());
     let (report, out) = Engine::new(KubeExecutor::new(env.client()))
-        .with_freeze(&plan, &CancellationToken::new(), || async { "snapshot" })
+        .with_freeze(&plan, &CancellationToken::new(), |_| async { "snapshot" })
         .await;
     assert_eq!((report.status, out), (GroupStatus::Succeeded, Some("snapshot")));
     assert_eq!(report.skipped.len(), 1);
@@ -351,7 +351,7 @@ async fn given_cassandra_example_with_stork_rule_when_frozen_then_both_rules_run
             Exec::Shell("nodetool() { echo \"nodetool $*\" >> nodetool.log; }; nodetool flush".into());
     }
     let (report, _) = Engine::new(KubeExecutor::new(env.client()))
-        .with_freeze(&plan, &CancellationToken::new(), || async {})
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {})
         .await;
     assert_eq!(report.status, GroupStatus::Succeeded, "{report}");
     for i in 0..3 {
@@ -401,7 +401,7 @@ spec:
     let snapshot_saw_pre = AtomicBool::new(false);
     let dir = pod_dir(&env, "db", "mysql-0");
     let (report, _) = Engine::new(KubeExecutor::new(env.client()))
-        .with_freeze(&plan, &CancellationToken::new(), || async {
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {
             snapshot_saw_pre.store(
                 dir.join("velero-pre").exists() && !dir.join("velero-post").exists(),
                 Ordering::SeqCst,

@@ -111,8 +111,11 @@ async fn backup(env: &TestEnv, policy: &Policy, id: &str) -> (GroupReport, Outco
     .expect("prepare");
     let plan = plan::plan(&client, policy).await.expect("plan");
     let engine = Engine::new(KubeExecutor::new(client));
+    let taking = &prepared;
     let (report, cut) = engine
-        .with_freeze(&plan, &CancellationToken::new(), || prepared.take())
+        .with_freeze(&plan, &CancellationToken::new(), |budget| async move {
+            taking.take(&budget).await
+        })
         .await;
     assert_eq!(report.status, GroupStatus::Succeeded, "{report}");
     (report, prepared.complete(cut).await)

@@ -166,7 +166,7 @@ pub fn summary(m: &Manifest) -> String {
         let window = h.freeze_window_millis.map_or_else(
             || "nothing frozen".to_string(),
             |ms| format!("frozen for {ms} ms"),
-        );
+        ) + &max_freeze(h);
         writeln!(out, "  hooks: {:?}, {window}", h.status).ok();
     }
     for d in &m.dumps {
@@ -184,6 +184,16 @@ pub fn summary(m: &Manifest) -> String {
         writeln!(out, "  problem: {p}").ok();
     }
     out
+}
+
+/// ` (maxFreeze 60s)`, or nothing for manifests written before the budget existed.
+fn max_freeze(h: &crate::backup::HooksRecord) -> String {
+    h.max_freeze_millis.map_or_else(String::new, |ms| {
+        format!(
+            " (maxFreeze {})",
+            crate::hooks::budget::seconds(std::time::Duration::from_millis(ms))
+        )
+    })
 }
 
 /// Render stored backups as a table. Pure.
@@ -340,7 +350,7 @@ pub fn describe_text(b: &StoredBackup) -> String {
         let window = h.freeze_window_millis.map_or_else(
             || "nothing frozen".to_string(),
             |ms| format!("frozen for {ms} ms"),
-        );
+        ) + &max_freeze(h);
         writeln!(
             out,
             "Hooks:       {:?}, {window}, {} steps",

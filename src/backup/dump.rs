@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::manifest::{DumpRecord, DumpStatus};
 use crate::hooks::plan::Skipped;
-use crate::hooks::{PodExecutor, Target, select};
+use crate::hooks::{Budget, PodExecutor, Target, select};
 use crate::policy::{Dump, Exec, OnNoPods, Policy};
 use crate::store::crypt::{Sealing, Stored, put_artifact};
 use crate::store::{BackupKeys, ObjectStore, Written};
@@ -190,16 +190,18 @@ pub async fn plan(client: &kube::Client, policy: &Policy) -> Result<DumpPlan> {
 }
 
 /// Run `targets` (at most [`CONCURRENCY`] at once) into the backup `keys`; one record each, sorted by
-/// dump, namespace and pod.
+/// dump, namespace and pod. Inside a freeze, `budget` is the freeze's: a dump still running (or not yet
+/// started) when it runs out is cut off and stores nothing; after the thaw it is an unbounded budget.
 pub async fn run_all<'a, E: PodExecutor>(
     executor: &E,
     store: &dyn ObjectStore,
     sealing: &Sealing,
     keys: &BackupKeys,
     targets: impl Iterator<Item = &'a DumpTarget>,
+    budget: &Budget,
 ) -> Vec<DumpRecord> {
     let mut records: Vec<DumpRecord> = futures::stream::iter(targets)
-        .map(|t| run_one(executor, store, sealing, keys, t))
+        .map(|t| run_one(executor, store, sealing, keys, t, budget))
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
@@ -207,27 +209,47 @@ pub async fn run_all<'a, E: PodExecutor>(
     records
 }
 
-/// Stream one dump into the store (encrypted as `sealing` says) and check what was committed.
+/// Stream one dump into the store (encrypted as `sealing` says) and check what was committed. When
+/// `budget` cuts it off, its stream is closed and the upload aborted: nothing is stored.
 pub async fn run_one<E: PodExecutor>(
     executor: &E,
     store: &dyn ObjectStore,
     sealing: &Sealing,
     keys: &BackupKeys,
     dump: &DumpTarget,
+    budget: &Budget,
 ) -> DumpRecord {
     let t = &dump.target;
     let key = keys.dump(&dump.name, &t.namespace, &t.pod);
     let started = Instant::now();
+    let _pending = budget.track(format!("dump `{}` on {}", dump.name, t.pod_ref()));
     tracing::info!(dump = %dump.name, pod = %t.pod_ref(), key, "dump starts");
     let (writer, reader) = tokio::io::duplex(PIPE_BYTES);
     let (verdict_tx, verdict_rx) = oneshot::channel();
+    let cut_off = || {
+        format!(
+            "cut off: the freeze exceeded maxFreeze ({}); nothing was stored",
+            crate::hooks::budget::seconds(budget.max().unwrap_or_default())
+        )
+    };
     let produce = async {
         let mut writer = HashingWriter::new(writer);
-        let out = executor.stream(t, &dump.argv(), &mut writer, dump.timeout).await;
+        // Past the budget the stream is dropped (closed), and the verdict tells the upload to abort.
+        let argv = dump.argv();
+        let out = if budget.is_cut_off() {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                _ = budget.cut_off() => None,
+                out = executor.stream(t, &argv, &mut writer, dump.timeout) => Some(out),
+            }
+        };
         let verdict = match &out {
-            Ok(o) if o.termination.is_success() => Ok(()),
-            Ok(o) => Err(format!("the dump command ended with {}", o.termination)),
-            Err(e) => Err(e.summary()),
+            None => Err(cut_off()),
+            Some(Ok(o)) if o.termination.is_success() => Ok(()),
+            Some(Ok(o)) => Err(format!("the dump command ended with {}", o.termination)),
+            Some(Err(e)) => Err(e.summary()),
         };
         // The verdict goes first: the reader must never see end-of-file before it knows the outcome.
         let _ = verdict_tx.send(verdict);
@@ -260,15 +282,16 @@ pub async fn run_one<E: PodExecutor>(
         duration_millis: 0,
     };
     let error = match (&out, &put) {
-        (Err(e), _) => Some(e.summary()),
-        (Ok(o), _) if !o.termination.is_success() => Some(format!(
+        (None, _) => Some(cut_off()),
+        (Some(Err(e)), _) => Some(e.summary()),
+        (Some(Ok(o)), _) if !o.termination.is_success() => Some(format!(
             "the command ended with {} after {} bytes; nothing was stored",
             o.termination, produced.size
         )),
-        (Ok(_), Err(e)) => Some(format!("storing {key}: {}", crate::k8s::errors::chain(e))),
-        (Ok(_), Ok(stored)) => check_committed(store, &key, &produced, stored).await.err(),
+        (Some(Ok(_)), Err(e)) => Some(format!("storing {key}: {}", crate::k8s::errors::chain(e))),
+        (Some(Ok(_)), Ok(stored)) => check_committed(store, &key, &produced, stored).await.err(),
     };
-    if let Ok(o) = &out {
+    if let Some(Ok(o)) = &out {
         record.stderr_tail = o.stderr.clone();
         record.exit_code = match o.termination {
             crate::hooks::Termination::Exited(c) => Some(c),

@@ -138,6 +138,12 @@ pub struct HooksRecord {
     /// First pre action start to last thaw end, in milliseconds; absent when nothing was frozen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_window_millis: Option<u64>,
+    /// The freeze budget (`rules.maxFreeze`) in milliseconds; absent in manifests written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_freeze_millis: Option<u64>,
+    /// Set when the budget ran out: `freeze exceeded maxFreeze (60s): waiting for …`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exceeded: Option<String>,
     /// Every failure; when the status is `Failed` the first one aborted the freeze.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<HookFailure>,
@@ -234,6 +240,8 @@ impl From<&GroupReport> for HooksRecord {
         HooksRecord {
             status: r.status.into(),
             freeze_window_millis: r.freeze_window.map(millis),
+            max_freeze_millis: r.max_freeze.map(millis),
+            exceeded: r.exceeded.as_ref().map(ToString::to_string),
             failures: r
                 .failures
                 .iter()

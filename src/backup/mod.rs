@@ -15,6 +15,9 @@
 //!   manifest means "running or crashed"; a run that ended knowing it failed says so, with its reasons.
 //!   Restore and retention treat only `Completed`/`PartiallyFailed` manifests as backups.
 //! - A failed dump, an `onError: continue` hook failure or a failed post action: `PartiallyFailed`.
+//! - The freeze budget (`rules.maxFreeze`) ran out: the group is thawed at once, what was cut off stores
+//!   nothing; `Failed` when it ran out in the pre steps or nothing was captured inside the freeze, else
+//!   `PartiallyFailed` (see [`record_budget`] and docs/policy.md "The freeze budget").
 //! - An error of the export or the store: no manifest at all (the artifact could not be committed), as
 //!   before hooks existed; the error is returned.
 
@@ -28,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::export::{self, ExportOptions, Selection};
-use crate::hooks::{Engine, GroupReport, GroupStatus, KubeExecutor, Plan, PodExecutor};
+use crate::hooks::{Budget, Engine, GroupReport, GroupStatus, KubeExecutor, Plan, PodExecutor};
 use crate::policy::{Policy, SnapshotMode, Volumes};
 use crate::store::crypt::Sealing;
 use crate::store::{self, BackupId, BackupKeys, Layout, ObjectStore, layout};
@@ -226,20 +229,24 @@ pub async fn backup<E: PodExecutor>(
 
     // Freeze → snapshot cut + frozen dumps → thaw (the engine thaws whatever happens inside).
     let (hooks, captured) = engine
-        .with_freeze(&req.freeze.plan, cancel, || async {
-            let cut = match &prepared {
-                Some(p) => Some(p.take().await),
-                None => None,
-            };
-            let dumps = dump::run_all(
-                engine.executor(),
-                ctx.store,
-                &ctx.sealing,
-                &keys,
-                req.freeze.dumps.phase(true),
-            )
-            .await;
-            (cut, dumps)
+        .with_freeze(&req.freeze.plan, cancel, |budget| {
+            let (prepared, keys) = (&prepared, &keys);
+            async move {
+                let cut = match prepared {
+                    Some(p) => Some(p.take(&budget).await),
+                    None => None,
+                };
+                let dumps = dump::run_all(
+                    engine.executor(),
+                    ctx.store,
+                    &ctx.sealing,
+                    keys,
+                    req.freeze.dumps.phase(true),
+                    &budget,
+                )
+                .await;
+                (cut, dumps)
+            }
         })
         .await;
     record_hooks(&mut manifest, &hooks, &req.freeze.dumps);
@@ -255,6 +262,7 @@ pub async fn backup<E: PodExecutor>(
         Some(p) => Some(p.complete(cut).await),
         None => None,
     };
+    let over_budget = record_budget(&mut manifest, &hooks, volumes.as_ref());
     // After the thaw and the cut, never inside the freeze: the movers copy the ready snapshots into the
     // repository (only when the freeze went through: an aborted freeze captured nothing).
     let moved = match (&req.freeze.moves, volumes.as_mut()) {
@@ -262,7 +270,8 @@ pub async fn backup<E: PodExecutor>(
             if matches!(
                 hooks.status,
                 GroupStatus::Succeeded | GroupStatus::PartiallyFailed
-            ) && !outcome.volumes.is_empty() =>
+            ) && !over_budget
+                && !outcome.volumes.is_empty() =>
         {
             let spec = plan.for_backup(req.policy, id.as_str());
             let cluster = crate::offsite::KubeMoverCluster::new(ctx.client.clone());
@@ -284,14 +293,17 @@ pub async fn backup<E: PodExecutor>(
     if matches!(
         hooks.status,
         GroupStatus::Succeeded | GroupStatus::PartiallyFailed
-    ) {
+    ) && !over_budget
+    {
         // Dumps after the thaw, then the export: both stop at cancellation.
+        let unbounded = Budget::default();
         let later = dump::run_all(
             engine.executor(),
             ctx.store,
             &ctx.sealing,
             &keys,
             req.freeze.dumps.phase(false),
+            &unbounded,
         );
         match cancellable(cancel, later).await {
             Some(dumps) => manifest.dumps.extend(dumps),
@@ -471,13 +483,16 @@ fn cancelled(manifest: &mut Manifest, during: &str) {
 
 /// The hook results into the manifest; an aborted or cancelled freeze fails the backup.
 fn record_hooks(manifest: &mut Manifest, hooks: &GroupReport, dumps: &DumpPlan) {
-    let ran = !hooks.pre.is_empty() || !hooks.post.is_empty();
+    let ran = !hooks.pre.is_empty() || !hooks.post.is_empty() || hooks.exceeded.is_some();
     if ran || !hooks.skipped.is_empty() || !dumps.skipped.is_empty() {
         let mut record = HooksRecord::from(hooks);
         record
             .skipped
             .extend(dumps.skipped.iter().map(|s| format!("{}: {}", s.rule, s.reason)));
         manifest.hooks = Some(record);
+    }
+    if let Some(exceeded) = &hooks.exceeded {
+        manifest.problems.push(exceeded.to_string());
     }
     match hooks.status {
         GroupStatus::Succeeded => {}
@@ -487,6 +502,20 @@ fn record_hooks(manifest: &mut Manifest, hooks: &GroupReport, dumps: &DumpPlan) 
                 .iter()
                 .map(|f| format!("hook failed (continued): {f}")),
         ),
+        // Cut off in the pre steps: the message above says why, the pre action's own failure follows.
+        GroupStatus::Failed if hooks.exceeded.is_some() => {
+            manifest.status = Status::Failed;
+            let cut: Vec<String> = hooks
+                .failures
+                .iter()
+                .filter(|f| matches!(f.invocation.result, crate::hooks::InvocationResult::CutOff(_)))
+                .map(|f| format!("{} on {}", f.step, f.invocation.target))
+                .collect();
+            manifest.problems.push(format!(
+                "freeze aborted in its pre steps, nothing was captured (cut off: {})",
+                cut.join(", ")
+            ));
+        }
         GroupStatus::Failed => {
             manifest.status = Status::Failed;
             let cause = hooks
@@ -498,6 +527,35 @@ fn record_hooks(manifest: &mut Manifest, hooks: &GroupReport, dumps: &DumpPlan) 
         }
         GroupStatus::Cancelled => cancelled(manifest, "the freeze (thaw ran; nothing was captured)"),
     }
+}
+
+/// The freeze budget's verdict (documented in docs/policy.md, "The freeze budget"): a freeze that ran
+/// out during its pre steps captured nothing (`Failed`, through the hooks' status). One that ran out
+/// during the capture keeps what was captured inside the freeze before the deadline (frozen dumps that
+/// completed, snapshots whose cut was reported: consistent, taken while frozen) and is at best
+/// `PartiallyFailed`; when nothing was captured it is `Failed`. Returns true when it made the backup
+/// `Failed` (nothing more is captured after the thaw).
+fn record_budget(
+    manifest: &mut Manifest,
+    hooks: &GroupReport,
+    volumes: Option<&crate::snapshot::Outcome>,
+) -> bool {
+    if hooks.exceeded.is_none() || hooks.status != GroupStatus::PartiallyFailed {
+        return false;
+    }
+    let captured = manifest
+        .dumps
+        .iter()
+        .any(|d| d.while_frozen && d.status == DumpStatus::Succeeded)
+        || volumes.is_some_and(|o| !o.volumes.is_empty() || !o.groups.is_empty());
+    if captured {
+        return false;
+    }
+    manifest.status = Status::Failed;
+    manifest
+        .problems
+        .push("nothing was captured inside the freeze before maxFreeze ran out".into());
+    true
 }
 
 /// Failed stays failed; otherwise any problem (failed dump, hook failure) is a partial failure.
@@ -688,5 +746,81 @@ mod tests {
         record_moves(&mut m, &Moved::default(), Some(VolumeOnError::Fail));
         assert_eq!(m.status, Status::Completed);
         assert!(m.problems.is_empty());
+    }
+
+    fn over_budget() -> GroupReport {
+        GroupReport {
+            status: GroupStatus::PartiallyFailed,
+            failures: Vec::new(),
+            pre: Vec::new(),
+            releases: Vec::new(),
+            post: Vec::new(),
+            skipped: Vec::new(),
+            freeze_window: Some(std::time::Duration::from_millis(2_050)),
+            max_freeze: Some(std::time::Duration::from_secs(2)),
+            exceeded: Some(crate::hooks::Exceeded {
+                max: std::time::Duration::from_secs(2),
+                waiting_for: vec!["dump `slow` on db/db-0".into()],
+            }),
+        }
+    }
+
+    fn frozen_dump(name: &str, status: DumpStatus) -> DumpRecord {
+        DumpRecord {
+            name: name.into(),
+            namespace: "db".into(),
+            pod: "db-0".into(),
+            container: "main".into(),
+            artifact: format!("dumps/{name}/db/db-0"),
+            while_frozen: true,
+            status,
+            size: None,
+            sha256: None,
+            exit_code: None,
+            error: None,
+            stderr_tail: String::new(),
+            duration_millis: 0,
+        }
+    }
+
+    #[test]
+    fn given_freeze_over_budget_with_a_frozen_dump_captured_when_recording_then_partially_failed_with_the_message()
+     {
+        let mut m = manifest();
+        let hooks = over_budget();
+        record_hooks(&mut m, &hooks, &DumpPlan::default());
+        m.dumps = vec![
+            frozen_dump("fast", DumpStatus::Succeeded),
+            frozen_dump("slow", DumpStatus::Failed),
+        ];
+        assert!(!record_budget(&mut m, &hooks, None));
+        settle_status(&mut m);
+        assert_eq!(m.status, Status::PartiallyFailed);
+        assert_eq!(
+            m.problems[0],
+            "freeze exceeded maxFreeze (2s): waiting for dump `slow` on db/db-0"
+        );
+        let record = m.hooks.as_ref().unwrap();
+        assert_eq!(
+            (record.freeze_window_millis, record.max_freeze_millis),
+            (Some(2_050), Some(2_000))
+        );
+        assert_eq!(record.exceeded.as_deref(), Some(m.problems[0].as_str()));
+    }
+
+    #[test]
+    fn given_freeze_over_budget_with_nothing_captured_when_recording_then_the_backup_fails() {
+        let mut m = manifest();
+        let hooks = over_budget();
+        record_hooks(&mut m, &hooks, &DumpPlan::default());
+        m.dumps = vec![frozen_dump("slow", DumpStatus::Failed)];
+        assert!(record_budget(&mut m, &hooks, None));
+        settle_status(&mut m);
+        assert_eq!(m.status, Status::Failed);
+        assert!(
+            m.problems[0].starts_with("freeze exceeded maxFreeze (2s)"),
+            "{:?}",
+            m.problems
+        );
     }
 }

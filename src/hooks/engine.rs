@@ -20,6 +20,7 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Budget;
 use super::exec::{ACQUIRED_MARKER, HeldSession, Hold, PodExecutor, Termination};
 use super::plan::{Invocation, Plan};
 use super::report::{
@@ -54,33 +55,45 @@ impl<E: PodExecutor> Engine<E> {
     /// Freeze, run `inside` if the freeze completed (and cancellation has not fired), then thaw. Returns
     /// the report and `inside`'s output (`None` when it did not run or was cancelled). A panic in
     /// `inside` is resumed after the thaw.
+    ///
+    /// `inside` gets the freeze's [`Budget`]: when `plan.max_freeze` runs out it fires
+    /// [`Budget::cut_off`], the thaw starts at once, and `inside` winds down (closing its streams,
+    /// removing what it half-wrote) while the thaw runs; its output, with what it did capture, is still
+    /// returned, and the report's `exceeded` says what the freeze was waiting for.
     pub async fn with_freeze<T, Fut>(
         &self,
         plan: &Plan,
         cancel: &CancellationToken,
-        inside: impl FnOnce() -> Fut,
+        inside: impl FnOnce(Budget) -> Fut,
     ) -> (GroupReport, Option<T>)
     where
         Fut: Future<Output = T>,
     {
         let frozen = self.freeze(plan, cancel).await;
-        let mut output = None;
-        let mut panicked = None;
-        if frozen.is_frozen() {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => tracing::warn!("cancelled during the snapshot step; thawing"),
-                r = AssertUnwindSafe(inside()).catch_unwind() => match r {
-                    Ok(v) => output = Some(v),
-                    Err(p) => panicked = Some(p),
-                },
+        if !frozen.is_frozen() {
+            return (frozen.thaw().await, None);
+        }
+        let budget = frozen.budget.clone();
+        let work = AssertUnwindSafe(inside(budget.clone())).catch_unwind();
+        tokio::pin!(work);
+        let (report, finished) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                tracing::warn!("cancelled during the snapshot step; thawing");
+                (frozen.thaw().await, None)
             }
+            r = &mut work => (frozen.thaw().await, Some(r)),
+            _ = budget.expire() => {
+                // Thaw now; what was cut off winds down meanwhile.
+                let (report, r) = tokio::join!(frozen.thaw(), work);
+                (report, Some(r))
+            }
+        };
+        match finished {
+            Some(Ok(v)) => (report, Some(v)),
+            Some(Err(p)) => std::panic::resume_unwind(p),
+            None => (report, None),
         }
-        let report = frozen.thaw().await;
-        if let Some(p) = panicked {
-            std::panic::resume_unwind(p);
-        }
-        (report, output)
     }
 
     /// Run the pre steps. Always follow with [`FrozenGroup::thaw`]; check [`FrozenGroup::is_frozen`]
@@ -90,6 +103,7 @@ impl<E: PodExecutor> Engine<E> {
             engine: self,
             plan,
             cancel: cancel.clone(),
+            budget: Budget::new(plan.max_freeze),
             started_at: None,
             touched: BTreeSet::new(),
             pre: Vec::new(),
@@ -103,9 +117,22 @@ impl<E: PodExecutor> Engine<E> {
                 break;
             }
             group.started_at.get_or_insert_with(Instant::now);
+            group.budget.start();
             group.touched.extend(step.invocations.iter().map(pod_key));
             tracing::info!(step = %step.name, pods = step.invocations.len(), "pre step starts on all pods");
-            let results = join_all(step.invocations.iter().map(|inv| self.run_pre(inv, cancel))).await;
+            let budget = &group.budget;
+            let running = join_all(
+                step.invocations
+                    .iter()
+                    .map(|inv| self.run_pre(&step.name, inv, cancel, budget)),
+            );
+            tokio::pin!(running);
+            // Past the budget every invocation still running is cut off (its stream closed) and ends
+            // at once, so the step still reports every pod and keeps the locks already held for release.
+            let results = tokio::select! {
+                r = &mut running => r,
+                _ = budget.expire() => running.await,
+            };
             let mut reports = Vec::with_capacity(results.len());
             for (inv, (report, held)) in step.invocations.iter().zip(results) {
                 if let Some(h) = held {
@@ -132,6 +159,9 @@ impl<E: PodExecutor> Engine<E> {
                 name: step.name.clone(),
                 invocations: reports,
             });
+            if group.budget.is_cut_off() {
+                group.aborted = true;
+            }
             if group.aborted || cancel.is_cancelled() {
                 break;
             }
@@ -141,9 +171,12 @@ impl<E: PodExecutor> Engine<E> {
 
     async fn run_pre(
         &self,
+        step: &str,
         inv: &Invocation,
         cancel: &CancellationToken,
+        budget: &Budget,
     ) -> (InvocationReport, Option<E::Held>) {
+        let _pending = budget.track(format!("pre action {step} on {}", inv.target));
         let start = Instant::now();
         let timeout = inv.action.timeout;
         let argv = inv.argv();
@@ -168,11 +201,6 @@ impl<E: PodExecutor> Engine<E> {
                     .map(|out| (Some(out), None))
             }
         };
-        let ran = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => None,
-            r = run => Some(r),
-        };
         let base = |result| InvocationReport {
             target: inv.target.clone(),
             command: inv.command_text(),
@@ -180,6 +208,15 @@ impl<E: PodExecutor> Engine<E> {
             stdout: String::new(),
             stderr: String::new(),
             duration: start.elapsed(),
+        };
+        let ran = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            _ = budget.cut_off() => {
+                let max = budget.max().unwrap_or_default();
+                return (base(InvocationResult::CutOff(max)), None);
+            }
+            r = run => Some(r),
         };
         match ran {
             None => (base(InvocationResult::Cancelled), None),
@@ -231,6 +268,7 @@ pub struct FrozenGroup<'a, E: PodExecutor> {
     engine: &'a Engine<E>,
     plan: &'a Plan,
     cancel: CancellationToken,
+    budget: Budget,
     started_at: Option<Instant>,
     touched: BTreeSet<PodKey>,
     pre: Vec<StepReport>,
@@ -244,7 +282,12 @@ impl<E: PodExecutor> FrozenGroup<'_, E> {
     /// True when every pre step ran without an aborting failure and without cancellation: the snapshot
     /// step may run.
     pub fn is_frozen(&self) -> bool {
-        !self.aborted && !self.cancel.is_cancelled()
+        !self.aborted && !self.cancel.is_cancelled() && !self.budget.is_cut_off()
+    }
+
+    /// The freeze's budget: what runs inside the freeze tracks itself with it and stops at its cut-off.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Release held locks (concurrently), then run every post step on every pod that had a pre action
@@ -324,11 +367,12 @@ impl<E: PodExecutor> FrozenGroup<'_, E> {
         }
 
         let freeze_window = self.started_at.map(|s| s.elapsed());
+        let exceeded = self.budget.exceeded();
         let status = if cancelled {
             GroupStatus::Cancelled
         } else if self.aborted {
             GroupStatus::Failed
-        } else if failures.is_empty() {
+        } else if failures.is_empty() && exceeded.is_none() {
             GroupStatus::Succeeded
         } else {
             GroupStatus::PartiallyFailed
@@ -341,6 +385,8 @@ impl<E: PodExecutor> FrozenGroup<'_, E> {
             post,
             skipped: self.plan.skipped.clone(),
             freeze_window,
+            max_freeze: self.plan.max_freeze,
+            exceeded,
         };
         tracing::info!(%report, "group thawed");
         report

@@ -7,6 +7,8 @@
 //!   Pod and container choice is [`select`].
 //! - [`engine`] runs a plan: [`Engine::freeze`] → [`FrozenGroup`] → [`FrozenGroup::thaw`], or
 //!   [`Engine::with_freeze`] which runs a step inside the freeze and guarantees the thaw.
+//! - [`budget`] bounds the freeze (`rules.maxFreeze`): work inside it names itself and stops when the
+//!   budget runs out; the engine then thaws at once.
 //! - Every command goes through the narrow [`exec::PodExecutor`] side-effect type: [`exec::KubeExecutor`]
 //!   in production, [`fake::FakeExecutor`] (records order and timing) in unit tests.
 //!
@@ -14,6 +16,7 @@
 //! a GET, which RBAC maps to `create` since Kubernetes 1.31; grant both `get` and `create` for older
 //! clusters), `namespaces` list (for a namespace selector).
 
+pub mod budget;
 pub mod engine;
 pub mod exec;
 #[cfg(test)]
@@ -23,6 +26,7 @@ pub mod report;
 pub mod select;
 pub mod velero;
 
+pub use budget::{Budget, Exceeded};
 pub use engine::{Engine, FrozenGroup};
 pub use exec::{ExecOutput, KubeExecutor, PodExecutor, Target, Termination};
 pub use plan::{Invocation, Plan, Step};

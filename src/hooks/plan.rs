@@ -7,6 +7,7 @@
 //! innermost freeze is thawed first). Each action of a rule item is one step.
 
 use std::fmt;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -112,6 +113,9 @@ pub struct Plan {
     pub post: Vec<Step>,
     /// Rules skipped (empty selection with `onNoPods: skip`).
     pub skipped: Vec<Skipped>,
+    /// The freeze budget (`rules.maxFreeze`), from the first pre action to the thaw; `None` = unbounded
+    /// (plans not built from a policy).
+    pub max_freeze: Option<Duration>,
 }
 
 impl Plan {
@@ -246,7 +250,10 @@ pub async fn plan(client: &kube::Client, policy: &Policy) -> Result<Plan> {
     let namespaces = select::namespaces(client, &policy.namespaces)
         .await
         .map_err(select_err("namespaces"))?;
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        max_freeze: Some(policy.max_freeze),
+        ..Plan::default()
+    };
     for rule in &policy.pre {
         let pods = select::list_pods(client, &namespaces, &rule.pod_selector)
             .await

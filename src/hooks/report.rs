@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::budget::Exceeded;
 use super::exec::{ExecOutput, Target, Termination};
 use super::plan::Skipped;
 use crate::exit::Outcome;
@@ -24,6 +25,9 @@ pub enum InvocationResult {
     Failed(String),
     /// Stopped by cancellation (SIGTERM): the stream was closed.
     Cancelled,
+    /// Still running when the freeze budget (`rules.maxFreeze`, the value here) ran out: the stream was
+    /// closed and the group thawed.
+    CutOff(Duration),
     /// Not run: the pod had no pre action started, so there is nothing to thaw on it.
     NotRun(String),
 }
@@ -43,7 +47,10 @@ impl InvocationResult {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            InvocationResult::Exited(_) | InvocationResult::TimedOut(_) | InvocationResult::Failed(_)
+            InvocationResult::Exited(_)
+                | InvocationResult::TimedOut(_)
+                | InvocationResult::Failed(_)
+                | InvocationResult::CutOff(_)
         )
     }
 
@@ -70,6 +77,11 @@ impl fmt::Display for InvocationResult {
             ),
             InvocationResult::Failed(m) => write!(f, "failed: {m}"),
             InvocationResult::Cancelled => f.write_str("cancelled (stream closed)"),
+            InvocationResult::CutOff(max) => write!(
+                f,
+                "cut off: the freeze exceeded maxFreeze ({}) (stream closed)",
+                super::budget::seconds(*max)
+            ),
             InvocationResult::NotRun(why) => write!(f, "not run: {why}"),
         }
     }
@@ -212,6 +224,11 @@ pub struct GroupReport {
     pub skipped: Vec<Skipped>,
     /// First pre action start to last thaw end; `None` when no pre action started.
     pub freeze_window: Option<Duration>,
+    /// The freeze budget (`rules.maxFreeze`); `None` = unbounded.
+    pub max_freeze: Option<Duration>,
+    /// The budget ran out: the freeze was cut short (status `Failed` when it ran out during the pre
+    /// steps, else at least `PartiallyFailed`).
+    pub exceeded: Option<Exceeded>,
 }
 
 impl GroupReport {
@@ -228,6 +245,9 @@ impl fmt::Display for GroupReport {
         write!(f, "{:?}", self.status)?;
         if let Some(w) = self.freeze_window {
             write!(f, ", frozen for {:.3}s", w.as_secs_f64())?;
+        }
+        if let Some(e) = &self.exceeded {
+            write!(f, "\n  {e}")?;
         }
         for failure in &self.failures {
             write!(f, "\n  {failure}")?;

@@ -13,6 +13,8 @@ use super::schedule::Schedule;
 pub const DEFAULT_STARTING_DEADLINE: Duration = Duration::from_secs(3600);
 /// Default action `timeout`.
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `rules.maxFreeze`: the longest a freeze may last, first pre action to thaw.
+pub const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(60);
 /// Default dump `timeout`.
 pub const DEFAULT_DUMP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `volumes.readyTimeout`.
@@ -189,6 +191,9 @@ pub struct Policy {
     pub pre: Vec<HookRule>,
     /// Thaw hooks.
     pub post: Vec<HookRule>,
+    /// The freeze budget (`rules.maxFreeze`): from the first pre action to the thaw; past it, what runs
+    /// inside the freeze is cut off and the group thawed.
+    pub max_freeze: Duration,
     /// Also run Velero hook annotations found on selected pods.
     pub honor_velero_annotations: bool,
     /// Logical dumps.

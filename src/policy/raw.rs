@@ -253,6 +253,7 @@ pub enum VolumeOnError {
 pub struct RawRules {
     pub pre: Option<Vec<RawRuleItem>>,
     pub post: Option<Vec<RawRuleItem>>,
+    pub max_freeze: Option<String>,
 }
 
 /// One rule item: a pod group and the actions run on it (Stork's shape plus our options).

@@ -689,3 +689,42 @@ fn given_replay_without_run_in_single_pod_or_pg_dumpall_with_on_error_stop_when_
     );
     assert!(parse_str("p.yaml", &fine).warnings.is_empty());
 }
+
+#[test]
+fn given_max_freeze_when_parsed_then_default_is_60s_custom_values_apply_and_0s_is_rejected() {
+    let default = parse_str("t", &minimal(""));
+    assert!(default.is_valid(), "{:#?}", default.problems);
+    assert_eq!(default.policies[0].max_freeze, DEFAULT_MAX_FREEZE);
+    assert_eq!(DEFAULT_MAX_FREEZE, std::time::Duration::from_secs(60));
+
+    let custom = parse_str("t", &minimal("    rules: {maxFreeze: 2m30s}\n"));
+    assert!(custom.is_valid(), "{:#?}", custom.problems);
+    assert_eq!(custom.policies[0].max_freeze, std::time::Duration::from_secs(150));
+
+    let zero = parse_str("t", &minimal("    rules: {maxFreeze: 0s}\n"));
+    let problem = only_problem(&zero);
+    assert_eq!(problem.path, "policies[0].rules.maxFreeze");
+    assert!(problem.message.contains("positive duration"), "{problem:?}");
+
+    let unitless = parse_str("t", &minimal("    rules: {maxFreeze: 60}\n"));
+    assert_eq!(only_problem(&unitless).path, "policies[0].rules.maxFreeze");
+}
+
+#[test]
+fn given_pre_action_timeout_beyond_max_freeze_when_validated_then_warned_naming_both() {
+    let set = parse_str(
+        "t",
+        &minimal(
+            "    rules:\n      maxFreeze: 30s\n      pre:\n        - podSelector: {app: x}\n          \
+             actions: [{value: sync, timeout: 10s}, {value: lock, timeout: 90s}]\n",
+        ),
+    );
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    assert_eq!(set.warnings.len(), 1, "{:#?}", set.warnings);
+    let w = &set.warnings[0];
+    assert_eq!(w.path, "policies[0].rules.pre[0].actions[1].timeout");
+    assert!(
+        w.message.contains("(1m30s)") && w.message.contains("maxFreeze (30s)"),
+        "{w:?}"
+    );
+}

@@ -1186,12 +1186,42 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
             )
         })
         .unwrap_or_default();
+    let max_freeze = ctx.duration(
+        &rp.key("maxFreeze"),
+        raw.rules.as_ref().and_then(|r| r.max_freeze.as_deref()),
+        DEFAULT_MAX_FREEZE,
+    );
+    if max_freeze.is_zero() {
+        ctx.msg(
+            &rp.key("maxFreeze"),
+            "found 0s; allowed: a positive duration such as `60s` (the longest the application may stay frozen)",
+        );
+    }
     let mut pre = rule_items(ctx, &rp.key("pre"), &pre_items, true, |index| {
         RuleOrigin::Policy { index }
     });
     let mut post = rule_items(ctx, &rp.key("post"), &post_items, false, |index| {
         RuleOrigin::Policy { index }
     });
+    for rule in &pre {
+        let RuleOrigin::Policy { index } = rule.origin else {
+            continue;
+        };
+        for (j, action) in rule.actions.iter().enumerate() {
+            if action.timeout > max_freeze {
+                ctx.warn(
+                    &rp.key("pre").index(index).key("actions").index(j).key("timeout"),
+                    format!(
+                        "warning: the timeout ({}) is longer than rules.maxFreeze ({}), which cuts the \
+action off first and fails the backup; lower the timeout, or raise maxFreeze if the application may stay \
+frozen that long",
+                        values::format_duration(action.timeout),
+                        values::format_duration(max_freeze)
+                    ),
+                );
+            }
+        }
+    }
     for (field, name, target) in [
         ("preExecRule", &raw.pre_exec_rule, &mut pre),
         ("postExecRule", &raw.post_exec_rule, &mut post),
@@ -1336,6 +1366,7 @@ fn policy(ctx: &mut Ctx<'_>, path: &Path, env: &Env<'_>, raw: RawPolicy) -> Opti
         volumes,
         pre,
         post,
+        max_freeze,
         honor_velero_annotations: raw.honor_velero_annotations.unwrap_or(false),
         dumps,
         retention: retention?,

@@ -149,6 +149,8 @@ pub fn manifest(status: Status) -> Manifest {
     m.hooks = Some(HooksRecord {
         status: HooksStatus::Succeeded,
         freeze_window_millis: Some(40),
+        max_freeze_millis: Some(60_000),
+        exceeded: None,
         failures: Vec::new(),
         steps: Vec::new(),
         skipped: Vec::new(),

@@ -51,6 +51,7 @@ pub use record::{
 pub use scope::{Claim, Skipped};
 
 use crate::export::{self, Selection};
+use crate::hooks::Budget;
 use crate::policy::{SnapshotMode, VolumeOnError, Volumes};
 
 /// Label on every snapshot: the policy.
@@ -188,6 +189,14 @@ pub struct Created {
     resource: ApiResource,
     /// Whether this unit yielded no usable snapshot.
     failed: bool,
+}
+
+/// Why a snapshot cut off by the freeze budget yields nothing.
+fn cut_off_reason(budget: &Budget) -> String {
+    format!(
+        "no cut reported before the freeze exceeded maxFreeze ({})",
+        crate::hooks::budget::seconds(budget.max().unwrap_or_default())
+    )
 }
 
 /// The volumes of one backup.
@@ -538,9 +547,9 @@ impl Prepared {
 
     /// Create every snapshot at once and return when each has reported its cut (or failed); run this
     /// inside the freeze and thaw right after.
-    pub async fn take(&self) -> Cut {
+    pub async fn take(&self, budget: &Budget) -> Cut {
         let started = Instant::now();
-        let units = join_all(self.units.iter().map(|u| self.take_unit(u))).await;
+        let units = join_all(self.units.iter().map(|u| self.take_unit(u, budget))).await;
         let cut = Cut {
             units,
             at: Utc::now(),
@@ -550,7 +559,14 @@ impl Prepared {
         cut
     }
 
-    async fn take_unit(&self, unit: &Unit) -> UnitCut {
+    async fn take_unit(&self, unit: &Unit, budget: &Budget) -> UnitCut {
+        let _pending = budget.track(format!("the snapshot cut of {}/{}", unit.namespace, unit.name));
+        if budget.is_cut_off() {
+            return UnitCut {
+                created: false,
+                error: Some(cut_off_reason(budget)),
+            };
+        }
         let Some(resource) = self.unit_resource(unit) else {
             return UnitCut {
                 created: false,
@@ -595,8 +611,14 @@ impl Prepared {
         let cond = move |o: Option<&DynamicObject>| {
             o.is_none_or(|o| cut_reported(kind, &o.data) || error_message(&o.data).is_some())
         };
-        let error = match tokio::time::timeout(self.cut_timeout, await_condition(api, &unit.name, cond)).await
-        {
+        // The create is one call and is never cut short (its object must be known, to be deleted); the
+        // wait for the cut is: a snapshot cut off is deleted after the thaw like any failed one.
+        let waited = tokio::select! {
+            biased;
+            _ = budget.cut_off() => return UnitCut { created: true, error: Some(cut_off_reason(budget)) },
+            w = tokio::time::timeout(self.cut_timeout, await_condition(api, &unit.name, cond)) => w,
+        };
+        let error = match waited {
             Ok(Ok(Some(o))) if cut_reported(kind, &o.data) => None,
             Ok(Ok(Some(o))) => error_message(&o.data),
             Ok(Ok(None)) => Some("deleted before the cut".into()),

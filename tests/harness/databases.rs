@@ -222,3 +222,109 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// A MariaDB 10.11 server owned by the test: `mariadbd` started by hand (no systemd) as user `mysql`
+/// with its own data directory, socket and port on 127.0.0.1; `root` without a password, as
+/// `mariadb-install-db` creates it (also for `root@127.0.0.1`). Killed, and its directory removed, on drop.
+pub struct Mariadb {
+    server: std::process::Child,
+    dir: TempDir,
+    port: u16,
+}
+
+impl Mariadb {
+    /// `mariadb-install-db`, then `mariadbd` in the foreground; waits until it answers a query.
+    pub fn start() -> anyhow::Result<Mariadb> {
+        if Command::new("mariadbd").arg("--version").output().is_err() {
+            bail!(
+                "MariaDB is not installed (mariadbd missing): run scripts/test, which installs it, or \
+                 apt-get install -y mariadb-server"
+            );
+        }
+        let dir = tempfile::Builder::new().prefix("ff-mariadb-").tempdir()?;
+        let status = Command::new("chown")
+            .arg("mysql:mysql")
+            .arg(dir.path())
+            .status()?;
+        if !status.success() {
+            bail!("chown mysql {}: {status}", dir.path().display());
+        }
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let install = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=mysql", "--skip-test-db"])
+            .arg("--auth-root-authentication-method=normal")
+            .arg(format!("--datadir={}", path("data")))
+            .output()
+            .context("running mariadb-install-db")?;
+        if !install.status.success() {
+            bail!(
+                "mariadb-install-db: {}\n{}{}",
+                install.status,
+                String::from_utf8_lossy(&install.stdout),
+                String::from_utf8_lossy(&install.stderr)
+            );
+        }
+        let port = free_port()?;
+        let server = Command::new("mariadbd")
+            .args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1"])
+            .args([
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=16M",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--datadir={}", path("data")))
+            .arg(format!("--socket={}", path("mysqld.sock")))
+            .arg(format!("--pid-file={}", path("mysqld.pid")))
+            .arg(format!("--log-error={}", path("error.log")))
+            .stdout(std::fs::File::create(dir.path().join("server.out"))?)
+            .stderr(std::fs::File::create(dir.path().join("server.err"))?)
+            .spawn()
+            .context("starting mariadbd")?;
+        let db = Mariadb { server, dir, port };
+        for _ in 0..300 {
+            if db.query("SELECT 1").is_ok_and(|r| r == "1") {
+                return Ok(db);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(db.dir.path().join("error.log")).unwrap_or_default();
+        bail!("mariadbd on port {port} did not answer within 30 s:\n{log}")
+    }
+
+    /// `--no-defaults -h 127.0.0.1 -P PORT -uroot`: the connection options of `mysql` and `mysqldump`,
+    /// for commands in pods.
+    pub fn client_options(&self) -> String {
+        format!("--no-defaults -h 127.0.0.1 -P {} -uroot", self.port)
+    }
+
+    /// `mysql` running `sql` (batch mode, no column names), not yet started: for a statement another
+    /// session runs concurrently.
+    pub fn command(&self, sql: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("mysql");
+        command
+            .args(self.client_options().split(' '))
+            .args(["-N", "-B", "-e", sql]);
+        command
+    }
+
+    /// Run `sql` and return its output (tab-separated, no column names), trimmed.
+    pub fn query(&self, sql: &str) -> anyhow::Result<String> {
+        let out = Command::new("mysql")
+            .args(self.client_options().split(' '))
+            .args(["-N", "-B", "-e", sql])
+            .output()
+            .context("running mysql")?;
+        if !out.status.success() {
+            bail!("mysql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}

@@ -46,6 +46,7 @@ async fn given_successful_command_when_dumped_then_stdout_stored_with_size_and_s
         &Sealing::Plain,
         &keys(),
         [target("db-1"), target("db-0")].iter(),
+        &Budget::default(),
     )
     .await;
     assert_eq!(records.len(), 2);
@@ -75,7 +76,15 @@ async fn given_command_exiting_non_zero_after_output_when_dumped_then_failed_and
         stdout: "half a dump".into(),
         stderr: "pg_dump: connection lost\n".into(),
     });
-    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0")).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &Sealing::Plain,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
     assert_eq!(record.status, DumpStatus::Failed);
     assert_eq!(record.exit_code, Some(2));
     assert_eq!(record.size, None, "a truncated dump reports no size");
@@ -97,7 +106,15 @@ async fn given_command_exceeding_timeout_when_dumped_then_failed_as_timed_out() 
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::new(dir.path());
     let exec = FakeExecutor::new(|_, _| Script::Hang);
-    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0")).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &Sealing::Plain,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
     assert_eq!(record.status, DumpStatus::Failed);
     assert!(record.error.unwrap().contains("timed out"));
     assert_eq!(
@@ -189,7 +206,15 @@ async fn given_store_committing_fewer_bytes_than_written_when_dumped_then_failed
         stdout: "0123456789".into(),
         stderr: String::new(),
     });
-    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0")).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &Sealing::Plain,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
     assert_eq!(record.status, DumpStatus::Failed);
     let error = record.error.unwrap();
     assert!(
@@ -227,7 +252,15 @@ async fn given_encryption_when_dumped_then_ciphertext_is_stored_and_recorded_and
         stderr: String::new(),
     });
 
-    let record = run_one(&exec, &store, &sealing, &keys(), &target("db-0")).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &sealing,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
 
     assert_eq!(record.status, DumpStatus::Succeeded, "{record:?}");
     let stored = store::get_bytes(&store, &keys().dump("pgdump", "db", "db-0"))
@@ -259,7 +292,15 @@ async fn given_encryption_and_a_failing_command_when_dumped_then_nothing_is_stor
         stderr: String::new(),
     });
 
-    let record = run_one(&exec, &store, &sealing, &keys(), &target("db-0")).await;
+    let record = run_one(
+        &exec,
+        &store,
+        &sealing,
+        &keys(),
+        &target("db-0"),
+        &Budget::default(),
+    )
+    .await;
 
     assert_eq!(record.status, DumpStatus::Failed);
     assert_eq!(
@@ -267,4 +308,53 @@ async fn given_encryption_and_a_failing_command_when_dumped_then_nothing_is_stor
         None
     );
     assert!(store.list("").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn given_frozen_dump_still_running_when_the_freeze_budget_runs_out_then_cut_off_and_nothing_is_stored()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::new(dir.path());
+    let exec = FakeExecutor::new(|_, _| Script::Hang);
+    let budget = Budget::new(Some(Duration::from_millis(200)));
+    budget.start();
+    let expire = budget.clone();
+    tokio::spawn(async move { expire.expire().await });
+    let started = tokio::time::Instant::now();
+    let record = run_one(&exec, &store, &Sealing::Plain, &keys(), &target("db-0"), &budget).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stopped at the cut-off, not the timeout"
+    );
+    assert_eq!(record.status, DumpStatus::Failed);
+    assert_eq!(
+        record.error.as_deref(),
+        Some("cut off: the freeze exceeded maxFreeze (200ms); nothing was stored")
+    );
+    assert_eq!(
+        exec.when("dump db-0", &crate::hooks::fake::EventKind::StreamClosed)
+            .len(),
+        1,
+        "the exec stream was closed"
+    );
+    assert_eq!(
+        budget.exceeded().unwrap().waiting_for,
+        ["dump `pgdump` on db/db-0"]
+    );
+    let left: Vec<_> = walk(dir.path());
+    assert!(left.is_empty(), "nothing half-written is left: {left:?}");
+}
+
+/// Every file under `dir`, hidden temp files included.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -54,7 +54,7 @@ async fn given_20_pods_when_freezing_then_every_pre_action_overlaps_and_window_i
     let fake = FakeExecutor::succeeding(SEC);
     let engine = Engine::new(fake.clone());
     let (report, snap) = engine
-        .with_freeze(&plan, &CancellationToken::new(), || async { "snapshot" })
+        .with_freeze(&plan, &CancellationToken::new(), |_| async { "snapshot" })
         .await;
     assert_eq!(snap, Some("snapshot"));
     assert_eq!(report.status, GroupStatus::Succeeded);
@@ -91,7 +91,7 @@ async fn given_failed_pre_hook_when_freezing_then_no_snapshot_and_post_runs_on_p
     let engine = Engine::new(fake.clone());
     let snapshot_ran = AtomicBool::new(false);
     let (report, out) = engine
-        .with_freeze(&plan, &CancellationToken::new(), || async {
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {
             snapshot_ran.store(true, Ordering::SeqCst)
         })
         .await;
@@ -140,7 +140,7 @@ async fn given_continue_on_error_when_action_fails_then_snapshot_runs_and_status
         }
     });
     let (report, out) = Engine::new(fake.clone())
-        .with_freeze(&plan, &CancellationToken::new(), || async { 42 })
+        .with_freeze(&plan, &CancellationToken::new(), |_| async { 42 })
         .await;
     assert_eq!(out, Some(42));
     assert_eq!(report.status, GroupStatus::PartiallyFailed);
@@ -164,7 +164,7 @@ async fn given_hanging_pre_action_when_timeout_expires_then_reported_timed_out_a
         }
     });
     let (report, out) = Engine::new(fake.clone())
-        .with_freeze(&plan, &CancellationToken::new(), || async {})
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {})
         .await;
     assert!(out.is_none());
     assert_eq!(report.status, GroupStatus::Failed);
@@ -197,7 +197,7 @@ async fn given_cancellation_during_pre_step_when_freezing_then_streams_close_and
         trigger.cancel();
     });
     let (report, out) = Engine::new(fake.clone())
-        .with_freeze(&plan, &cancel, || async {})
+        .with_freeze(&plan, &cancel, |_| async {})
         .await;
     assert!(out.is_none());
     assert_eq!(report.status, GroupStatus::Cancelled);
@@ -224,7 +224,7 @@ async fn given_cancellation_during_snapshot_step_then_snapshot_stops_and_thaw_ru
     let trigger = cancel.clone();
     let finished = AtomicBool::new(false);
     let (report, out) = Engine::new(fake.clone())
-        .with_freeze(&plan, &cancel, || async {
+        .with_freeze(&plan, &cancel, |_| async {
             trigger.cancel();
             tokio::time::sleep(60 * SEC).await;
             finished.store(true, Ordering::SeqCst);
@@ -253,7 +253,7 @@ async fn given_held_lock_when_frozen_then_acquired_before_snapshot_and_released_
     let held_cmd = "lock echo FREEZEFRAME_ACQUIRED && cat >/dev/null";
     let engine = Engine::new(fake.clone());
     let (report, at) = engine
-        .with_freeze(&plan, &CancellationToken::new(), || async {
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {
             tokio::time::sleep(10 * SEC).await;
             tokio::time::Instant::now()
         })
@@ -289,7 +289,7 @@ async fn given_held_command_ending_before_marker_then_lock_not_held_is_an_aborti
     };
     let fake = FakeExecutor::new(|_, _| Script::ok_after(SEC));
     let (report, out) = Engine::new(fake)
-        .with_freeze(&plan, &CancellationToken::new(), || async {})
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {})
         .await;
     assert!(out.is_none());
     let cause = report.abort_cause().unwrap();
@@ -309,7 +309,7 @@ async fn given_snapshot_step_panics_then_thaw_runs_before_the_panic_resumes() {
     let fake = FakeExecutor::succeeding(SEC);
     let engine = Engine::new(fake.clone());
     let cancel = CancellationToken::new();
-    let caught = AssertUnwindSafe(engine.with_freeze(&plan, &cancel, || async { panic!("snapshot bug") }))
+    let caught = AssertUnwindSafe(engine.with_freeze(&plan, &cancel, |_| async { panic!("snapshot bug") }))
         .catch_unwind()
         .await;
     assert!(caught.is_err());
@@ -347,7 +347,7 @@ async fn given_post_action_fails_then_later_post_steps_still_run_and_status_is_p
         }
     });
     let (report, _) = Engine::new(fake.clone())
-        .with_freeze(&plan, &CancellationToken::new(), || async {})
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {})
         .await;
     assert_eq!(report.status, GroupStatus::PartiallyFailed);
     assert_eq!(fake.pods_started("thaw-2"), ["a"]);
@@ -368,7 +368,7 @@ async fn given_two_steps_then_second_starts_only_after_slowest_pod_of_first_ends
     };
     let fake = FakeExecutor::new(|t, _| Script::ok_after(if t.pod == "a" { SEC } else { 3 * SEC }));
     let (report, _) = Engine::new(fake.clone())
-        .with_freeze(&plan, &CancellationToken::new(), || async {})
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {})
         .await;
     let last_one_end = fake
         .when("one", &EventKind::Ended(Termination::Exited(0)))
@@ -382,4 +382,108 @@ async fn given_two_steps_then_second_starts_only_after_slowest_pod_of_first_ends
             .all(|(_, t)| *t >= last_one_end)
     );
     assert_eq!(report.freeze_window, Some(6 * SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_capture_slower_than_max_freeze_when_frozen_then_thawed_at_the_budget_naming_what_it_waited_for()
+ {
+    let plan = Plan {
+        pre: vec![step("lock", &["a", "b"], |a| a.background = true)],
+        post: vec![step("thaw", &["a", "b"], plain)],
+        max_freeze: Some(2 * SEC),
+        ..Default::default()
+    };
+    let fake = FakeExecutor::new(|_, cmd| match cmd {
+        "lock" => Script::Hold {
+            after: Duration::from_millis(500),
+        },
+        _ => Script::ok_after(Duration::from_millis(100)),
+    });
+    let start = Instant::now();
+    let (report, out) = Engine::new(fake.clone())
+        .with_freeze(&plan, &CancellationToken::new(), |budget| async move {
+            let _quick = budget.track("the snapshot cut");
+            drop(_quick);
+            let _slow = budget.track("dump `all` on db/a");
+            // The work stops at the cut-off, and winds down (a second) while the thaw runs.
+            tokio::select! {
+                _ = budget.cut_off() => {}
+                _ = tokio::time::sleep(3600 * SEC) => panic!("never cut off"),
+            }
+            tokio::time::sleep(SEC).await;
+            "wound down"
+        })
+        .await;
+    assert_eq!(
+        out,
+        Some("wound down"),
+        "the capture's output survives the cut-off"
+    );
+    assert_eq!(report.status, GroupStatus::PartiallyFailed);
+    let exceeded = report.exceeded.as_ref().expect("budget exceeded");
+    assert_eq!(
+        exceeded.to_string(),
+        "freeze exceeded maxFreeze (2s): waiting for dump `all` on db/a"
+    );
+    // The locks are released and the post actions start exactly at the budget, not after the wind-down.
+    for (_, at) in fake.when("lock", &EventKind::Released) {
+        assert_eq!(at - start, 2 * SEC);
+    }
+    let thaws = fake.when("thaw", &EventKind::Started);
+    assert_eq!(thaws.len(), 2, "post actions always run");
+    assert!(thaws.iter().all(|(_, at)| *at - start == 2 * SEC));
+    assert_eq!(report.freeze_window, Some(2 * SEC + Duration::from_millis(100)));
+    assert_eq!(report.max_freeze, Some(2 * SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_pre_action_slower_than_max_freeze_when_freezing_then_cut_off_nothing_captured_and_post_runs() {
+    let plan = Plan {
+        pre: vec![step("flush", &["a", "b"], |a| a.timeout = 90 * SEC)],
+        post: vec![step("thaw", &["a", "b"], plain)],
+        max_freeze: Some(5 * SEC),
+        ..Default::default()
+    };
+    let fake = FakeExecutor::new(|t, cmd| match (t.pod.as_str(), cmd) {
+        ("b", "flush") => Script::Hang,
+        _ => Script::ok_after(SEC),
+    });
+    let captured = AtomicBool::new(false);
+    let (report, out) = Engine::new(fake.clone())
+        .with_freeze(&plan, &CancellationToken::new(), |_| async {
+            captured.store(true, Ordering::SeqCst)
+        })
+        .await;
+    assert!(out.is_none() && !captured.load(Ordering::SeqCst));
+    assert_eq!(report.status, GroupStatus::Failed);
+    assert_eq!(
+        report.exceeded.as_ref().unwrap().to_string(),
+        "freeze exceeded maxFreeze (5s): waiting for pre action step `flush` on pod db/b container main"
+    );
+    let cause = report.abort_cause().unwrap();
+    assert_eq!(cause.invocation.result, InvocationResult::CutOff(5 * SEC));
+    assert_eq!(fake.when("flush", &EventKind::StreamClosed).len(), 1);
+    assert_eq!(fake.pods_started("thaw"), ["a", "b"]);
+    assert_eq!(report.freeze_window, Some(6 * SEC));
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_freeze_within_max_freeze_then_nothing_is_cut_and_the_budget_is_reported() {
+    let plan = Plan {
+        pre: vec![step("flush", &["a"], plain)],
+        post: vec![step("thaw", &["a"], plain)],
+        max_freeze: Some(60 * SEC),
+        ..Default::default()
+    };
+    let (report, out) = Engine::new(FakeExecutor::succeeding(SEC))
+        .with_freeze(&plan, &CancellationToken::new(), |budget| async move {
+            tokio::time::sleep(50 * SEC).await;
+            budget.is_cut_off()
+        })
+        .await;
+    assert_eq!(out, Some(false));
+    assert_eq!(report.status, GroupStatus::Succeeded);
+    assert_eq!(report.exceeded, None);
+    assert_eq!(report.max_freeze, Some(60 * SEC));
+    assert_eq!(report.freeze_window, Some(52 * SEC));
 }
