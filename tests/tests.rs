@@ -27,6 +27,7 @@ mod s3;
 mod sandbox_api;
 mod sandbox_kubectl;
 mod sandbox_kubelet;
+mod sandbox_rbac;
 mod sandbox_volumes;
 mod snapshots;
 mod webhook;
