@@ -18,6 +18,7 @@ mod object_lock;
 mod offsite;
 mod packaging;
 mod policy_store;
+mod rbac;
 mod replay;
 mod report;
 mod restore;
