@@ -330,3 +330,109 @@ async fn given_any_one_rule_of_the_manifests_removed_when_the_commands_run_then_
         unneeded.join("\n")
     );
 }
+
+/// A rule as docs/rbac.md's table and the manifests both describe it: role, kind, API groups,
+/// resources, resourceNames, verbs.
+type RuleRow = (String, String, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+
+/// The `| role | kind | API groups | resources | resourceNames | verbs | needed by |` rows of docs/rbac.md.
+fn documented_rules(text: &str) -> Vec<RuleRow> {
+    let list = |cell: &str| -> Vec<String> {
+        cell.split(',')
+            .map(|s| s.trim().trim_matches('`').trim_matches('"').to_string())
+            .filter(|s| !s.is_empty() || cell.contains("\"\""))
+            .collect()
+    };
+    text.lines()
+        .filter(|l| l.starts_with("| `freezeframe-"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells.len(), 7, "docs/rbac.md: a rule row has 7 cells: {l}");
+            (
+                cells[0].trim_matches('`').to_string(),
+                cells[1].to_string(),
+                list(cells[2]),
+                list(cells[3]),
+                list(cells[4]),
+                list(cells[5]),
+            )
+        })
+        .collect()
+}
+
+fn manifest_rules() -> Vec<RuleRow> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    roles()
+        .into_iter()
+        .flat_map(|(role, _)| {
+            let name = role["metadata"]["name"].as_str().unwrap().to_string();
+            let kind = role["kind"].as_str().unwrap().to_string();
+            role["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        name.clone(),
+                        kind.clone(),
+                        strings(&r["apiGroups"]),
+                        strings(&r["resources"]),
+                        strings(&r["resourceNames"]),
+                        strings(&r["verbs"]),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn given_docs_rbac_table_then_it_lists_exactly_the_manifests_rules() {
+    let doc = include_str!("../docs/rbac.md");
+    assert_eq!(documented_rules(doc), manifest_rules());
+}
+
+#[test]
+fn given_docs_naming_freezeframe_roles_then_each_exists_in_the_manifests() {
+    let known: std::collections::BTreeSet<String> = manifest_rules().into_iter().map(|r| r.0).collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    let mut unknown = Vec::new();
+    for file in files.iter().filter(|f| f.extension().is_some_and(|e| e == "md")) {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (at, _) in text.match_indices("`freezeframe-") {
+            let name: String = text[at + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect();
+            let before = &text[at.saturating_sub(200)..at];
+            let is_role = ["Role", "role", "RBAC", "rbac"]
+                .iter()
+                .any(|w| before.contains(w));
+            // Other freezeframe-* names (the policy ConfigMap, the Lease, the restore Job) are not roles.
+            let not_a_role = [
+                "freezeframe-policies`",
+                "freezeframe-run`",
+                "freezeframe-restore`",
+            ]
+            .iter()
+            .any(|n| text[at + 1..].starts_with(n));
+            if is_role && !not_a_role && !known.contains(&name) {
+                unknown.push(format!("{}: `{name}`", file.display()));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "roles named in docs but not in manifests/: {unknown:?}"
+    );
+}
