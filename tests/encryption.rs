@@ -169,6 +169,7 @@ async fn restore_vault(
         layout,
         target: &target,
         dumps: Some(&replayer as &dyn Replay),
+        fill: None,
         identities,
     };
     let mut opts = options();

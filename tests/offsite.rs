@@ -67,7 +67,14 @@ stringData: {{AWS_ACCESS_KEY_ID: "{}", AWS_SECRET_ACCESS_KEY: "{}"}}
 }
 
 fn policy(env: &TestEnv, password_key: &str, mover: &str) -> Policy {
-    let text = format!(
+    let set = parse_str("test", &policy_text(env, password_key, mover));
+    assert!(set.is_valid(), "{:#?}", set.problems);
+    set.policies.into_iter().next().unwrap()
+}
+
+/// The PolicySet of [`policy`], as a file an operator keeps.
+fn policy_text(env: &TestEnv, password_key: &str, mover: &str) -> String {
+    format!(
         r#"
 apiVersion: freezeframe.dev/v1alpha1
 kind: PolicySet
@@ -90,10 +97,7 @@ policies:
 "#,
         bucket = env.s3().bucket(),
         endpoint = env.s3().endpoint(),
-    );
-    let set = parse_str("test", &text);
-    assert!(set.is_valid(), "{:#?}", set.problems);
-    set.policies.into_iter().next().unwrap()
+    )
 }
 
 async fn exec(env: &TestEnv, pod: &str, command: &str) -> String {
@@ -326,6 +330,110 @@ async fn given_move_data_when_backed_up_then_each_claim_is_in_the_repository_res
             object.key().unwrap()
         );
     }
+}
+
+/// freezeframe's namespace with the repository password and the S3 keys: what an operator installs
+/// again on a new site (the second half of [`app`]).
+fn freezeframe_namespace() -> String {
+    let text = app(0);
+    let at = text
+        .find("kind: Namespace\nmetadata: {name: freezeframe}")
+        .unwrap();
+    format!("apiVersion: v1\n{}", &text[at..])
+}
+
+/// Restore-mover objects (Jobs, their Secrets) still in namespace `app`.
+async fn restore_leftovers(env: &TestEnv) -> Vec<String> {
+    let params = ListParams::default().labels(freezeframe::offsite::objects::MOVER_LABEL);
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client(), "app");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(env.client(), "app");
+    let mut out: Vec<String> = jobs
+        .list(&params)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|j| format!("Job/{}", j.metadata.name.unwrap_or_default()))
+        .collect();
+    // A restore mover's Secret is owned by its Job (and labelled with it only).
+    let owned = ListParams::default().labels(freezeframe::offsite::objects::MOVER_JOB_LABEL);
+    out.extend(
+        secrets
+            .list(&owned)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|s| format!("Secret/{}", s.metadata.name.unwrap_or_default())),
+    );
+    out
+}
+
+#[tokio::test]
+async fn given_move_data_when_the_site_and_its_storage_are_lost_then_a_new_cluster_restores_every_file_from_the_repository()
+ {
+    let mut env = TestEnv::with_s3().await.unwrap();
+    env.apply(&app(3)).unwrap();
+    let pods = ["db-0", "db-1", "db-2"];
+    let mut before = Vec::new();
+    for pod in pods {
+        fill(&env, pod, 20).await;
+        before.push(live_tree(&env, pod).await);
+    }
+    let text = policy_text(&env, "password", "{concurrency: 2, timeout: 5m}");
+    let policy = parse_str("test", &text).policies.remove(0);
+    let (store, layout) = open_store(&policy).await;
+    let manifest = back_up(&env, &policy, store.as_ref(), &layout).await;
+    assert_eq!(manifest.status, Status::Completed, "{:#?}", manifest.problems);
+
+    // The site is lost with its storage; a new cluster gets freezeframe's namespace and Secrets again.
+    env.replace_cluster().await.unwrap();
+    env.apply(&freezeframe_namespace()).unwrap();
+    let policy_file = env.dir().join("policies.yaml");
+    std::fs::write(&policy_file, &text).unwrap();
+    let creds = test_credentials();
+    let restore = |extra: &str| {
+        let mut command = env.freezeframe(&[
+            "restore",
+            "--backup",
+            "latest",
+            "--policy",
+            "shop",
+            "--policy-file",
+            policy_file.to_str().unwrap(),
+            extra,
+        ]);
+        command
+            .env("FREEZEFRAME_NAMESPACE", "freezeframe")
+            .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key)
+            .env("AWS_REGION", "us-east-1");
+        command
+    };
+    let plan = crate::harness::logged_output(&mut restore("--dry-run")).await;
+    assert!(plan.status.success());
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(
+        plan.matches("new volume filled from repository snapshot").count(),
+        3,
+        "{plan}"
+    );
+    let out = crate::harness::logged_output(&mut restore("--wait")).await;
+
+    assert!(out.status.success(), "restore failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (pod, expected) in pods.iter().zip(&before) {
+        assert!(
+            stdout.contains(&format!("VOLUME app/data-{pod} <- repository snapshot")),
+            "{stdout}"
+        );
+        assert_eq!(&live_tree(&env, pod).await, expected, "{pod}");
+    }
+    assert!(
+        restore_leftovers(&env).await.is_empty(),
+        "{:?}",
+        restore_leftovers(&env).await
+    );
 }
 
 #[tokio::test]

@@ -93,15 +93,18 @@ enum Step {
     Prune,
     /// `restore` of the latest `single` backup into a new namespace.
     Restore,
+    /// `restore` of the latest `moved` backup, its claim filled from the repository by a restore mover.
+    RestoreMoved,
 }
 
-const SCENARIO: [Step; 6] = [
+const SCENARIO: [Step; 7] = [
     Step::BackupSingle,
     Step::BackupGroup,
     Step::BackupMoved,
     Step::Run,
     Step::Prune,
     Step::Restore,
+    Step::RestoreMoved,
 ];
 
 /// A sandbox with the app, the manifests' RBAC and the policy ConfigMap, and a kubeconfig per identity.
@@ -178,24 +181,36 @@ impl World {
                 self.set_retention(2).await;
                 out
             }
-            Step::Restore => {
+            Step::Restore | Step::RestoreMoved => {
                 let n = self.restores.get() + 1;
                 self.restores.set(n);
                 let map = format!("db=db-copy-{n}");
-                let out = self
-                    .freezeframe(
-                        &self.restore,
-                        &[
+                let (policy, volumes) = match step {
+                    Step::Restore => ("single", "snapshot"),
+                    _ => ("moved", "repository"),
+                };
+                let creds = test_credentials();
+                let out = logged_output(
+                    self.env
+                        .freezeframe(&[
                             "restore",
                             "--backup",
                             "latest",
                             "--policy",
-                            "single",
+                            policy,
+                            "--volumes-from",
+                            volumes,
                             "--namespace-map",
                             &map,
-                        ],
-                    )
-                    .await;
+                        ])
+                        .env("KUBECONFIG", &self.restore)
+                        .env("FREEZEFRAME_NAMESPACE", NAMESPACE)
+                        // As the restore Job maps the storage Secret into its environment.
+                        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+                        .env("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key)
+                        .env("AWS_REGION", "us-east-1"),
+                )
+                .await;
                 return (out, RESTORE_ACCOUNT);
             }
         };
@@ -285,7 +300,7 @@ fn roles() -> Vec<(Value, &'static str)> {
 async fn given_any_one_rule_of_the_manifests_removed_when_the_commands_run_then_one_is_refused_naming_it() {
     let world = World::new().await;
     // A baseline: each policy has backups to prune and restore from.
-    for step in [Step::BackupSingle, Step::BackupGroup] {
+    for step in [Step::BackupSingle, Step::BackupGroup, Step::BackupMoved] {
         assert_eq!(world.step(step).await.0.status.code(), Some(0), "{step:?}");
     }
     let mut unneeded = Vec::new();
@@ -306,7 +321,7 @@ async fn given_any_one_rule_of_the_manifests_removed_when_the_commands_run_then_
             let mut refused = None;
             let steps = SCENARIO
                 .into_iter()
-                .filter(|s| (*s == Step::Restore) == (account == RESTORE_ACCOUNT));
+                .filter(|s| matches!(s, Step::Restore | Step::RestoreMoved) == (account == RESTORE_ACCOUNT));
             for step in steps {
                 let (out, _) = world.step(step).await;
                 if let Some(d) = denials(&text(&out), account)

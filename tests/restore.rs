@@ -65,6 +65,7 @@ async fn restore(
         layout,
         target: &target,
         dumps: None,
+        fill: None,
         identities: None,
     };
     restore::run(&ctx, options).await
@@ -298,6 +299,7 @@ pub(crate) async fn restore_with(
         layout,
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+        fill: None,
         identities: None,
     };
     restore::run(&ctx, opts).await
@@ -1021,6 +1023,11 @@ async fn given_restore_job_cluster_role_then_it_grants_every_permission_restore_
         ("", "pods/exec", "create"),
         ("", "pods/exec", "get"),
         ("", "events", "create"),
+        // Restore movers (claims filled from the repository).
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("", "secrets", "create"),
+        ("", "pods/log", "get"),
     ]);
     for (group, resource, verb) in needed {
         assert!(
@@ -1030,7 +1037,7 @@ async fn given_restore_job_cluster_role_then_it_grants_every_permission_restore_
     }
     assert!(
         !rbac_allows(&rules, "", "secrets", "delete"),
-        "restore never deletes"
+        "restore never deletes Secrets (a restore mover's goes with its Job)"
     );
     Ok(())
 }
@@ -1080,6 +1087,7 @@ async fn restore_db(
         layout: &Layout::new(""),
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn Replay),
+        fill: None,
         identities: None,
     };
     let mut opts = options();
@@ -1276,6 +1284,7 @@ async fn given_objects_failing_with_existing_fail_when_restored_again_then_a_war
         layout: &Layout::new(""),
         target: &target,
         dumps: None,
+        fill: None,
         identities: None,
     };
     let mut again = options();

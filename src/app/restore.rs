@@ -24,8 +24,11 @@ use crate::store::crypt::Identities;
 use crate::hooks::KubeExecutor;
 use crate::restore::apply::KubeTarget;
 use crate::restore::dumps::Replayer;
+use crate::restore::fill::{Fill, FillRequest, Filled};
 use crate::restore::source::Located;
-use crate::restore::{BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions};
+use crate::restore::{
+    BackupRef, Context, Error, Existing, Plan, PlanOptions, Report, RestoreOptions, VolumesFrom,
+};
 
 /// Output format of `freezeframe restore`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +85,12 @@ pub struct RestoreArgs {
     /// it once the restored pods are ready).
     #[arg(long)]
     pub skip_dumps: bool,
+    /// Where claims get their data. auto: per claim, its released volume (same cluster and namespace),
+    /// else its snapshot when this is the backup's cluster, else its repository copy (`moveData`), else
+    /// its snapshot (another cluster on the same storage), else a new empty volume. snapshot or
+    /// repository: only that source. A repository copy needs --policy (its repository.passwordSecret).
+    #[arg(long, value_enum, default_value = "auto", value_name = "SOURCE")]
+    pub volumes_from: VolumesFrom,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Format,
@@ -140,6 +149,66 @@ async fn backend(
     Ok((policy.storage.backend.clone(), Some(policy)))
 }
 
+/// Restore movers over the policy storage's repository: [`Fill`] by [`crate::offsite::restore`].
+struct RepositoryFill {
+    cluster: crate::offsite::KubeMoverCluster,
+    spec: crate::offsite::MoverSpec,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl RepositoryFill {
+    /// `None` when the policy's storage has no repository or freezeframe's namespace (where the
+    /// repository's Secrets are) is unknown; claims with repository data then fail saying so.
+    fn for_policy(
+        policy: &Policy,
+        located: &Located,
+        invocation: &Invocation,
+        client: kube::Client,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Option<RepositoryFill> {
+        let repository = crate::offsite::repository_access(policy)?;
+        let namespace = invocation.namespace()?;
+        let image = invocation.settings().ok()?.image.clone();
+        Some(RepositoryFill {
+            cluster: crate::offsite::KubeMoverCluster::new(client),
+            spec: crate::offsite::MoverSpec {
+                namespace: namespace.to_string(),
+                image,
+                policy: located.policy.clone(),
+                backup_id: located.id.to_string(),
+                repository,
+                mover: policy.volumes.mover.clone(),
+            },
+            cancel,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Fill for RepositoryFill {
+    async fn fill(&self, requests: &[FillRequest]) -> Vec<Result<Filled, String>> {
+        let asked: Vec<crate::offsite::restore::RestoreRequest> = requests
+            .iter()
+            .map(|r| crate::offsite::restore::RestoreRequest {
+                namespace: r.namespace.clone(),
+                claim: r.claim.clone(),
+                snapshot_id: r.snapshot_id.clone(),
+            })
+            .collect();
+        crate::offsite::restore::fill_claims(&self.cluster, &self.spec, &asked, &self.cancel)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map(|v| Filled {
+                    files: v.files,
+                    bytes: v.bytes,
+                    duration_seconds: v.duration_seconds,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Run `freezeframe restore`.
 pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
     let invocation = Invocation::from_process(&args.source, &ClientArgs::default());
@@ -155,6 +224,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
             exclude: args.exclude.clone(),
             selector: args.selector.clone(),
             existing: args.existing,
+            volumes_from: args.volumes_from,
         },
         dry_run: args.dry_run,
         wait: args.wait.then_some(args.wait_timeout),
@@ -175,23 +245,33 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
             "no policy read (give --policy with --policy-file or --policies): dumps are not replayed"
         );
     }
+    let identities = identities(&args, policy.as_ref(), &invocation).await?;
+    // Find the backup once, so restore.started and the restore name the same one (`latest` moves).
+    let located = crate::restore::source::locate(
+        store.as_ref(),
+        &layout,
+        options.policy.as_deref(),
+        &options.backup,
+    )
+    .await
+    .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
+    options.backup = BackupRef::Id(located.id.clone());
+    options.policy = Some(located.policy.clone());
+    let cancel = super::turn::cancel_on_signals()?;
+    let fill = policy
+        .as_ref()
+        .and_then(|p| RepositoryFill::for_policy(p, &located, &invocation, client.clone(), cancel));
     let ctx = Context {
         store: store.as_ref(),
         layout: &layout,
         target: &target,
         dumps: replayer.as_ref().map(|r| r as &dyn crate::restore::dumps::Replay),
-        identities: identities(&args, policy.as_ref(), &invocation).await?,
+        identities,
+        fill: fill.as_ref().map(|f| f as &dyn Fill),
     };
-    // Find the backup once, so restore.started and the restore name the same one (`latest` moves).
     let announced = if args.dry_run {
         None
     } else {
-        let located =
-            crate::restore::source::locate(ctx.store, ctx.layout, options.policy.as_deref(), &options.backup)
-                .await
-                .map_err(|e| anyhow::Error::new(e).context("restore refused; nothing was written"))?;
-        options.backup = BackupRef::Id(located.id.clone());
-        options.policy = Some(located.policy.clone());
         Some(Announced::start(&invocation, policy.as_ref(), &located, &options, client).await)
     };
     let restored = crate::restore::run(&ctx, &options).await;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, PostParams, PropagationPolicy};
 use kube::discovery::ApiResource;
 use kube::runtime::wait::await_condition;
@@ -32,6 +32,7 @@ impl KubeMoverCluster {
             TempKind::Content => ("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents"),
             TempKind::Snapshot => ("snapshot.storage.k8s.io", "v1", "volumesnapshots"),
             TempKind::Claim => ("", "v1", "persistentvolumeclaims"),
+            TempKind::Secret => ("", "v1", "secrets"),
             TempKind::Job => ("batch", "v1", "jobs"),
         };
         ApiResource {
@@ -137,17 +138,42 @@ impl MoverCluster for KubeMoverCluster {
         Ok(pvc.and_then(|p| p.spec).and_then(|s| s.storage_class_name))
     }
 
-    async fn create(&self, object: &TempObject) -> Result<()> {
+    async fn secret_data(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(kube_error("get", format!("Secret {namespace}/{name}")))?;
+        Ok(secret.map(|s| {
+            let mut data: std::collections::BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            for (k, v) in s.string_data.unwrap_or_default() {
+                data.insert(k, v.into_bytes());
+            }
+            data
+        }))
+    }
+
+    async fn create(&self, object: &TempObject) -> Result<String> {
         let api = self.api(object.kind, object.namespace.as_deref().unwrap_or_default());
         let body: DynamicObject = serde_json::from_value(object.body.clone())
             .expect("temporary objects are built as valid objects");
-        api.create(&PostParams::default(), &body)
+        let created = api
+            .create(&PostParams::default(), &body)
             .await
             .map_err(kube_error(
                 "create",
                 format!("{} {}", object.kind.kind(), object.name),
             ))?;
-        Ok(())
+        Ok(created.metadata.uid.unwrap_or_default())
     }
 
     async fn wait_job(&self, namespace: &str, name: &str, limit: Duration) -> Result<JobEnd> {

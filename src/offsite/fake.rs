@@ -34,6 +34,8 @@ pub struct FakeCluster {
     pub leftovers: Vec<TempObject>,
     /// `create <Kind> <name>` and `end <job>`, in order.
     pub events: Mutex<Vec<String>>,
+    /// Secrets of freezeframe's namespace, by name.
+    pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 impl FakeCluster {
@@ -61,9 +63,16 @@ impl FakeCluster {
         let args = job.body["spec"]["template"]["spec"]["containers"][0]["args"]
             .as_array()
             .unwrap();
-        args.iter()
+        let tagged = args
+            .iter()
             .filter_map(|a| a.as_str()?.strip_prefix("pvc="))
-            .next()
+            .next();
+        // A restore mover has no tags: its claim is the one it mounts.
+        tagged
+            .or_else(|| {
+                job.body["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+                    .as_str()
+            })
             .unwrap()
             .to_string()
     }
@@ -88,7 +97,11 @@ impl MoverCluster for FakeCluster {
         Ok(Some("fast".into()))
     }
 
-    async fn create(&self, object: &TempObject) -> Result<()> {
+    async fn secret_data(&self, _namespace: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>> {
+        Ok(self.secrets.get(name).cloned())
+    }
+
+    async fn create(&self, object: &TempObject) -> Result<String> {
         self.created.lock().unwrap().push(object.clone());
         self.events
             .lock()
@@ -98,7 +111,7 @@ impl MoverCluster for FakeCluster {
             (object.kind.kind().to_string(), object.name.clone()),
             object.clone(),
         );
-        Ok(())
+        Ok(format!("uid-{}-{}", object.kind.kind(), object.name))
     }
 
     async fn wait_job(&self, _namespace: &str, name: &str, limit: Duration) -> Result<JobEnd> {
@@ -144,6 +157,16 @@ impl MoverCluster for FakeCluster {
         let mut live = self.live.lock().unwrap();
         let before = live.len();
         live.retain(|_, o| !matches(&o.body["metadata"]["labels"], selector));
+        // Garbage collection: what an object deleted here owned goes with it.
+        let uids: Vec<String> = live
+            .values()
+            .map(|o| format!("uid-{}-{}", o.kind.kind(), o.name))
+            .collect();
+        live.retain(|_, o| {
+            o.body["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(|refs| refs.iter().any(|r| uids.iter().any(|u| r["uid"] == u.as_str())))
+        });
         Ok(before - live.len())
     }
 }

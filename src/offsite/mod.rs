@@ -22,6 +22,7 @@ pub mod cluster;
 #[cfg(test)]
 mod fake;
 pub mod objects;
+pub mod restore;
 
 use std::time::Duration;
 
@@ -82,8 +83,14 @@ pub struct JobEnd {
 pub trait MoverCluster: Send + Sync {
     /// The StorageClass of the source claim (read only; `None` = the claim or its class is gone).
     async fn storage_class(&self, namespace: &str, claim: &str) -> Result<Option<String>>;
-    /// Create one temporary object.
-    async fn create(&self, object: &TempObject) -> Result<()>;
+    /// The data of Secret `name` in `namespace` (`None` = no such Secret).
+    async fn secret_data(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, Vec<u8>>>>;
+    /// Create one temporary object; returns its uid.
+    async fn create(&self, object: &TempObject) -> Result<String>;
     /// Wait until the Job `name` in `namespace` is `Complete` or `Failed`, at most `limit`.
     async fn wait_job(&self, namespace: &str, name: &str, limit: Duration) -> Result<JobEnd>;
     /// Delete every temporary object in `namespace` (and cluster-scoped) matching `selector`, Jobs first

@@ -28,12 +28,15 @@ pub enum TempKind {
     Snapshot,
     /// `PersistentVolumeClaim`.
     Claim,
+    /// `Secret`: a restore mover's repository password and S3 keys, in the restored claim's namespace,
+    /// owned by its Job (garbage-collected with it, so never deleted by freezeframe itself).
+    Secret,
     /// `batch/v1` `Job`.
     Job,
 }
 
 impl TempKind {
-    /// Every kind, in creation order.
+    /// Every kind freezeframe deletes, in creation order (Secrets go with their Job).
     pub const ALL: [TempKind; 4] = [
         TempKind::Content,
         TempKind::Snapshot,
@@ -47,6 +50,7 @@ impl TempKind {
             TempKind::Content => "VolumeSnapshotContent",
             TempKind::Snapshot => "VolumeSnapshot",
             TempKind::Claim => "PersistentVolumeClaim",
+            TempKind::Secret => "Secret",
             TempKind::Job => "Job",
         }
     }
@@ -63,6 +67,38 @@ pub struct TempObject {
     pub name: String,
     /// The whole object.
     pub body: Value,
+}
+
+/// The environment variable of the repository password (`freezeframe mover`).
+pub const PASSWORD_ENV: &str = "FREEZEFRAME_REPOSITORY_PASSWORD";
+/// The environment variables (and Secret keys) of the S3 keys.
+pub const ACCESS_KEY_ENV: &str = "AWS_ACCESS_KEY_ID";
+/// See [`ACCESS_KEY_ENV`].
+pub const SECRET_KEY_ENV: &str = "AWS_SECRET_ACCESS_KEY";
+
+/// `object` owned by Job `job` (uid `uid`): garbage-collected when the Job is deleted.
+pub fn owned_by(mut object: TempObject, job: &str, uid: &str) -> TempObject {
+    object.body["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": job,
+        "uid": uid,
+    }]);
+    object
+}
+
+/// An env var from a Secret key.
+fn secret_env(var: &str, secret: &str, key: &str) -> Value {
+    json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+}
+
+/// What differs between a backup mover's Job and a restore mover's.
+struct JobParts<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    claim: &'a str,
+    read_only: bool,
+    env: Vec<Value>,
 }
 
 /// Where the repository is and how the mover reaches it: the pieces of a Job that do not depend on the
@@ -129,9 +165,18 @@ impl MoverSpec {
     /// The name shared by a volume's temporary objects: unique per policy, backup and claim, a DNS label
     /// (a Job's name becomes a pod label value, so at most 63 characters).
     pub fn name(&self, namespace: &str, pvc: &str) -> String {
+        self.named("ffm", namespace, pvc)
+    }
+
+    /// The name of a restore mover's objects for claim `pvc` restored into `namespace`.
+    pub fn restore_name(&self, namespace: &str, pvc: &str) -> String {
+        self.named("ffr", namespace, pvc)
+    }
+
+    fn named(&self, prefix: &str, namespace: &str, pvc: &str) -> String {
         let digest = Sha256::digest(format!("{}/{}/{namespace}/{pvc}", self.policy, self.backup_id));
         let hash = hex::encode(&digest[..4]);
-        let readable: String = format!("ffm-{}-{pvc}", self.policy)
+        let readable: String = format!("{prefix}-{}-{pvc}", self.policy)
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() {
@@ -212,7 +257,17 @@ impl MoverSpec {
             "--path-label".to_string(),
             volume.pvc.clone(),
         ];
-        let job = self.job(&name, &labels, args, true);
+        let job = self.job(
+            &JobParts {
+                name: &name,
+                namespace: &self.namespace,
+                claim: &name,
+                read_only: true,
+                env: self.backup_env(),
+            },
+            &labels,
+            args,
+        );
         vec![
             TempObject {
                 kind: TempKind::Content,
@@ -241,28 +296,100 @@ impl MoverSpec {
         ]
     }
 
-    /// A mover Job running `freezeframe <args>` with the claim `name` mounted at [`MOUNT_PATH`].
-    fn job(
-        &self,
-        name: &str,
-        labels: &BTreeMap<String, String>,
-        args: Vec<String>,
-        read_only: bool,
-    ) -> Value {
-        let secret_env = |var: &str, secret: &str, key: &str| json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
+    /// The backup mover's environment: the repository password and S3 keys from their Secrets in
+    /// freezeframe's namespace.
+    fn backup_env(&self) -> Vec<Value> {
         let mut env = vec![secret_env(
-            "FREEZEFRAME_REPOSITORY_PASSWORD",
+            PASSWORD_ENV,
             &self.repository.password_secret.name,
             &self.repository.password_secret.key,
         )];
         if let Some(secret) = &self.repository.credentials_secret {
-            env.push(secret_env("AWS_ACCESS_KEY_ID", secret, "AWS_ACCESS_KEY_ID"));
-            env.push(secret_env(
-                "AWS_SECRET_ACCESS_KEY",
-                secret,
-                "AWS_SECRET_ACCESS_KEY",
-            ));
+            env.push(secret_env(ACCESS_KEY_ENV, secret, ACCESS_KEY_ENV));
+            env.push(secret_env(SECRET_KEY_ENV, secret, SECRET_KEY_ENV));
         }
+        env
+    }
+
+    /// The objects that fill claim `claim` in `namespace` (created empty by the restore) with repository
+    /// snapshot `snapshot_id`, in creation order: the Job, mounting the claim read-write, and a Secret
+    /// in that namespace holding `secret` (the password and S3 keys: a pod reads Secrets of its own
+    /// namespace only). Create the Secret with [`owned_by`] the created Job: its pod waits for it, and
+    /// it is garbage-collected with the Job. Only the Job carries [`MOVER_LABEL`] (sweeps delete Jobs).
+    pub fn restore_objects(
+        &self,
+        namespace: &str,
+        claim: &str,
+        snapshot_id: &str,
+        secret: &BTreeMap<String, Vec<u8>>,
+    ) -> Vec<TempObject> {
+        use base64::Engine as _;
+        let name = self.restore_name(namespace, claim);
+        let mut labels = self.labels("restore");
+        labels.insert(MOVER_JOB_LABEL.to_string(), name.clone());
+        let data: BTreeMap<&String, String> = secret
+            .iter()
+            .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
+            .collect();
+        let mut secret_labels = labels.clone();
+        secret_labels.remove(MOVER_LABEL);
+        let secret_object = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "labels": secret_labels},
+            "type": "Opaque",
+            "data": data,
+        });
+        let env = secret.keys().map(|key| secret_env(key, &name, key)).collect();
+        let args = [
+            "mover",
+            "restore",
+            "--repository",
+            &self.repository.url,
+            "--snapshot",
+            snapshot_id,
+            "--target",
+            MOUNT_PATH,
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let job = self.job(
+            &JobParts {
+                name: &name,
+                namespace,
+                claim,
+                read_only: false,
+                env,
+            },
+            &labels,
+            args,
+        );
+        vec![
+            TempObject {
+                kind: TempKind::Job,
+                namespace: Some(namespace.to_string()),
+                name: name.clone(),
+                body: job,
+            },
+            TempObject {
+                kind: TempKind::Secret,
+                namespace: Some(namespace.to_string()),
+                name,
+                body: secret_object,
+            },
+        ]
+    }
+
+    /// A mover Job running `freezeframe <args>` with `parts.claim` mounted at [`MOUNT_PATH`].
+    fn job(&self, parts: &JobParts<'_>, labels: &BTreeMap<String, String>, args: Vec<String>) -> Value {
+        let JobParts {
+            name,
+            namespace,
+            claim,
+            read_only,
+            ref env,
+        } = *parts;
+        let mut env = env.clone();
         if let Some(region) = &self.repository.region {
             env.push(json!({"name": "AWS_REGION", "value": region}));
         }
@@ -299,7 +426,7 @@ impl MoverSpec {
         json!({
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "spec": {
                 "backoffLimit": 0,
                 "activeDeadlineSeconds": self.mover.timeout.as_secs().max(1),
@@ -322,7 +449,7 @@ impl MoverSpec {
                         }],
                         "volumes": [{
                             "name": "data",
-                            "persistentVolumeClaim": {"claimName": name, "readOnly": read_only},
+                            "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
                         }],
                     },
                 },
@@ -390,7 +517,15 @@ pub(crate) mod tests {
     fn given_a_volume_when_exposing_then_content_keeps_the_handle_retained_and_binds_our_snapshot() {
         let objects = spec().backup_objects(&volume("data-db-0"), Some("fast"));
         let kinds: Vec<TempKind> = objects.iter().map(|o| o.kind).collect();
-        assert_eq!(kinds, TempKind::ALL);
+        assert_eq!(
+            kinds,
+            [
+                TempKind::Content,
+                TempKind::Snapshot,
+                TempKind::Claim,
+                TempKind::Job
+            ]
+        );
         let name = &objects[0].name;
         assert!(objects.iter().all(|o| &o.name == name));
         let content = &objects[0].body;

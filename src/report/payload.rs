@@ -548,6 +548,7 @@ mod tests {
                 message: "forbidden".into(),
             }],
             dumps: Vec::new(),
+            volumes: Vec::new(),
         };
         let done = Payload::restore_finished(
             &started,

@@ -159,6 +159,7 @@ mod tests {
                 })
                 .collect(),
             dumps: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 

@@ -15,7 +15,8 @@ use kube::discovery::ApiResource;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::plan::{Action, Claim, Existing, Plan, SkipReason, Step, rewrite};
+use super::fill::{Fill, fill_created};
+use super::plan::{Action, Claim, Existing, Phase, Plan, SkipReason, Step, rewrite};
 use super::source::{Extracted, Located};
 use crate::exit::Outcome;
 
@@ -227,6 +228,9 @@ pub struct Report {
     /// Dumps replayed (or attempted), in manifest order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dumps: Vec<super::dumps::DumpReplay>,
+    /// Claims filled from the repository (or attempted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<super::fill::FilledClaim>,
 }
 
 fn reason_key(reason: &SkipReason) -> &'static str {
@@ -253,6 +257,7 @@ impl Report {
             kinds: BTreeMap::new(),
             failures: Vec::new(),
             dumps: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 
@@ -266,7 +271,7 @@ impl Report {
         *k.skipped_because.entry(why.to_string()).or_default() += 1;
     }
 
-    fn fail(&mut self, step: &Step, message: String) {
+    pub(super) fn fail(&mut self, step: &Step, message: String) {
         tracing::warn!(kind = %step.kind, object = %step.display_name(), %message, "restore failed");
         self.kind(&step.kind).failed += 1;
         self.failures.push(Failure {
@@ -340,6 +345,19 @@ impl Report {
                 d.dump, d.source, into, d.status, d.bytes
             )
             .ok();
+        }
+        for v in &self.volumes {
+            let what = v.filled.as_ref().map_or_else(
+                || "failed".to_string(),
+                |f| {
+                    format!(
+                        "{} files, {} bytes in {:.1}s",
+                        f.files, f.bytes, f.duration_seconds
+                    )
+                },
+            );
+            let id = &v.snapshot_id[..v.snapshot_id.len().min(8)];
+            writeln!(out, "VOLUME {} <- repository snapshot {id}: {what}", v.claim).ok();
         }
         for f in &self.failures {
             writeln!(out, "FAILED {} {}: {}", f.kind, f.object, f.message).ok();
@@ -453,8 +471,15 @@ fn updatable(step: &Step, obj: Value) -> Value {
     serde_json::json!({"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": metadata})
 }
 
-/// Apply every step of `plan` in order, recording each outcome in `report`.
-pub async fn apply(target: &dyn Target, extracted: &Extracted, plan: &Plan, report: &mut Report) {
+/// Apply every step of `plan` in order, recording each outcome in `report`. Claims created from the
+/// repository are filled through `fill` once every claim exists, before the first Service or workload.
+pub async fn apply(
+    target: &dyn Target,
+    extracted: &Extracted,
+    plan: &Plan,
+    fill: Option<&dyn Fill>,
+    report: &mut Report,
+) {
     let types: HashMap<(String, String), ApiResource> = plan
         .steps
         .iter()
@@ -466,7 +491,13 @@ pub async fn apply(target: &dyn Target, extracted: &Extracted, plan: &Plan, repo
         })
         .collect();
     let mut uids = Uids::new();
+    let mut to_fill: Option<Vec<&Step>> = Some(Vec::new());
     for step in &plan.steps {
+        if step.phase > Phase::Claims
+            && let Some(created) = to_fill.take()
+        {
+            fill_created(fill, &created, report).await;
+        }
         if let Action::Skip(reason) = &step.action {
             report.skipped(&step.kind, reason_key(reason));
             continue;
@@ -485,7 +516,7 @@ pub async fn apply(target: &dyn Target, extracted: &Extracted, plan: &Plan, repo
         let prepared = match &step.claim {
             Claim::FromSnapshot(source) => provision_snapshot(target, &source.provision).await,
             Claim::Rebind(volume) => super::rebind::bind(target, step, volume).await,
-            Claim::Keep | Claim::Reprovision => Ok(()),
+            Claim::Keep | Claim::Reprovision | Claim::FromRepository(_) => Ok(()),
         };
         if let Err(message) = prepared {
             report.fail(step, message);
@@ -495,6 +526,9 @@ pub async fn apply(target: &dyn Target, extracted: &Extracted, plan: &Plan, repo
         let stored = match target.create(&step.resource, ns, &obj).await {
             Ok(Created::New(stored)) => {
                 report.kind(&step.kind).created += 1;
+                if let Some(created) = to_fill.as_mut() {
+                    created.push(step);
+                }
                 Some(stored)
             }
             Ok(Created::Exists) => match (&step.action, plan.existing) {
@@ -546,6 +580,9 @@ pub async fn apply(target: &dyn Target, extracted: &Extracted, plan: &Plan, repo
                 Err(e) => report.fail(step, format!("waiting for Established: {}", error_text(&e))),
             }
         }
+    }
+    if let Some(created) = to_fill.take() {
+        fill_created(fill, &created, report).await;
     }
 }
 

@@ -5,7 +5,9 @@
 //! ```text
 //! locate (id or latest) → verify (manifest, every artifact's size and sha256) → extract (validated
 //!   archive paths, to a private temp dir) → plan (dependency order, skips, namespace map, filters)
-//!   → re-bind released volumes ([`rebind`], reads the target) → print (dry run stops here) → apply (create / skip / server-side apply) → wait
+//!   → choose each claim's data source and re-bind released volumes ([`rebind`], reads the target)
+//!   → print (dry run stops here) → apply (create / skip / server-side apply; claims from the
+//!   repository are filled by restore movers before any workload is created: [`fill`]) → wait
 //!   → replay dumps ([`dumps`]) → report (and an Event per target namespace: [`events`])
 //! ```
 //!
@@ -18,10 +20,14 @@
 //! volumesnapshotcontents; `patch` on persistentvolumes (re-binding a released volume, [`rebind`]);
 //! `list`, `watch` to wait for CRDs (and workloads with `--wait`); `pods` list and `pods/exec` create,
 //! get to replay dumps; `events` create; for webhooks (in [`command`]), `configmaps` get (the policies)
-//! and `secrets` get (HMAC keys) in freezeframe's namespace. Mirrored in `manifests/restore-job.yaml` (checked by a test).
+//! and `secrets` get (HMAC keys) in freezeframe's namespace; to fill claims from the repository
+//! ([`fill`]), `jobs` create and delete and `secrets` create (owned by the Job, garbage-collected with
+//! it) in the target namespaces, `pods/log` get, and `secrets` get (the repository's) in freezeframe's
+//! namespace. Mirrored in `manifests/restore-job.yaml` (checked by a test).
 
 pub mod apply;
 pub mod dumps;
+pub mod fill;
 pub mod plan;
 pub mod rebind;
 pub mod source;
@@ -33,7 +39,7 @@ use crate::backup::ManifestError;
 use crate::store;
 
 pub use apply::{KindSummary, Report, Target};
-pub use plan::{Existing, Plan, PlanOptions};
+pub use plan::{Existing, Plan, PlanOptions, VolumesFrom};
 pub use source::BackupRef;
 
 /// Errors of a restore.
@@ -202,6 +208,8 @@ pub struct Context<'a> {
     pub identities: Option<std::sync::Arc<store::crypt::Identities>>,
     /// Replays dumps after the restored pods are ready; `None` replays none (`--skip-dumps`).
     pub dumps: Option<&'a dyn dumps::Replay>,
+    /// Fills claims from the storage's repository; `None` = no repository access (such claims fail).
+    pub fill: Option<&'a dyn fill::Fill>,
 }
 
 /// How long a restore that replays dumps waits for the restored pods when no `wait` was asked for.
@@ -240,7 +248,13 @@ pub async fn run(ctx: &Context<'_>, options: &RestoreOptions) -> Result<(Plan, R
     let extracted = source::verify_and_extract(ctx.store, &located).await?;
     let snapshots = volumes::read(ctx.store, &located).await;
     let mut plan = plan::plan(&extracted, &located.manifest, &snapshots, &options.plan)?;
-    rebind::refine(ctx.target, &located.manifest.cluster.kube_system_uid, &mut plan).await;
+    rebind::refine(
+        ctx.target,
+        &located.manifest.cluster.kube_system_uid,
+        options.plan.volumes_from,
+        &mut plan,
+    )
+    .await;
     tracing::info!(
         steps = plan.steps.len(),
         applied = plan.applied(),
@@ -251,7 +265,7 @@ pub async fn run(ctx: &Context<'_>, options: &RestoreOptions) -> Result<(Plan, R
         report.count_plan(&plan);
         return Ok((plan, report));
     }
-    apply::apply(ctx.target, &extracted, &plan, &mut report).await;
+    apply::apply(ctx.target, &extracted, &plan, ctx.fill, &mut report).await;
     // Dumps are replayed into ready pods only: replaying implies waiting.
     let wait = match ctx.dumps {
         Some(replay) if replay.replays_any(&located, &plan) => Some(options.wait.unwrap_or(DUMPS_WAIT)),

@@ -29,8 +29,11 @@
 //! unbound from volumes that are not restored (and stripped of the binder's annotations), Job
 //! selectors regenerated.
 //!
-//! The plan is made from the backup alone; [`super::rebind`] then looks at the target's volumes and
-//! switches claims whose own volume was left `Released` there to [`Claim::Rebind`].
+//! Claims: the plan records what the backup holds for each claim's data ([`Recorded`]: a CSI snapshot,
+//! a repository copy). It is made from the backup alone; [`super::rebind`] then looks at the target,
+//! chooses each claim's source by `--volumes-from` ([`choose`]: in another cluster the repository
+//! comes before a snapshot whose storage may be gone) and switches claims whose own volume was left
+//! `Released` there to [`Claim::Rebind`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -59,6 +62,47 @@ pub enum Existing {
     Fail,
 }
 
+/// Where restored claims get their data (`--volumes-from`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "camelCase")]
+pub enum VolumesFrom {
+    /// Per claim, the first that applies: re-bind its released volume (same cluster and namespace),
+    /// the snapshot when the target is the backup's own cluster, the repository copy, the snapshot
+    /// (another cluster on the same storage), a new empty volume.
+    #[default]
+    Auto,
+    /// Only snapshots (claims without one get a new empty volume).
+    Snapshot,
+    /// Only the repository (claims without a copy get a new empty volume).
+    Repository,
+}
+
+/// What the backup recorded for a claim's data, kept on its step so the choice can be made once the
+/// target is known ([`choose`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
+    /// Its CSI snapshot, as the restored claim would use it.
+    pub snapshot: Option<ClaimSource>,
+    /// Its repository snapshot (`volumes.moveData`).
+    pub repository: Option<String>,
+    /// The binding without recorded data: keep the restored static volume, or a new empty one.
+    pub without: Claim,
+}
+
+/// The source of a claim's data by [`VolumesFrom`], knowing whether the target is the backup's own
+/// cluster (where its snapshots surely are). Pure.
+pub fn choose(recorded: &Recorded, same_cluster: bool, from: VolumesFrom) -> Claim {
+    let snapshot = || recorded.snapshot.clone().map(Claim::FromSnapshot);
+    let repository = || recorded.repository.clone().map(Claim::FromRepository);
+    let chosen = match from {
+        VolumesFrom::Snapshot => snapshot(),
+        VolumesFrom::Repository => repository(),
+        VolumesFrom::Auto if same_cluster => snapshot().or_else(repository),
+        VolumesFrom::Auto => repository().or_else(snapshot),
+    };
+    chosen.unwrap_or_else(|| recorded.without.clone())
+}
+
 /// How the plan is made.
 #[derive(Debug, Clone, Default)]
 pub struct PlanOptions {
@@ -72,6 +116,8 @@ pub struct PlanOptions {
     pub selector: Option<String>,
     /// What to do with existing objects.
     pub existing: Existing,
+    /// Where claims get their data.
+    pub volumes_from: VolumesFrom,
 }
 
 impl PlanOptions {
@@ -180,6 +226,9 @@ pub enum Claim {
     Reprovision,
     /// Reprovision from a snapshot.
     FromSnapshot(ClaimSource),
+    /// A new empty volume, filled from the repository snapshot (id) by a restore mover before any
+    /// workload that mounts it is created.
+    FromRepository(String),
     /// Re-bind the claim's own volume (named), left `Released` with reclaim policy `Retain` in the
     /// target cluster: its `claimRef` is rewritten to the restored claim first ([`super::rebind`]).
     Rebind(String),
@@ -191,6 +240,11 @@ impl fmt::Display for Claim {
             Claim::Keep => write!(f, "restored volume"),
             Claim::Reprovision => write!(f, "new empty volume"),
             Claim::FromSnapshot(source) => write!(f, "new volume from snapshot {}", source.volume_snapshot),
+            Claim::FromRepository(id) => write!(
+                f,
+                "new volume filled from repository snapshot {}",
+                &id[..id.len().min(8)]
+            ),
             Claim::Rebind(volume) => write!(f, "re-bind released volume {volume}"),
         }
     }
@@ -219,6 +273,8 @@ pub struct Step {
     pub claim: Claim,
     /// The volume the claim was bound to in the backup (PVCs only).
     pub volume: Option<String>,
+    /// What the backup recorded for the claim's data (PVCs only).
+    pub recorded: Recorded,
 }
 
 impl Step {
@@ -623,19 +679,25 @@ fn plan_items(
         let target_ns = map_ns(&source_ns);
         let skip = skip_namespaced(item, &derived, &selecting, &present, &filter, selector.as_ref());
         let mut claim = Claim::Keep;
+        let mut recorded = Recorded::default();
         if skip.is_none() {
             needed.insert((NAMESPACES.into(), source_ns.clone()));
             for (kind, name) in &item.needs {
                 needed.insert((kind.clone(), name.clone()));
             }
             if item.kind == "persistentvolumeclaims" {
-                claim = match volumes::claim_source(snapshots, &source_ns, &item.name, &target_ns) {
-                    Some(source) => Claim::FromSnapshot(source),
-                    None => match item.volume_name.as_deref() {
+                recorded = Recorded {
+                    snapshot: volumes::claim_source(snapshots, &source_ns, &item.name, &target_ns),
+                    repository: snapshots
+                        .get(&(source_ns.clone(), item.name.clone()))
+                        .and_then(|s| s.repository.clone()),
+                    without: match item.volume_name.as_deref() {
                         Some(v) if dynamic.contains(v) || !archived_volumes.contains(v) => Claim::Reprovision,
                         _ => Claim::Keep,
                     },
                 };
+                // Until the target is known (`rebind::refine`), as in the backup's own cluster.
+                claim = choose(&recorded, true, options.volumes_from);
                 if claim != Claim::Keep
                     && let Some(v) = &item.volume_name
                 {
@@ -654,6 +716,7 @@ fn plan_items(
             action: skip.map_or(Action::Create, Action::Skip),
             claim,
             volume: item.volume_name.clone(),
+            recorded,
         });
     }
     // Static volumes that stay bound need their StorageClass too.
@@ -689,6 +752,7 @@ fn plan_items(
             action,
             claim: Claim::Keep,
             volume: None,
+            recorded: Recorded::default(),
         });
     }
     let rank: BTreeMap<&str, u8> = items
@@ -775,7 +839,7 @@ pub fn rewrite(plan: &Plan, step: &Step, mut obj: Value) -> Value {
                     spec.remove("dataSource");
                     spec.insert("volumeName".into(), json!(volume));
                 }
-                (Claim::Reprovision | Claim::FromSnapshot(_), Some(spec)) => {
+                (Claim::Reprovision | Claim::FromSnapshot(_) | Claim::FromRepository(_), Some(spec)) => {
                     spec.remove("volumeName");
                     spec.remove("dataSourceRef");
                     spec.remove("dataSource");

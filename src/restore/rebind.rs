@@ -27,7 +27,7 @@ use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 
 use super::apply::Target;
-use super::plan::{Action, Claim, Plan, Step};
+use super::plan::{Action, Claim, Plan, Step, VolumesFrom, choose};
 
 /// Core v1 `kind`/`plural`.
 fn core(kind: &str, plural: &str) -> ApiResource {
@@ -86,21 +86,38 @@ fn candidates(plan: &Plan) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
-/// Switch claims to [`Claim::Rebind`] (or away from an unavailable static volume) by what the target
-/// holds. `source_cluster` is the backup's `kube-system` uid. Reads only; lookups that fail leave the
-/// plan's choice.
-pub async fn refine(target: &dyn Target, source_cluster: &str, plan: &mut Plan) {
-    let indices: Vec<usize> = candidates(plan).collect();
-    if indices.is_empty() {
-        return;
-    }
-    let same_cluster = match target
+/// Whether the target is the cluster the backup came from (`source_cluster`: its `kube-system` uid).
+async fn is_source_cluster(target: &dyn Target, source_cluster: &str) -> bool {
+    match target
         .get(&core("Namespace", "namespaces"), None, "kube-system")
         .await
     {
         Ok(Some(ns)) => !source_cluster.is_empty() && ns["metadata"]["uid"] == source_cluster,
         _ => false,
-    };
+    }
+}
+
+/// Choose each restored claim's source by `from` now that the target is known ([`choose`]), then
+/// switch claims to [`Claim::Rebind`] (only with [`VolumesFrom::Auto`]) or away from an unavailable
+/// static volume by what the target holds. `source_cluster` is the backup's `kube-system` uid. Reads
+/// only; lookups that fail leave the plan's choice.
+pub async fn refine(target: &dyn Target, source_cluster: &str, from: VolumesFrom, plan: &mut Plan) {
+    let claims: Vec<usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind == "persistentvolumeclaims" && s.action == Action::Create)
+        .map(|(i, _)| i)
+        .collect();
+    if claims.is_empty() {
+        return;
+    }
+    let same_cluster = is_source_cluster(target, source_cluster).await;
+    for i in claims {
+        let step = &mut plan.steps[i];
+        step.claim = choose(&step.recorded, same_cluster, from);
+    }
+    let indices: Vec<usize> = candidates(plan).collect();
     for i in indices {
         let step = &plan.steps[i];
         let (Some(volume_name), Some(namespace)) = (step.volume.clone(), step.namespace.clone()) else {
@@ -116,7 +133,7 @@ pub async fn refine(target: &dyn Target, source_cluster: &str, plan: &mut Plan) 
         let same_place = step.source_namespace.as_deref() == Some(namespace.as_str());
         let step = &mut plan.steps[i];
         match refusal(&volume, &namespace, &step.name) {
-            None if same_cluster && same_place => {
+            None if same_cluster && same_place && from == VolumesFrom::Auto => {
                 tracing::info!(claim = %step.display_name(), volume = %volume_name, "restore: re-binding the claim's released volume");
                 step.claim = Claim::Rebind(volume_name);
             }
@@ -172,7 +189,7 @@ mod tests {
 
     use super::*;
     use crate::restore::apply::Created;
-    use crate::restore::plan::{Phase, Plan};
+    use crate::restore::plan::{Phase, Plan, Recorded};
     use crate::restore::{Existing, volumes::ClaimSource};
 
     /// Objects by (plural, namespace, name); records merge patches.
@@ -242,6 +259,17 @@ mod tests {
             namespace: Some(to.into()),
             name: "data".into(),
             action: Action::Create,
+            recorded: Recorded {
+                snapshot: match &claim {
+                    Claim::FromSnapshot(source) => Some(source.clone()),
+                    _ => None,
+                },
+                repository: None,
+                without: match &claim {
+                    Claim::Keep => Claim::Keep,
+                    _ => Claim::Reprovision,
+                },
+            },
             claim,
             volume: Some("pv-1".into()),
         }
@@ -275,7 +303,7 @@ mod tests {
         let target = cluster("src").with("persistentvolumes", "", released());
         let mut plan = plan_of(claim_step("shop", "shop", snapshot()));
 
-        refine(&target, "src", &mut plan).await;
+        refine(&target, "src", VolumesFrom::Auto, &mut plan).await;
 
         assert_eq!(plan.steps[0].claim, Claim::Rebind("pv-1".into()));
     }
@@ -298,7 +326,7 @@ mod tests {
             ),
         ] {
             let mut plan = plan_of(claim_step("shop", to, snapshot()));
-            refine(&target, "src", &mut plan).await;
+            refine(&target, "src", VolumesFrom::Auto, &mut plan).await;
             assert_eq!(plan.steps[0].claim, snapshot(), "into {to}");
         }
     }
@@ -313,7 +341,7 @@ mod tests {
         let target = cluster("src").with("persistentvolumes", "", bound);
         let mut plan = plan_of(claim_step("shop", "shop-copy", Claim::Keep));
 
-        refine(&target, "src", &mut plan).await;
+        refine(&target, "src", VolumesFrom::Auto, &mut plan).await;
 
         assert_eq!(plan.steps[0].claim, Claim::Reprovision);
         assert!(target.patches.lock().unwrap().is_empty(), "never touched");
@@ -432,5 +460,42 @@ mod tests {
             "b",
             "data"
         ));
+    }
+
+    #[tokio::test]
+    async fn given_a_repository_copy_when_restored_into_another_cluster_then_it_wins_over_the_snapshot() {
+        let mut step = claim_step("shop", "shop", snapshot());
+        step.recorded.repository = Some("0123abcdef".into());
+        let mut elsewhere = plan_of(step.clone());
+        let mut home = plan_of(step.clone());
+        let mut forced = plan_of(step);
+
+        refine(&cluster("dr"), "src", VolumesFrom::Auto, &mut elsewhere).await;
+        refine(&cluster("src"), "src", VolumesFrom::Auto, &mut home).await;
+        refine(&cluster("src"), "src", VolumesFrom::Repository, &mut forced).await;
+
+        assert_eq!(
+            elsewhere.steps[0].claim,
+            Claim::FromRepository("0123abcdef".into())
+        );
+        assert_eq!(home.steps[0].claim, snapshot());
+        assert_eq!(forced.steps[0].claim, Claim::FromRepository("0123abcdef".into()));
+    }
+
+    #[tokio::test]
+    async fn given_volumes_from_snapshot_or_repository_when_refined_then_a_released_volume_is_not_re_bound() {
+        for from in [VolumesFrom::Snapshot, VolumesFrom::Repository] {
+            let target = cluster("src").with("persistentvolumes", "", released());
+            let mut plan = plan_of(claim_step("shop", "shop", snapshot()));
+
+            refine(&target, "src", from, &mut plan).await;
+
+            let expected = if from == VolumesFrom::Snapshot {
+                snapshot()
+            } else {
+                Claim::Reprovision
+            };
+            assert_eq!(plan.steps[0].claim, expected, "{from:?}");
+        }
     }
 }

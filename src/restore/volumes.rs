@@ -5,7 +5,8 @@
 //! to take: a top-level array, or an object holding one under `volumes`, `snapshots` or `items`; each
 //! entry naming the claim (`namespace` + `pvc`/`claim`/`persistentVolumeClaim`/`pvcName`, or a `pvc`
 //! object with `namespace`/`name`), the `volumeSnapshot` (a name or an object with `name`), and
-//! optionally `snapshotHandle`, `driver` and `volumeSnapshotClassName`. Entries it cannot read are
+//! optionally `snapshotHandle`, `driver` and `volumeSnapshotClassName`, and `moved` (the mover's record:
+//! with `status: Succeeded`, its `snapshotId` in the repository). Entries it cannot read are
 //! ignored with a warning: a claim without a source is then provisioned empty, never failed.
 //!
 //! A restored claim gets `dataSource` → a VolumeSnapshot in its (target) namespace:
@@ -22,8 +23,9 @@ use sha2::Digest;
 use super::source::Located;
 use crate::store::{self, ObjectStore, layout};
 
-/// The snapshot recorded for one claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The sources recorded for one claim: its CSI snapshot and, with `volumes.moveData`, its copy in the
+/// storage's repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// VolumeSnapshot name in the claim's source namespace, if recorded.
     pub volume_snapshot: Option<String>,
@@ -33,6 +35,8 @@ pub struct Snapshot {
     pub driver: Option<String>,
     /// The VolumeSnapshotClass, if recorded.
     pub class: Option<String>,
+    /// The repository snapshot holding the claim's files (a mover that succeeded), if any.
+    pub repository: Option<String>,
 }
 
 /// Snapshots by (source namespace, claim name).
@@ -88,10 +92,15 @@ pub fn parse(bytes: &[u8]) -> Snapshots {
                 .or_else(|| text(&entry["volumeSnapshotContent"]["snapshotHandle"])),
             driver: text(&entry["driver"]),
             class: text(&entry["volumeSnapshotClassName"]).or_else(|| text(&entry["class"])),
+            repository: (entry["moved"]["status"] == "Succeeded")
+                .then(|| text(&entry["moved"]["snapshotId"]))
+                .flatten(),
         };
         match (namespace, claim) {
             (Some(ns), Some(claim))
-                if snapshot.volume_snapshot.is_some() || snapshot.snapshot_handle.is_some() =>
+                if snapshot.volume_snapshot.is_some()
+                    || snapshot.snapshot_handle.is_some()
+                    || snapshot.repository.is_some() =>
             {
                 out.insert((ns, claim), snapshot);
             }
@@ -203,6 +212,25 @@ mod tests {
             content["metadata"]["name"]
         );
         assert!(claim_source(&snaps, "shop", "other", "shop-dr").is_none());
+    }
+
+    #[test]
+    fn given_a_moved_volume_then_its_repository_snapshot_is_read_and_a_failed_move_is_not() {
+        let snaps = parse(
+            br#"[{"namespace": "shop", "pvc": "a", "name": "a-ff", "snapshotHandle": "h", "driver": "d",
+                  "moved": {"status": "Succeeded", "snapshotId": "0123abcd"}},
+                 {"namespace": "shop", "pvc": "b", "name": "b-ff", "snapshotHandle": "h2", "driver": "d",
+                  "moved": {"status": "Failed", "error": "x"}},
+                 {"namespace": "shop", "pvc": "c", "moved": {"status": "Succeeded", "snapshotId": "ffee"}}]"#,
+        );
+        assert_eq!(
+            snaps[&("shop".into(), "a".into())].repository.as_deref(),
+            Some("0123abcd")
+        );
+        assert_eq!(snaps[&("shop".into(), "b".into())].repository, None);
+        let only_moved = &snaps[&("shop".into(), "c".into())];
+        assert_eq!(only_moved.repository.as_deref(), Some("ffee"));
+        assert!(claim_source(&snaps, "shop", "c", "shop").is_none());
     }
 
     #[test]

@@ -93,6 +93,31 @@ impl TestEnv {
         })
     }
 
+    /// Lose the cluster and its storage, as in a site disaster: stop the sandbox, delete its state
+    /// directory (every volume and snapshot), and start a fresh sandbox with another state directory (and
+    /// another `kube-system` uid). The S3 store, the webhook receiver and the temp dir stay.
+    pub async fn replace_cluster(&mut self) -> anyhow::Result<()> {
+        let fresh = Sandbox::start(SandboxOptions {
+            own_image_binary: Some(env!("CARGO_BIN_EXE_freezeframe").into()),
+            ..Default::default()
+        })
+        .await
+        .context("starting the new sandbox")?;
+        let old_state = self.sandbox.state_dir().to_path_buf();
+        let old = std::mem::replace(&mut self.sandbox, fresh);
+        drop(old);
+        if old_state.exists() {
+            std::fs::remove_dir_all(&old_state)
+                .with_context(|| format!("deleting the old cluster's state {}", old_state.display()))?;
+        }
+        self.client = self
+            .sandbox
+            .client()
+            .await
+            .context("client for the new sandbox")?;
+        Ok(())
+    }
+
     /// Everything [`TestEnv::new`] has, plus an own SeaweedFS with a freshly created, uniquely named bucket.
     pub async fn with_s3() -> anyhow::Result<TestEnv> {
         let mut env = TestEnv::new().await?;
