@@ -52,6 +52,22 @@ const APP: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: db}\n---\n\
     apiVersion: v1\nkind: Secret\nmetadata: {name: webhook-hmac, namespace: freezeframe}\n\
     data: {key: czNjcmV0}\n";
 
+/// Some data on the claim, for the movers to copy and restore.
+async fn write_data(env: &TestEnv) {
+    use freezeframe::hooks::{KubeExecutor, PodExecutor, Target, Termination};
+    let argv = ["sh", "-c", "echo data > var/lib/data/file"].map(String::from);
+    let out = KubeExecutor::new(env.client())
+        .run(
+            &Target::new("db", "db-0", "db"),
+            &argv,
+            None,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .expect("exec");
+    assert!(matches!(out.termination, Termination::Exited(0)), "{out:?}");
+}
+
 /// Three policies over `db` (single snapshots with freeze hooks; a group snapshot; snapshots moved off
 /// site by mover Jobs into S3), a signed webhook, and retention keeping `keep` backups.
 fn policies(env: &TestEnv, keep: u32) -> String {
@@ -122,6 +138,7 @@ impl World {
             env.apply(&serde_yaml::to_string(&object).unwrap()).unwrap();
         }
         env.apply(&app()).unwrap();
+        write_data(&env).await;
         let cm = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(CONFIGMAP.into()),
