@@ -385,7 +385,10 @@ async fn given_injected_throttling_when_listing_then_429_with_retry_after() {
         error: freezeframe_sandbox::ApiError::too_many_requests(2),
         times: 1,
     });
-    let resp = reqwest::get(format!("{}/api/v1/namespaces/default/configmaps", sb.url()))
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/namespaces/default/configmaps", sb.url()))
+        .bearer_auth(sb.admin_token())
+        .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 429);
@@ -732,6 +735,7 @@ async fn given_terminating_namespace_when_creating_then_refused_with_the_namespa
 
     let refused = reqwest::Client::new()
         .post(format!("{}/api/v1/namespaces/ending/configmaps", sb.url()))
+        .bearer_auth(sb.admin_token())
         .json(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "late-"}}))
         .send()
         .await
@@ -1126,6 +1130,7 @@ async fn given_terminating_namespace_or_wrong_method_then_forbidden_and_method_n
     let http = reqwest::Client::new();
     let put_collection = http
         .put(format!("{}/api/v1/namespaces/default/configmaps", sb.url()))
+        .bearer_auth(sb.admin_token())
         .body("{}")
         .send()
         .await

@@ -399,7 +399,7 @@ async fn given_typed_kubectl_creates_sent_as_protobuf_when_read_back_then_fields
 }
 
 #[tokio::test]
-async fn given_sandbox_when_kubectl_auth_checks_then_everything_is_allowed_and_identity_is_admin() {
+async fn given_admin_kubeconfig_when_kubectl_auth_checks_then_everything_is_allowed_and_identity_is_admin() {
     let k = Kubectl::start().await;
     assert_eq!(
         k.ok(&["auth", "can-i", "create", "pods/exec", "-n", "default"])
@@ -410,7 +410,7 @@ async fn given_sandbox_when_kubectl_auth_checks_then_everything_is_allowed_and_i
     let whoami = k
         .ok(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"])
         .await;
-    assert_eq!(whoami, "sandbox-admin");
+    assert_eq!(whoami, "kubernetes-admin");
 }
 
 fn stderr(out: &Output) -> String {

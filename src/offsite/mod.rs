@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use cluster::KubeMoverCluster;
 pub use objects::{MoverSpec, RepositoryAccess, TempKind, TempObject};
 
+use crate::k8s::errors::chain;
 use crate::policy::{Backend, Policy, Storage};
 use crate::snapshot::{MoveRecord, MoveStatus, VolumeRecord};
 
@@ -289,10 +290,11 @@ async fn sweep(cluster: &dyn MoverCluster, spec: &MoverSpec, selector: &str, mov
     match cluster.delete_labelled(&spec.namespace, selector).await {
         Ok(n) => moved.swept += n,
         Err(e) => {
-            tracing::warn!(selector, error = %e, "could not delete temporary mover objects");
+            let why = chain(&e);
+            tracing::warn!(selector, error = %why, "could not delete temporary mover objects");
             moved
                 .cleanup_problems
-                .push(format!("temporary mover objects ({selector}) may be left: {e}"));
+                .push(format!("temporary mover objects ({selector}) may be left: {why}"));
         }
     }
 }
@@ -318,15 +320,15 @@ async fn move_one(cluster: &dyn MoverCluster, spec: &MoverSpec, volume: &VolumeR
         let class = cluster
             .storage_class(&volume.namespace, &volume.pvc)
             .await
-            .map_err(|e| format!("{e}"))?;
+            .map_err(|e| chain(&e))?;
         for object in spec.backup_objects(volume, class.as_deref()) {
-            cluster.create(&object).await.map_err(|e| format!("{e}"))?;
+            cluster.create(&object).await.map_err(|e| chain(&e))?;
         }
         let limit = spec.mover.timeout + DEADLINE_GRACE;
         let end = cluster
             .wait_job(&spec.namespace, &job, limit)
             .await
-            .map_err(|e| format!("{e}"))?;
+            .map_err(|e| chain(&e))?;
         let summary = end.output.as_deref().and_then(MoverSummary::find);
         match (end.succeeded, summary) {
             (true, Some(s)) => Ok(MoveRecord {
@@ -350,7 +352,7 @@ async fn move_one(cluster: &dyn MoverCluster, spec: &MoverSpec, volume: &VolumeR
     // Free the claim (and the node's attachment) now rather than at the end of all movers.
     let selector = format!("{},{}={job}", spec.this_backup(), objects::MOVER_JOB_LABEL);
     if let Err(e) = cluster.delete_labelled(&spec.namespace, &selector).await {
-        tracing::warn!(job = %job, error = %e, "temporary objects of a mover are deleted at the end of the run");
+        tracing::warn!(job = %job, error = %chain(&e), "temporary objects of a mover are deleted at the end of the run");
     }
     match record.status {
         MoveStatus::Succeeded => tracing::info!(

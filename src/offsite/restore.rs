@@ -19,6 +19,7 @@ use super::objects::{
     ACCESS_KEY_ENV, MOVER_JOB_LABEL, MOVER_LABEL, MoverSpec, PASSWORD_ENV, SECRET_KEY_ENV, owned_by,
 };
 use super::{DEADLINE_GRACE, MoverCluster};
+use crate::k8s::errors::chain;
 use crate::mover::RestoreReport;
 use crate::snapshot::POLICY_LABEL;
 
@@ -61,7 +62,7 @@ async fn secret_data(
         cluster
             .secret_data(&spec.namespace, &name)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| chain(&e))?
             .ok_or_else(|| format!("Secret {}/{name} not found", spec.namespace))
     };
     let password = &spec.repository.password_secret;
@@ -137,7 +138,7 @@ pub async fn fill_claims(
 async fn sweep(cluster: &dyn MoverCluster, namespaces: &BTreeSet<&str>, selector: &str) {
     for namespace in namespaces {
         if let Err(e) = cluster.delete_labelled(namespace, selector).await {
-            tracing::warn!(namespace, selector, error = %e, "could not delete temporary restore mover objects");
+            tracing::warn!(namespace, selector, error = %chain(&e), "could not delete temporary restore mover objects");
         }
     }
 }
@@ -158,15 +159,15 @@ async fn fill_one(
         let (Some(job_object), Some(secret_object)) = (objects.next(), objects.next()) else {
             unreachable!("restore_objects returns a Job and a Secret");
         };
-        let uid = cluster.create(&job_object).await.map_err(|e| e.to_string())?;
+        let uid = cluster.create(&job_object).await.map_err(|e| chain(&e))?;
         cluster
             .create(&owned_by(secret_object, &job, &uid))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         let end = cluster
             .wait_job(&request.namespace, &job, spec.mover.timeout + DEADLINE_GRACE)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         let report = end.output.as_deref().and_then(|o| {
             o.lines()
                 .rev()
@@ -188,7 +189,7 @@ async fn fill_one(
     .await;
     let selector = format!("{},{MOVER_JOB_LABEL}={job}", selector(spec));
     if let Err(e) = cluster.delete_labelled(&request.namespace, &selector).await {
-        tracing::warn!(job = %job, error = %e, "temporary objects of a restore mover are deleted at the end");
+        tracing::warn!(job = %job, error = %chain(&e), "temporary objects of a restore mover are deleted at the end");
     }
     result
 }

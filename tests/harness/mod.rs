@@ -205,6 +205,21 @@ impl TestEnv {
         command
     }
 
+    /// A kubeconfig (in this test's temp dir) that authenticates as ServiceAccount `namespace/name`
+    /// over the sandbox's HTTPS listener: its requests are authorized by the RBAC objects that bind it,
+    /// as in a cluster. Use it with [`TestEnv::freezeframe`]`(..).env("KUBECONFIG", path)`.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        let path = self.dir().join(format!("kubeconfig-{namespace}-{name}"));
+        self.sandbox
+            .write_service_account_kubeconfig(namespace, name, &path)
+            .with_context(|| format!("kubeconfig for ServiceAccount {namespace}/{name}"))?;
+        Ok(path)
+    }
+
     /// Delete a namespace and wait until it is gone (404), as `kubectl delete namespace` does. The
     /// sandbox, like a real API server, only marks it Terminating; its controller empties and removes
     /// it a moment later. Fails after [`DELETION_TIMEOUT`] with the namespace's conditions.

@@ -14,10 +14,12 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::auth::User;
 use super::cluster::{Cluster, DeleteOptions, Misbehaviour, Part, PatchKind, WriteOptions, render};
 use super::discovery;
 use super::exec;
 use super::field_selector::FieldSelector;
+use super::rbac;
 use super::registry::ResourceType;
 use super::status::ApiError;
 use super::store::{Change, ChangeKind, StoreError, Table, namespace_range};
@@ -46,7 +48,50 @@ pub fn router(state: AppState) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate_and_authorize,
+        ))
         .with_state(state)
+}
+
+/// What a real API server's filter chain does before any handler: authenticate (401 for a bearer token
+/// the sandbox did not issue; see [`super::auth`] for requests without one), then authorize by RBAC (403
+/// with the real message). The user rides along in the request's extensions for the reviews.
+async fn authenticate_and_authorize(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let cluster = &state.cluster;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = match cluster.authenticator.authenticate(
+        &cluster.store,
+        authorization,
+        req.extensions().get::<super::tls::OverTls>().is_some(),
+        chrono::Utc::now(),
+    ) {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    let query = Query::parse(req.uri().query());
+    let attributes = rbac::request_attributes(req.method().as_str(), req.uri().path(), &query.0);
+    let websocket = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    for check in rbac::checks(attributes, websocket) {
+        let decision = rbac::authorize(&cluster.store, &user, &check);
+        if !decision.allowed {
+            return rbac::forbidden(&user, &check, &decision.reason).into_response();
+        }
+    }
+    req.extensions_mut().insert(user);
+    next.run(req).await
 }
 
 /// Parsed query string (repeated keys kept in order, empty pairs ignored).
@@ -198,6 +243,17 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return ApiError::bad_request(format!("reading body: {e}")).into_response(),
     };
+    if target.rt.review || target.sub.as_deref() == Some("token") {
+        let user = parts
+            .extensions
+            .get::<User>()
+            .cloned()
+            .unwrap_or_else(User::anonymous);
+        return match for_user(&cluster, &user, &parts.method, &parts.headers, &target, &body) {
+            Ok(v) => respond(StatusCode::CREATED, &v, &accept),
+            Err(e) => e.into_response(),
+        };
+    }
     let result = tokio::task::spawn_blocking(move || {
         handle(&cluster, &parts.method, &parts.headers, &target, &query, &body)
     })
@@ -207,6 +263,41 @@ async fn dispatch(State(state): State<AppState>, req: Request) -> Response {
         Ok((code, v)) => respond(code, &v, &accept),
         Err(e) => e.into_response(),
     }
+}
+
+/// Requests answered for the requesting user: the self reviews and TokenRequests (`serviceaccounts/token`).
+fn for_user(
+    cluster: &Cluster,
+    user: &User,
+    method: &Method,
+    headers: &HeaderMap,
+    t: &Target,
+    body: &Bytes,
+) -> Result<Value, ApiError> {
+    if *method != Method::POST || (t.rt.review && t.name.is_some()) {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({} supports create only)",
+            if t.rt.review {
+                t.rt.plural.clone()
+            } else {
+                format!("{}/token", t.rt.plural)
+            }
+        )));
+    }
+    let mut request = parse_body(headers, body)?;
+    if !request.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
+    }
+    if t.rt.review {
+        request["apiVersion"] = json!(t.rt.api_version());
+        request["kind"] = json!(t.rt.kind);
+        return rbac::answer_review(&cluster.store, user, &t.rt.kind, request);
+    }
+    let ns = t.namespace.as_deref().unwrap_or_default();
+    let account = cluster.get(&t.rt, ns, t.name.as_deref().unwrap_or_default())?;
+    super::auth::token_request(&cluster.authenticator, &account, request, chrono::Utc::now())
 }
 
 /// A response whose body fails before its first byte: hyper closes the connection without sending the

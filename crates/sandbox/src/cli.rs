@@ -30,6 +30,10 @@ pub struct SandboxArgs {
     /// TCP port on 127.0.0.1 (0 = pick a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// HTTPS port on 127.0.0.1 (0 = pick a free one): the same API over TLS, for ServiceAccount
+    /// kubeconfigs (kubectl sends bearer tokens only over TLS).
+    #[arg(long, default_value_t = 0)]
+    pub https_port: u16,
     /// Apply every *.yaml / *.yml / *.json file in this directory at start (like `kubectl apply -f`).
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
@@ -96,6 +100,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let random_faults = args.random_faults();
     let sandbox = Sandbox::start(SandboxOptions {
         port: args.port,
+        https_port: args.https_port,
         state_dir: args.state_dir,
         kubeconfig: Some(args.kubeconfig.clone()),
         own_image_name: args.image_name,
@@ -112,8 +117,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         tracing::info!(objects = n, dir = %dir.display(), "manifests applied");
     }
     println!(
-        "sandbox ready: {} (kubeconfig {}, state dir {})",
+        "sandbox ready: {} (and {}; kubeconfig {}, state dir {})",
         sandbox.url(),
+        sandbox.https_url(),
         args.kubeconfig.display(),
         sandbox.state_dir().display()
     );

@@ -225,6 +225,8 @@ pub struct Cluster {
     /// Which pod (uid) each pod directory belongs to: the controllers and the kubelet both react to a new
     /// pod, and whichever comes first clears a previous pod's directory — never the other's fresh files.
     pub(crate) pod_dirs: Mutex<HashMap<PathBuf, String>>,
+    /// Issues and checks bearer tokens (the admin's and ServiceAccounts').
+    pub authenticator: super::auth::Authenticator,
 }
 
 /// The annotation that keeps a created pod Pending (tests of not-ready pods).
@@ -290,6 +292,7 @@ impl Cluster {
             random: Mutex::new(options.random_faults.map(RandomState::new)),
             ip_counter: std::sync::atomic::AtomicU32::new(10),
             pod_dirs: Mutex::new(HashMap::new()),
+            authenticator: super::auth::Authenticator::new(),
         }
     }
 
@@ -483,7 +486,11 @@ impl Cluster {
             obj["metadata"] = json!({});
         }
         if rt.review {
-            return Ok(answer_review(rt, obj));
+            // Reviews are about the requesting user: the HTTP layer answers them (rbac::answer_review).
+            return Err(ApiError::method_not_allowed(format!(
+                "{} are answered for the requesting user only",
+                rt.plural
+            )));
         }
         if rt.namespaced {
             // Admission runs before a name is generated: it names the object by its generateName.
@@ -1405,24 +1412,6 @@ fn patch_error(e: patch::PatchError) -> ApiError {
     } else {
         ApiError::invalid_patch(e.to_string())
     }
-}
-
-/// The sandbox authorizes everything (any bearer token is accepted), and its reviews say so.
-fn answer_review(rt: &ResourceType, mut obj: Value) -> Value {
-    obj["status"] = match rt.kind.as_str() {
-        "SelfSubjectAccessReview" => {
-            json!({"allowed": true, "reason": "the freezeframe sandbox does not enforce authorization"})
-        }
-        "SelfSubjectRulesReview" => json!({
-            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-            "incomplete": false
-        }),
-        _ => {
-            json!({"userInfo": {"username": "sandbox-admin", "groups": ["system:masters", "system:authenticated"]}})
-        }
-    };
-    obj
 }
 
 fn body_has_no_rv(body: &Value) -> bool {

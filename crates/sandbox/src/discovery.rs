@@ -120,6 +120,12 @@ fn subresource_kind(t: &ResourceType, sub: &str) -> (String, String, String, Vec
             vec!["create", "get"],
         ),
         "log" => ("".into(), "v1".into(), "Pod".into(), vec!["get"]),
+        "token" => (
+            "authentication.k8s.io".into(),
+            "v1".into(),
+            "TokenRequest".into(),
+            vec!["create"],
+        ),
         "finalize" => (t.group.clone(), t.version.clone(), t.kind.clone(), vec!["update"]),
         _ => (t.group.clone(), t.version.clone(), t.kind.clone(), vec!["get"]),
     }
@@ -206,7 +212,7 @@ pub fn resource_list(cluster: &Cluster, group: &str, version: &str) -> Response 
             let (g, v, k, verbs) = subresource_kind(t, sub);
             let mut s = json!({"name": format!("{}/{sub}", t.plural), "singularName": "", "namespaced": t.namespaced,
                                "kind": k, "verbs": verbs});
-            if sub == "scale" {
+            if sub == "scale" || sub == "token" {
                 s["group"] = json!(g);
                 s["version"] = json!(v);
             }

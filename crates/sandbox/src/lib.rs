@@ -7,6 +7,7 @@
 //! state dir, with the pod's volumes at their mount paths (see [`mountns`]).
 
 pub mod api;
+pub mod auth;
 pub mod binder;
 pub mod cli;
 pub mod cluster;
@@ -19,10 +20,12 @@ pub mod lifecycle;
 pub mod mountns;
 pub mod patch;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod snapshots;
 pub mod status;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,9 +84,15 @@ pub enum Error {
         #[source]
         source: Box<ApiError>,
     },
+    /// The HTTPS listener's certificate could not be made.
+    #[error("cannot set up the sandbox's HTTPS listener")]
+    Tls(#[source] tls::TlsError),
     /// Building a client for the sandbox failed.
     #[error("cannot build a Kubernetes client for the sandbox")]
     Client(#[source] kube::Error),
+    /// A kubeconfig for a ServiceAccount was asked for one that does not exist.
+    #[error("ServiceAccount {namespace}/{name} does not exist: create it before asking for its kubeconfig")]
+    NoServiceAccount { namespace: String, name: String },
     /// The kubeconfig the sandbox wrote could not be read back.
     #[error("kubeconfig {path} is unusable")]
     Kubeconfig {
@@ -100,6 +109,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct SandboxOptions {
     /// Port on 127.0.0.1 (0 = any free port).
     pub port: u16,
+    /// HTTPS port on 127.0.0.1 (0 = any free port): ServiceAccount kubeconfigs point here, since
+    /// kubectl sends bearer tokens only over TLS.
+    pub https_port: u16,
     /// Pod directories and volume data; a temporary directory (removed on drop) if `None`.
     pub state_dir: Option<PathBuf>,
     /// Where to write the kubeconfig; `<state_dir>/kubeconfig` if `None`.
@@ -128,10 +140,12 @@ pub struct SandboxOptions {
 /// A running sandbox API server. Dropping it stops the server.
 pub struct Sandbox {
     addr: SocketAddr,
+    https_addr: SocketAddr,
+    ca_pem: String,
     cluster: Arc<Cluster>,
     kubeconfig: PathBuf,
     state_dir: PathBuf,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: tokio_util::sync::CancellationToken,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -165,38 +179,47 @@ impl Sandbox {
         lifecycle::spawn(&cluster, options.namespace_deletion_delay.unwrap_or_default());
         kubelet::spawn(&cluster);
         bootstrap(&cluster, options.snapshot_ready_delay);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.port))
-            .await
-            .map_err(|source| Error::Bind {
-                port: options.port,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind {
-            port: options.port,
-            source,
-        })?;
+        let bind = |port: u16| async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .map_err(|source| Error::Bind { port, source })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| Error::Bind { port, source })?;
+            Ok::<_, Error>((listener, addr))
+        };
+        let (listener, addr) = bind(options.port).await?;
+        let (https_listener, https_addr) = bind(options.https_port).await?;
+        let cert = tls::ServingCert::generate().map_err(Error::Tls)?;
         let app = api::router(api::AppState {
             cluster: cluster.clone(),
             bookmark_interval: options.bookmark_interval.unwrap_or(Duration::from_secs(10)),
         });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tls::spawn_https(https_listener, &cert, app.clone(), stop.clone());
+        let stopped = stop.clone().cancelled_owned();
         tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = rx.await;
-            });
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "sandbox server stopped");
             }
         });
         let kubeconfig = options.kubeconfig.unwrap_or_else(|| state_dir.join("kubeconfig"));
-        write_kubeconfig(&kubeconfig, addr)?;
+        write_kubeconfig(
+            &kubeconfig,
+            &Server::Http(addr),
+            cluster.authenticator.admin_token(),
+            "default",
+        )?;
         cluster.kubelet.set_kubeconfig(kubeconfig.clone());
         Ok(Sandbox {
             addr,
+            https_addr,
+            ca_pem: cert.ca_pem().to_string(),
             cluster,
             kubeconfig,
             state_dir,
-            shutdown: Some(tx),
+            stop,
             _temp: temp,
         })
     }
@@ -206,12 +229,56 @@ impl Sandbox {
         format!("http://{}", self.addr)
     }
 
+    /// `https://127.0.0.1:<port>`: the same API over TLS (certificate signed by [`Sandbox::ca_pem`]).
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.https_addr)
+    }
+
+    /// The CA that signed the HTTPS listener's certificate, PEM-encoded.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig
     }
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// The bearer token of the admin kubeconfig (user `kubernetes-admin`, group `system:masters`).
+    pub fn admin_token(&self) -> &str {
+        self.cluster.authenticator.admin_token()
+    }
+
+    /// Write a kubeconfig at `path` that authenticates as ServiceAccount `namespace/name` (a token as
+    /// `kubectl create token` would get, valid for a day; the HTTPS listener, since kubectl sends tokens
+    /// only over TLS), its context's namespace `namespace`. The
+    /// ServiceAccount must exist; requests are then authorized by the RBAC objects that bind it.
+    pub fn write_service_account_kubeconfig(&self, namespace: &str, name: &str, path: &Path) -> Result<()> {
+        let account = self
+            .cluster
+            .store
+            .get(&registry::ResourceId::new("", "serviceaccounts"), namespace, name)
+            .ok_or_else(|| Error::NoServiceAccount {
+                namespace: namespace.into(),
+                name: name.into(),
+            })?;
+        let uid = account["metadata"]["uid"].as_str().unwrap_or_default();
+        let (token, _) = self.cluster.authenticator.mint(
+            namespace,
+            name,
+            uid,
+            &[auth::API_AUDIENCE.to_string()],
+            24 * 3600,
+            chrono::Utc::now(),
+        );
+        let server = Server::Https {
+            addr: self.https_addr,
+            ca_pem: &self.ca_pem,
+        };
+        write_kubeconfig(path, &server, &token, namespace)
     }
 
     /// The in-process cluster (for fault injection, compaction and direct inspection in tests).
@@ -340,9 +407,7 @@ impl Sandbox {
 
     /// Stop serving and kill every process the sandbox started (also done on drop).
     pub fn shutdown(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.stop.cancel();
         self.cluster.kubelet.kill_all();
     }
 }
@@ -414,6 +479,9 @@ fn bootstrap(cluster: &Cluster, snapshot_ready_delay: Option<Duration>) {
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}),
     );
+    for (kind, object) in rbac::bootstrap_policy() {
+        create("rbac.authorization.k8s.io/v1", kind, object);
+    }
     for crd in bootstrap_crds() {
         create("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd);
     }
@@ -450,12 +518,29 @@ fn bootstrap(cluster: &Cluster, snapshot_ready_delay: Option<Duration>) {
     let _ = render;
 }
 
-/// Write a kubeconfig for `addr` that kubectl and kube-rs accept.
-pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> Result<()> {
+/// Where a kubeconfig points.
+pub enum Server<'a> {
+    /// The plain-HTTP listener.
+    Http(SocketAddr),
+    /// The HTTPS listener, with the CA that signed its certificate.
+    Https { addr: SocketAddr, ca_pem: &'a str },
+}
+
+/// Write a kubeconfig for `server` that kubectl and kube-rs accept, authenticating with bearer `token`,
+/// its context's namespace `namespace`.
+pub fn write_kubeconfig(path: &Path, server: &Server<'_>, token: &str, namespace: &str) -> Result<()> {
+    use base64::Engine;
+    let cluster = match server {
+        Server::Http(addr) => format!("    server: http://{addr}\n"),
+        Server::Https { addr, ca_pem } => format!(
+            "    server: https://{addr}\n    certificate-authority-data: {}\n",
+            base64::engine::general_purpose::STANDARD.encode(ca_pem)
+        ),
+    };
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: freezeframe-sandbox\n  cluster:\n    server: http://{addr}\n\
-contexts:\n- name: freezeframe-sandbox\n  context:\n    cluster: freezeframe-sandbox\n    user: freezeframe-sandbox\n    namespace: default\n\
-current-context: freezeframe-sandbox\nusers:\n- name: freezeframe-sandbox\n  user:\n    token: sandbox\npreferences: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: freezeframe-sandbox\n  cluster:\n{cluster}\
+contexts:\n- name: freezeframe-sandbox\n  context:\n    cluster: freezeframe-sandbox\n    user: freezeframe-sandbox\n    namespace: {namespace}\n\
+current-context: freezeframe-sandbox\nusers:\n- name: freezeframe-sandbox\n  user:\n    token: {token}\npreferences: {{}}\n"
     );
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| Error::Io {

@@ -189,7 +189,9 @@ pub fn builtin() -> Vec<ResourceType> {
         b(core, "v1", "Endpoints", "endpoints", true).short(&["ep"]),
         b(core, "v1", "ConfigMap", "configmaps", true).short(&["cm"]),
         b(core, "v1", "Secret", "secrets", true),
-        b(core, "v1", "ServiceAccount", "serviceaccounts", true).short(&["sa"]),
+        b(core, "v1", "ServiceAccount", "serviceaccounts", true)
+            .short(&["sa"])
+            .extra(&["token"]),
         b(
             core,
             "v1",
