@@ -284,6 +284,25 @@ async fn given_local_repository_when_backed_up_and_restored_then_tree_matches_an
 }
 
 #[tokio::test]
+async fn given_an_empty_volume_when_backed_up_and_restored_then_the_target_is_an_empty_directory()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let source = env.dir().join("volume");
+    std::fs::create_dir_all(&source)?;
+    let location = RepositoryLocation::parse(&format!("local:{}", env.dir().join("repo").display()))?;
+    let spec = SnapshotSpec::new("shop", "data-db-0", ["backup=1"])?;
+    let report = Repository::open_or_init(&location, &S3Credentials::default(), &password())?.backup(&source, &spec)?;
+    let target = env.dir().join("restored");
+
+    let restored = Repository::open(&location, &S3Credentials::default(), &password())?
+        .restore(&report.snapshot_id, &target)?;
+
+    assert_eq!((restored.files, restored.bytes), (0, 0));
+    assert!(target.is_dir() && std::fs::read_dir(&target)?.next().is_none());
+    Ok(())
+}
+
+#[tokio::test]
 async fn given_unchanged_volume_when_backed_up_again_then_repository_grows_less_than_one_percent()
 -> anyhow::Result<()> {
     let env = TestEnv::with_s3().await?;

@@ -378,9 +378,19 @@ impl Repository {
             source,
         })?;
         let indexed = self.reopened()?.to_indexed().map_err(failed)?;
-        let node = indexed
-            .node_from_snapshot_and_path(&snapshot, &root)
-            .map_err(failed)?;
+        let node = match indexed.node_from_snapshot_and_path(&snapshot, &root) {
+            Ok(node) => node,
+            // An empty volume is recorded without its directory node: there is nothing to write.
+            Err(_) if snapshot.summary.as_ref().is_some_and(|s| s.total_files_processed == 0) => {
+                return Ok(RestoreReport {
+                    snapshot_id,
+                    files: 0,
+                    bytes: 0,
+                    duration_seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+            Err(source) => return Err(failed(source)),
+        };
         let entries = indexed.ls(&node, &LsOptions::default()).map_err(failed)?;
         let destination =
             LocalDestination::new(&format!("{}/", target.display()), true, false).map_err(failed)?;
