@@ -550,3 +550,44 @@ async fn given_move_data_when_a_backup_is_pruned_then_its_repository_snapshots_a
     assert!(restored.status.success());
     assert_eq!(tree(&target), live_tree(&env, "db-0").await);
 }
+
+#[tokio::test]
+async fn given_a_mover_running_when_the_backup_gets_sigterm_then_it_exits_and_no_temporary_object_stays() {
+    let env = TestEnv::with_s3().await.unwrap();
+    env.apply(&app(1)).unwrap();
+    fill(&env, "db-0", 1).await;
+    // No such key: the mover pod waits for its Secret until the Job's deadline, so it is still moving.
+    let text = policy_text(&env, "no-such-key", "{timeout: 5m}");
+    let policy_file = env.dir().join("policies.yaml");
+    std::fs::write(&policy_file, &text).unwrap();
+    let mut child = env
+        .freezeframe(&["backup", "--policy", "shop", "--policy-file", policy_file.to_str().unwrap()])
+        .env("FREEZEFRAME_NAMESPACE", "freezeframe")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(env.client(), "freezeframe");
+    let movers = ListParams::default().labels(freezeframe::offsite::objects::MOVER_LABEL);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while jobs.list(&movers).await.unwrap().items.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a mover Job starts");
+
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
+        .await
+        .expect("exits within the pod's grace period")
+        .unwrap();
+
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut err)
+        .await
+        .unwrap();
+    assert_ne!(status.code(), Some(0), "{err}");
+    assert!(leftovers(&env).await.is_empty(), "{:?}\n{err}", leftovers(&env).await);
+}
