@@ -71,6 +71,14 @@ async fn given_fresh_directory_when_demo_runs_then_it_backs_up_prunes_restores_r
     );
 
     // The restore brought back the latest data and replayed the dump taken from db-0 into the restored db-0.
+    for pod in ["db-0", "db-1", "db-2"] {
+        assert!(
+            stdout.contains(&format!(
+                "VOLUME demo-shop-restored/data-{pod} <- repository snapshot"
+            )),
+            "claims filled from the moved data: {stdout}"
+        );
+    }
     assert!(
         stdout.contains("demo-shop-restored/db-1: order 1 of db-1; order 2 of db-1\n"),
         "volume data of the latest backup restored: {stdout}"

@@ -291,7 +291,8 @@ async fn given_an_empty_volume_when_backed_up_and_restored_then_the_target_is_an
     std::fs::create_dir_all(&source)?;
     let location = RepositoryLocation::parse(&format!("local:{}", env.dir().join("repo").display()))?;
     let spec = SnapshotSpec::new("shop", "data-db-0", ["backup=1"])?;
-    let report = Repository::open_or_init(&location, &S3Credentials::default(), &password())?.backup(&source, &spec)?;
+    let report = Repository::open_or_init(&location, &S3Credentials::default(), &password())?
+        .backup(&source, &spec)?;
     let target = env.dir().join("restored");
 
     let restored = Repository::open(&location, &S3Credentials::default(), &password())?

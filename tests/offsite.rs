@@ -561,7 +561,13 @@ async fn given_a_mover_running_when_the_backup_gets_sigterm_then_it_exits_and_no
     let policy_file = env.dir().join("policies.yaml");
     std::fs::write(&policy_file, &text).unwrap();
     let mut child = env
-        .freezeframe(&["backup", "--policy", "shop", "--policy-file", policy_file.to_str().unwrap()])
+        .freezeframe(&[
+            "backup",
+            "--policy",
+            "shop",
+            "--policy-file",
+            policy_file.to_str().unwrap(),
+        ])
         .env("FREEZEFRAME_NAMESPACE", "freezeframe")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -578,7 +584,10 @@ async fn given_a_mover_running_when_the_backup_gets_sigterm_then_it_exits_and_no
     .expect("a mover Job starts");
 
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    assert_eq!(unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) },
+        0
+    );
     let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
         .await
         .expect("exits within the pod's grace period")
@@ -589,5 +598,9 @@ async fn given_a_mover_running_when_the_backup_gets_sigterm_then_it_exits_and_no
         .await
         .unwrap();
     assert_ne!(status.code(), Some(0), "{err}");
-    assert!(leftovers(&env).await.is_empty(), "{:?}\n{err}", leftovers(&env).await);
+    assert!(
+        leftovers(&env).await.is_empty(),
+        "{:?}\n{err}",
+        leftovers(&env).await
+    );
 }

@@ -63,6 +63,9 @@ const FREEZEFRAME_NAMESPACE: &str = "freezeframe";
 /// The Secret and key [`POLICY`]'s webhook `secretRef` names.
 const WEBHOOK_SECRET: &str = "demo-webhook";
 const WEBHOOK_KEY: &str = "hmac-key";
+/// The Secret (in freezeframe's namespace) and key holding the repository password.
+const REPOSITORY_SECRET: &str = "demo-repository";
+const REPOSITORY_KEY: &str = "password";
 
 fn step(n: usize, text: &str) {
     println!("\n[{n}] {text}");
@@ -130,7 +133,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         receiver.url()
     );
     let policy_file = dir.join("policy.yaml");
-    std::fs::write(&policy_file, fill_policy(&store_dir, receiver.url())?)
+    // Mover pods see their volume at /data through a private mount namespace (needs CAP_SYS_ADMIN).
+    let move_data = freezeframe_sandbox::mountns::available();
+    let mut policy_text = fill_policy(&store_dir, receiver.url())?;
+    if !move_data {
+        println!(
+            "    note: this process may not create mount namespaces (run as root to see it), so the demo \
+does not move volume data off-site; restores use the snapshots"
+        );
+        policy_text = policy_text.replace("moveData: true", "moveData: false");
+    }
+    std::fs::write(&policy_file, policy_text)
         .with_context(|| format!("writing {}", policy_file.display()))?;
 
     step(
@@ -170,8 +183,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
 
     step(
         8,
-        "Restoring the latest backup into namespace demo-shop-restored: claims come back from the \
-snapshots, the orders dump is replayed into the restored pods",
+        "Restoring the latest backup into namespace demo-shop-restored: claims are filled from the \
+repository (the moved data, as after losing the site's storage), the orders dump is replayed into the \
+restored pods",
     );
     let restored = freezeframe(
         &sandbox,
@@ -183,6 +197,8 @@ snapshots, the orders dump is replayed into the restored pods",
             "demo-shop",
             "--namespace-map",
             "demo-shop=demo-shop-restored",
+            "--volumes-from",
+            if move_data { "repository" } else { "auto" },
             "--wait",
             "--policy-file",
         ],
@@ -259,7 +275,8 @@ pub fn fill_policy(store_dir: &Path, url: &str) -> anyhow::Result<String> {
         .replace(URL_PLACEHOLDER, url))
 }
 
-/// Namespace `freezeframe` with the Secret holding the webhook's HMAC `key`.
+/// Namespace `freezeframe` with the Secrets holding the webhook's HMAC `key` and a fresh repository
+/// password.
 async fn create_webhook_secret(client: &kube::Client, key: &str) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace = Namespace {
@@ -287,6 +304,19 @@ async fn create_webhook_secret(client: &kube::Client, key: &str) -> anyhow::Resu
         .create(&PostParams::default(), &secret)
         .await
         .context("creating the webhook's Secret")?;
+    let password = hex::encode(rand::random::<[u8; 32]>());
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(REPOSITORY_SECRET.into()),
+            ..Default::default()
+        },
+        data: Some([(REPOSITORY_KEY.to_string(), ByteString(password.into_bytes()))].into()),
+        ..Default::default()
+    };
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .context("creating the repository password's Secret")?;
     Ok(())
 }
 

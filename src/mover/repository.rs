@@ -381,7 +381,12 @@ impl Repository {
         let node = match indexed.node_from_snapshot_and_path(&snapshot, &root) {
             Ok(node) => node,
             // An empty volume is recorded without its directory node: there is nothing to write.
-            Err(_) if snapshot.summary.as_ref().is_some_and(|s| s.total_files_processed == 0) => {
+            Err(_)
+                if snapshot
+                    .summary
+                    .as_ref()
+                    .is_some_and(|s| s.total_files_processed == 0) =>
+            {
                 return Ok(RestoreReport {
                     snapshot_id,
                     files: 0,
