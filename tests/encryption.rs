@@ -373,6 +373,49 @@ async fn given_identity_file_when_the_cli_restores_an_encrypted_backup_then_it_i
     Ok(())
 }
 
+#[tokio::test]
+async fn given_an_encrypted_backup_when_described_with_contents_then_the_identity_lists_its_objects_and_none_refuses()
+-> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let vault = Vault::new(&env)?;
+    let store_dir = env.dir().join("store");
+    let manifest = vault
+        .back_up(&env, &FsStore::new(&store_dir), &Layout::new(""))
+        .await?;
+    let storage = format!("file://{}", store_dir.display());
+    let id = manifest.backup_id.to_string();
+
+    let listed = logged_output(&mut env.freezeframe(&[
+        "describe",
+        &id,
+        "--storage",
+        &storage,
+        "--contents",
+        "--identity-file",
+        vault.identity_file.to_str().unwrap(),
+    ]))
+    .await;
+    let refused =
+        logged_output(&mut env.freezeframe(&["describe", &id, "--storage", &storage, "--contents"])).await;
+
+    assert_eq!(listed.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(stdout.contains("(archive verified)"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("secrets") && l.contains("vault") && l.contains("creds")),
+        "the Secret is listed: {stdout}"
+    );
+    assert!(!stdout.contains(&vault.secret_marker), "names only, never values");
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("identit"),
+        "says an identity is needed"
+    );
+    Ok(())
+}
+
 /// `age --decrypt -i identity file`: the Debian `age` tool (scripts/test installs it).
 fn age_decrypt(identity: &Path, file: &Path) -> Vec<u8> {
     let out = std::process::Command::new("age")

@@ -94,6 +94,13 @@ pub struct DescribeArgs {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: DescribeFormat,
+    /// Also verify the archive (every artifact's sha256) and list the objects it holds; an encrypted
+    /// backup needs its identities (`--identity-file`, else the policy storage's `identitySecret`).
+    #[arg(long)]
+    pub contents: bool,
+    /// age identities for `--contents` of an encrypted backup.
+    #[arg(long, value_name = "PATH", requires = "contents")]
+    pub identity_file: Option<std::path::PathBuf>,
 }
 
 fn parse_backup_id(text: &str) -> Result<BackupId, String> {
@@ -255,13 +262,84 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<Outcome> {
             return Ok(Outcome::InvalidInput);
         }
     };
+    let contents = if args.contents {
+        Some(contents(&args, store.as_ref(), &layout, &backup.policy).await?)
+    } else {
+        None
+    };
     match args.output {
-        DescribeFormat::Text => print!("{}", describe_text(backup)),
+        DescribeFormat::Text => {
+            print!("{}", describe_text(backup));
+            if let Some(paths) = &contents {
+                println!("Contents:    {} objects (archive verified)", paths.len());
+                for p in paths {
+                    println!("  {p}");
+                }
+            }
+        }
         DescribeFormat::Json | DescribeFormat::Yaml => {
-            print_structured(&stored_value(backup), args.output == DescribeFormat::Yaml)?;
+            let mut value = stored_value(backup);
+            if let Some(paths) = contents {
+                value["contents"] = serde_json::json!(paths);
+            }
+            print_structured(&value, args.output == DescribeFormat::Yaml)?;
         }
     }
     Ok(Outcome::Success)
+}
+
+/// The archive paths of the backup's objects, after verifying every artifact (decrypting with the
+/// identities of `--identity-file` or the policy storage's `identitySecret` when it is encrypted).
+async fn contents(
+    args: &DescribeArgs,
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    policy: &str,
+) -> anyhow::Result<Vec<String>> {
+    use crate::store::crypt::{Identities, Opening};
+    use anyhow::Context as _;
+    let invocation = Invocation::from_process(&args.store.source, &ClientArgs::default());
+    let mut located = crate::restore::source::locate(
+        store,
+        layout,
+        Some(policy),
+        &crate::restore::BackupRef::Id(args.backup.clone()),
+    )
+    .await?;
+    let identities = match &args.identity_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the identity file {}", path.display()))?;
+            Some(std::sync::Arc::new(Identities::parse(
+                &text,
+                format!("file {}", path.display()),
+            )?))
+        }
+        None if located.manifest.encryption.is_some() => {
+            let secret = match &args.store.policy {
+                Some(name) => invocation
+                    .policy(name)
+                    .await?
+                    .storage
+                    .encryption
+                    .as_ref()
+                    .and_then(|e| e.identity_secret.clone()),
+                None => None,
+            };
+            match secret {
+                Some(secret) => Some(std::sync::Arc::new(invocation.identities(&secret).await?)),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    located.opening = Opening::for_backup(
+        &format!("{}/{}", located.policy, located.id),
+        located.manifest.encryption.as_ref(),
+        identities.as_ref(),
+    )?;
+    let extracted = crate::restore::source::verify_and_extract(store, &located).await?;
+    Ok(extracted.paths.clone())
 }
 
 /// One claim's moved data: repository snapshot, size, dedup (new vs reused bytes) and duration.
