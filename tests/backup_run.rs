@@ -446,3 +446,38 @@ async fn given_backup_command_when_it_succeeds_or_a_dump_fails_then_summary_and_
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn given_a_store_that_cannot_be_written_when_backed_up_then_preflight_fails_before_any_pod_is_frozen() {
+    let env = TestEnv::new().await.unwrap();
+    env.apply(&statefulset(1)).unwrap();
+    let file = env.dir().join("policies.yaml");
+    std::fs::write(
+        &file,
+        policy_text(
+            Path::new("/proc/freezeframe-unwritable"),
+            "    rules:\n      pre: [{podSelector: {app: db}, actions: [{value: \"touch pre-ran\"}]}]\n",
+        ),
+    )
+    .unwrap();
+
+    let out = crate::harness::logged_output(&mut env.freezeframe(&[
+        "backup",
+        "--policy",
+        "app",
+        "--policy-file",
+        file.to_str().unwrap(),
+    ]))
+    .await;
+
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("preflight") && stderr.contains("/proc/freezeframe-unwritable"),
+        "{stderr}"
+    );
+    assert!(
+        !pod_dir(&env, "db-0").join("pre-ran").exists(),
+        "nothing was frozen"
+    );
+}

@@ -2,6 +2,7 @@
 //! back up (selection, freeze plan, hook engine, then [`crate::backup::backup`]) → prune by the policy's
 //! retention → report (Events, annotations, webhooks), and the exit code they make together.
 
+use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use super::Invocation;
@@ -45,6 +46,10 @@ pub async fn back_up_prune_report(
         let (store, layout) = invocation.open_store(backend).await?;
         // Refused before anything is written: a bucket that cannot lock what the storage asks to lock.
         store.check_ready().await?;
+        // Preflight: a store that cannot be written fails the run before any pod is frozen.
+        crate::store::probe_writable(store.as_ref(), &layout)
+            .await
+            .context("preflight: the store cannot be written; nothing was frozen")?;
         let m = back_up_policy(invocation, policy, store.as_ref(), &layout, cancel).await?;
         anyhow::Ok((m, store, layout, client))
     }

@@ -63,6 +63,11 @@ impl Layout {
         self.join("repository-pruned.json")
     }
 
+    /// `<prefix>/.preflight/<unique>`: the probe written (and deleted) before a backup freezes anything.
+    pub fn preflight_probe(&self, unique: &str) -> String {
+        self.join(&format!(".preflight/{unique}"))
+    }
+
     /// The keys of one backup.
     pub fn backup(&self, policy: &str, id: &BackupId) -> BackupKeys {
         BackupKeys {

@@ -161,11 +161,28 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// Whether every object written is kept by Object Lock retention (a probe could not be removed).
+    fn locks_objects(&self) -> bool {
+        false
+    }
+
     /// Check, before a backup writes anything, that the store can honour its settings (an S3 bucket
     /// asked to lock objects has Object Lock enabled).
     async fn check_ready(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// Prove, before anything is frozen, that the store takes writes (and the credentials work): a small
+/// probe object is written under `<prefix>/.preflight/` and deleted at once. Skipped on a store that
+/// locks every object (the probe would stay; its `check_ready` already reached the bucket).
+pub async fn probe_writable(store: &dyn ObjectStore, layout: &Layout) -> Result<()> {
+    if store.locks_objects() {
+        return Ok(());
+    }
+    let key = layout.preflight_probe(&uuid::Uuid::new_v4().simple().to_string());
+    put_bytes(store, &key, b"freezeframe preflight: safe to delete\n").await?;
+    store.delete(std::slice::from_ref(&key)).await
 }
 
 /// Write a small in-memory object.
@@ -357,6 +374,26 @@ pub async fn open(
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn given_a_writable_store_when_probed_then_it_passes_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fs::FsStore::new(dir.path());
+
+        probe_writable(&store, &Layout::new("prod")).await.unwrap();
+
+        assert!(store.list("").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn given_a_store_that_cannot_be_written_when_probed_then_it_fails_naming_the_place() {
+        let store = fs::FsStore::new("/proc/freezeframe-preflight");
+
+        let err = probe_writable(&store, &Layout::new("")).await.unwrap_err();
+
+        let text = crate::k8s::errors::chain(&err);
+        assert!(text.contains("/proc/freezeframe-preflight"), "{text}");
+    }
+
     use super::*;
 
     #[test]

@@ -521,6 +521,10 @@ impl super::ObjectStore for S3Store {
         Ok(until.filter(|t| *t > chrono::Utc::now()))
     }
 
+    fn locks_objects(&self) -> bool {
+        self.object_lock.is_some()
+    }
+
     async fn check_ready(&self) -> super::Result<()> {
         if self.object_lock.is_none() {
             return Ok(());
