@@ -204,3 +204,79 @@ async fn given_finished_tick_then_lease_is_released_for_the_next_one() {
     assert_eq!(tick(&env, &["--now", "due"]).await.status.code(), Some(0));
     assert_eq!(stored(&env, "due").await, 2);
 }
+
+/// A policy `slow` whose pre hook holds the run for `seconds` (the lease is held meanwhile).
+fn slow(seconds: u32) -> String {
+    format!(
+        "  - {{name: slow, schedule: \"0 0 1 1 *\", namespaces: [db], retention: {{keepLast: 3}}, \
+         volumes: {{snapshot: none}}, rules: {{pre: [{{podSelector: {{app: db}}, \
+         actions: [{{value: \"sleep {seconds}\", timeout: 60s}}]}}]}}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn given_two_runs_racing_when_ticked_at_once_then_exactly_one_backs_up() {
+    let (env, _) = setup(&slow(3)).await;
+
+    let (a, b) = tokio::join!(tick(&env, &["--now", "slow"]), tick(&env, &["--now", "slow"]));
+
+    assert_eq!((a.status.code(), b.status.code()), (Some(0), Some(0)));
+    let declined = [&a, &b]
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stdout).contains("another run holds the lease"))
+        .count();
+    assert_eq!(declined, 1, "one run takes the lease, the other declines");
+    assert_eq!(stored(&env, "slow").await, 1);
+}
+
+#[tokio::test]
+async fn given_a_holder_killed_mid_run_when_its_lease_expires_then_the_next_tick_takes_it_over_and_runs() {
+    let (env, _) = setup(&slow(30)).await;
+    let leases: Api<Lease> = Api::namespaced(env.client(), "freezeframe");
+    let mut holder = env
+        .freezeframe(&["run", "--now", "slow"])
+        .env("FREEZEFRAME_NAMESPACE", "freezeframe")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Ok(l) = leases.get("freezeframe-run").await
+                && let Some(h) = l.spec.and_then(|s| s.holder_identity)
+            {
+                return h;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the run takes the lease");
+    holder.kill().await.unwrap(); // SIGKILL: no release, no thaw of its own
+    holder.wait().await.unwrap();
+
+    // Within the lease's duration the dead holder's lease is still honoured.
+    let early = tick(&env, &["--now", "due"]).await;
+    assert!(String::from_utf8_lossy(&early.stdout).contains("another run holds the lease"));
+    // Its duration passes (the clock is moved by aging the holder's last renewal).
+    let mut lease = leases.get("freezeframe-run").await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    let aged = k8s_openapi::jiff::Timestamp::now()
+        - k8s_openapi::jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap()) + 1);
+    spec.renew_time = Some(MicroTime(aged));
+    spec.acquire_time = Some(MicroTime(aged));
+    leases
+        .replace("freezeframe-run", &PostParams::default(), &lease)
+        .await
+        .unwrap();
+
+    let late = tick(&env, &["--now", "due"]).await;
+
+    assert_eq!(late.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&late.stdout).contains("another run holds the lease"));
+    assert_eq!(
+        stored(&env, "due").await,
+        1,
+        "the expired lease of {held} was taken over"
+    );
+}
