@@ -242,6 +242,30 @@ async fn leftovers(env: &TestEnv) -> Vec<String> {
     out
 }
 
+/// `freezeframe mover restore` of repository snapshot `id` of `policy`'s storage into `target`, with the
+/// password and S3 keys in the environment: the repository read without any cluster.
+async fn mover_restore(env: &TestEnv, policy: &Policy, id: &str, target: &Path) -> std::process::Output {
+    let repository = freezeframe::mover::RepositoryLocation::for_storage(&policy.storage.backend).to_string();
+    let creds = test_credentials();
+    crate::harness::logged_output(
+        env.freezeframe(&[
+            "mover",
+            "restore",
+            "--repository",
+            &repository,
+            "--snapshot",
+            id,
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .env("FREEZEFRAME_REPOSITORY_PASSWORD", PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key)
+        .env("AWS_REGION", "us-east-1"),
+    )
+    .await
+}
+
 async fn open_store(policy: &Policy) -> (std::sync::Arc<dyn ObjectStore>, Layout) {
     let creds = test_credentials();
     freezeframe::store::open(&policy.storage.backend, Some(&creds)).await
@@ -270,27 +294,16 @@ async fn given_move_data_when_backed_up_then_each_claim_is_in_the_repository_res
     let moved = &manifest.volumes.as_ref().unwrap().moved;
     assert_eq!(moved.len(), 2, "{moved:#?}");
     assert!(leftovers(&env).await.is_empty(), "{:?}", leftovers(&env).await);
-    let repository = freezeframe::mover::RepositoryLocation::for_storage(&policy.storage.backend).to_string();
     for claim in moved {
         assert_eq!(claim.mover.status, MoveStatus::Succeeded, "{claim:#?}");
         assert!(claim.mover.bytes >= 2 * 1024 * 1024, "{claim:#?}");
         // Back from the repository alone, with the binary the mover Jobs run.
         let target = env.dir().join(format!("restored-{}", claim.pvc));
-        let out = crate::harness::logged_output(
-            env.freezeframe(&[
-                "mover",
-                "restore",
-                "--repository",
-                &repository,
-                "--snapshot",
-                claim.mover.snapshot_id.as_deref().unwrap(),
-                "--target",
-                target.to_str().unwrap(),
-            ])
-            .env("FREEZEFRAME_REPOSITORY_PASSWORD", PASSWORD)
-            .env("AWS_ACCESS_KEY_ID", test_credentials().access_key_id)
-            .env("AWS_SECRET_ACCESS_KEY", test_credentials().secret_access_key)
-            .env("AWS_REGION", "us-east-1"),
+        let out = mover_restore(
+            &env,
+            &policy,
+            claim.mover.snapshot_id.as_deref().unwrap(),
+            &target,
         )
         .await;
         assert!(out.status.success(), "mover restore failed");
@@ -529,24 +542,7 @@ async fn given_move_data_when_a_backup_is_pruned_then_its_repository_snapshots_a
     assert_eq!(ids, std::slice::from_ref(&kept), "forgotten: {old}");
     // The kept backup's data survives the repository's prune.
     let target = env.dir().join("restored");
-    let repository = freezeframe::mover::RepositoryLocation::for_storage(&policy.storage.backend).to_string();
-    let restored = crate::harness::logged_output(
-        env.freezeframe(&[
-            "mover",
-            "restore",
-            "--repository",
-            &repository,
-            "--snapshot",
-            &kept,
-            "--target",
-            target.to_str().unwrap(),
-        ])
-        .env("FREEZEFRAME_REPOSITORY_PASSWORD", PASSWORD)
-        .env("AWS_ACCESS_KEY_ID", &creds.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key)
-        .env("AWS_REGION", "us-east-1"),
-    )
-    .await;
+    let restored = mover_restore(&env, &policy, &kept, &target).await;
     assert!(restored.status.success());
     assert_eq!(tree(&target), live_tree(&env, "db-0").await);
 }
