@@ -35,9 +35,9 @@ pub enum Command {
     #[command(after_help = crate::app::prune::PRUNE_HELP)]
     Prune(crate::app::prune::PruneArgs),
     /// List the backups in a store, flagging incomplete ones.
-    List(crate::app::backup::ListArgs),
+    List(crate::app::stored::ListArgs),
     /// Show one stored backup: status, counts, artifacts, hooks, dumps, snapshots (incomplete ones too).
-    Describe(crate::app::backup::DescribeArgs),
+    Describe(crate::app::stored::DescribeArgs),
     /// Verify a stored backup and restore it here, into other namespaces, or into another cluster.
     Restore(crate::app::restore::RestoreArgs),
     /// Move volume data to and from the restic-format repository (what mover Jobs run): `mover backup`
@@ -134,8 +134,8 @@ pub fn run() -> anyhow::Result<Outcome> {
                 Command::Run(args) => crate::app::run::run(args, cancel).await,
                 Command::Backup(args) => crate::app::backup::backup(args, cancel).await,
                 Command::Prune(args) => crate::app::prune::run(args).await,
-                Command::List(args) => crate::app::backup::list(args).await,
-                Command::Describe(args) => crate::app::backup::describe(args).await,
+                Command::List(args) => crate::app::stored::list(args).await,
+                Command::Describe(args) => crate::app::stored::describe(args).await,
                 Command::Restore(args) => crate::app::restore::run(args).await,
                 Command::Mover(args) => crate::app::mover::run(args).await,
             }

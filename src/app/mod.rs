@@ -11,6 +11,7 @@ pub mod prune;
 pub mod repository;
 pub mod restore;
 pub mod run;
+pub mod stored;
 pub mod turn;
 pub mod validate;
 

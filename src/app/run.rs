@@ -2,7 +2,7 @@
 //!
 //! load policies → report invalid ones (annotation, Event, `policy.invalid` webhooks) → take the run
 //! Lease → for each valid policy: due? → record the scheduled time → back up, prune and report it
-//! ([`crate::app::backup::back_up_prune_report`]: `backup.started` → backup → commit manifest →
+//! ([`crate::app::turn::back_up_prune_report`]: `backup.started` → backup → commit manifest →
 //! prune by its retention → Events, annotations, webhooks) → record the result → release the Lease →
 //! exit code.
 //!
