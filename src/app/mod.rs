@@ -187,6 +187,29 @@ impl Invocation {
         Ok(Identities::parse(&String::from_utf8_lossy(&value), origin)?)
     }
 
+    /// The identities that decrypt an encrypted backup: the age identity file `file` when given, else
+    /// the `encryption.identitySecret` of `policy`'s storage; `None` when neither is given (an
+    /// unencrypted backup needs none; an encrypted one is then refused before anything is read).
+    pub async fn decryption_identities(
+        &self,
+        file: Option<&std::path::Path>,
+        policy: Option<&Policy>,
+    ) -> anyhow::Result<Option<Arc<Identities>>> {
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the identity file {}", path.display()))?;
+            let origin = format!("file {}", path.display());
+            return Ok(Some(Arc::new(Identities::parse(&text, origin)?)));
+        }
+        let Some(secret) = policy
+            .and_then(|p| p.storage.encryption.as_ref())
+            .and_then(|e| e.identity_secret.as_ref())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(self.identities(secret).await?)))
+    }
+
     /// Key `key` of Secret `name` in freezeframe's namespace.
     pub async fn secret_value(&self, name: &str, key: &str) -> anyhow::Result<Vec<u8>> {
         let namespace = self

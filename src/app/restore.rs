@@ -11,15 +11,12 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 use super::{Invocation, UsageError};
 use crate::config::{ClientArgs, PolicySourceArgs};
 use crate::exit::Outcome;
 use crate::policy::{Policy, Webhook};
 use crate::report::{Payload, Reporter, WebhookEvent};
 use crate::store;
-use crate::store::crypt::Identities;
 
 use crate::hooks::KubeExecutor;
 use crate::restore::apply::KubeTarget;
@@ -98,29 +95,6 @@ pub struct RestoreArgs {
     /// instead of the policy storage's `encryption.identitySecret`.
     #[arg(long, value_name = "PATH")]
     pub identity_file: Option<std::path::PathBuf>,
-}
-
-/// The identities that decrypt an encrypted backup: `--identity-file`, else the policy storage's
-/// `encryption.identitySecret` (read from freezeframe's namespace); `None` when neither is given (an
-/// unencrypted backup needs none; an encrypted one is then refused before anything is written).
-async fn identities(
-    args: &RestoreArgs,
-    policy: Option<&Policy>,
-    invocation: &Invocation,
-) -> anyhow::Result<Option<std::sync::Arc<Identities>>> {
-    if let Some(path) = &args.identity_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the identity file {}", path.display()))?;
-        let origin = format!("file {}", path.display());
-        return Ok(Some(std::sync::Arc::new(Identities::parse(&text, origin)?)));
-    }
-    let Some(secret) = policy
-        .and_then(|p| p.storage.encryption.as_ref())
-        .and_then(|e| e.identity_secret.as_ref())
-    else {
-        return Ok(None);
-    };
-    Ok(Some(std::sync::Arc::new(invocation.identities(secret).await?)))
 }
 
 /// The store to read from (`--storage`, else the policy's storage) and the policy, when known (its
@@ -245,7 +219,9 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<Outcome> {
             "no policy read (give --policy with --policy-file or --policies): dumps are not replayed"
         );
     }
-    let identities = identities(&args, policy.as_ref(), &invocation).await?;
+    let identities = invocation
+        .decryption_identities(args.identity_file.as_deref(), policy.as_ref())
+        .await?;
     // Find the backup once, so restore.started and the restore name the same one (`latest` moves).
     let located = crate::restore::source::locate(
         store.as_ref(),

@@ -212,8 +212,7 @@ async fn contents(
     layout: &Layout,
     policy: &str,
 ) -> anyhow::Result<Vec<String>> {
-    use crate::store::crypt::{Identities, Opening};
-    use anyhow::Context as _;
+    use crate::store::crypt::Opening;
     let invocation = Invocation::from_process(&args.store.source, &ClientArgs::default());
     let mut located = crate::restore::source::locate(
         store,
@@ -222,33 +221,16 @@ async fn contents(
         &crate::restore::BackupRef::Id(args.backup.clone()),
     )
     .await?;
-    let identities = match &args.identity_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the identity file {}", path.display()))?;
-            Some(std::sync::Arc::new(Identities::parse(
-                &text,
-                format!("file {}", path.display()),
-            )?))
+    // The identitySecret is read only for an encrypted backup.
+    let policy = match &args.store.policy {
+        Some(name) if args.identity_file.is_none() && located.manifest.encryption.is_some() => {
+            Some(invocation.policy(name).await?)
         }
-        None if located.manifest.encryption.is_some() => {
-            let secret = match &args.store.policy {
-                Some(name) => invocation
-                    .policy(name)
-                    .await?
-                    .storage
-                    .encryption
-                    .as_ref()
-                    .and_then(|e| e.identity_secret.clone()),
-                None => None,
-            };
-            match secret {
-                Some(secret) => Some(std::sync::Arc::new(invocation.identities(&secret).await?)),
-                None => None,
-            }
-        }
-        None => None,
+        _ => None,
     };
+    let identities = invocation
+        .decryption_identities(args.identity_file.as_deref(), policy)
+        .await?;
     located.opening = Opening::for_backup(
         &format!("{}/{}", located.policy, located.id),
         located.manifest.encryption.as_ref(),

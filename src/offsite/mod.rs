@@ -104,13 +104,19 @@ pub type MoverSummary = crate::mover::MoverReport;
 impl MoverSummary {
     /// The last line of `output` that is the mover's JSON summary.
     pub fn find(output: &str) -> Option<MoverSummary> {
-        output
-            .lines()
-            .rev()
-            .map(str::trim)
-            .filter(|l| l.starts_with('{'))
-            .find_map(|l| serde_json::from_str(l).ok())
+        last_json_line(output)
     }
+}
+
+/// The last line of a mover's `output` that parses as `T` (`freezeframe mover` prints its result as
+/// its last stdout line; logs may follow on stderr).
+pub fn last_json_line<T: serde::de::DeserializeOwned>(output: &str) -> Option<T> {
+    output
+        .lines()
+        .rev()
+        .map(str::trim)
+        .filter(|l| l.starts_with('{'))
+        .find_map(|l| serde_json::from_str(l).ok())
 }
 
 /// The repository's location and access as the mover Job's command line and environment need it:

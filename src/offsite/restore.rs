@@ -168,13 +168,10 @@ async fn fill_one(
             .wait_job(&request.namespace, &job, spec.mover.timeout + DEADLINE_GRACE)
             .await
             .map_err(|e| chain(&e))?;
-        let report = end.output.as_deref().and_then(|o| {
-            o.lines()
-                .rev()
-                .map(str::trim)
-                .filter(|l| l.starts_with('{'))
-                .find_map(|l| serde_json::from_str::<RestoreReport>(l).ok())
-        });
+        let report = end
+            .output
+            .as_deref()
+            .and_then(super::last_json_line::<RestoreReport>);
         match (end.succeeded, report) {
             (true, Some(r)) => Ok(RestoredVolume {
                 files: r.files,
